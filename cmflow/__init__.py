@@ -1,0 +1,5 @@
+"""cmflow: run many shell jobs on many machines from one short expression."""
+from .tasks import task
+
+__version__ = "0.1.0"
+__all__ = ["task", "__version__"]

@@ -1,0 +1,164 @@
+"""The Python API that the command line, the REPL and the tests share.
+
+    import cmflow.api as cm
+    result = cm.run("flows/seed.flow")          # RunResult: ok, value, failures, run_dir
+    plan, inv = cm.load("flows/seed.flow")      # compile only
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from . import ast
+from .compiler import compile_file, compile_flow
+from .executor import Executor, Observer, RunOptions, RunResult
+from .hosts import Host, Inventory, load_inventory
+from .parser import parse_expr
+from .plan import Plan
+from .runlog import RunLog, new_run_id
+from .tasks import TaskLoader
+from .transport import Transport
+
+Display = Literal["auto", "live", "plain", "quiet"]
+
+
+def inventory(hosts_file: str | None = None) -> Inventory:
+    return load_inventory(hosts_file)
+
+
+def _target_kw(inv: Inventory) -> dict[str, Any]:
+    return {"is_target": inv.is_target, "target_names": inv.target_names()}
+
+
+def load(flow_file: str, hosts_file: str | None = None, inv: Inventory | None = None) -> tuple[Plan, Inventory]:
+    """Compile a flow file against an inventory; raise FlowError/ConfigError on mistakes."""
+    inv = inv or load_inventory(hosts_file)
+    return compile_file(flow_file, **_target_kw(inv)), inv
+
+
+def load_expr(expr: str, tasks: Sequence[str] = (), hosts_file: str | None = None,
+              inv: Inventory | None = None) -> tuple[Plan, Inventory]:
+    """Compile one expression with the tasks of the given modules (names or .py paths) in scope."""
+    inv = inv or load_inventory(hosts_file)
+    tree = parse_expr(expr, "<expr>")
+    stmts: list[ast.Stmt] = []
+    flow_dir = Path.cwd()
+    for t in tasks:
+        p = Path(t)
+        if p.suffix == ".py":
+            flow_dir = p.resolve().parent
+            stmts.append(ast.FromImport(p.stem, None, ast.Pos(1, 1)))
+        else:
+            stmts.append(ast.FromImport(t, None, ast.Pos(1, 1)))
+    flow = ast.Flow((*stmts, ast.ExprStmt(tree, ast.Pos(1, 1))), "<expr>")
+    loader = TaskLoader.for_flow(None)
+    loader.flow_dir = flow_dir
+    return compile_flow(flow, expr, loader=loader, **_target_kw(inv)), inv
+
+
+def make_transport(host: Host, inv: Inventory) -> Transport:
+    """The transport for a host: local for ``local: true``, else the system ssh client."""
+    if host.local:
+        from .transport.local import LocalTransport
+
+        return LocalTransport(host)
+    from .transport.ssh import SshTransport
+
+    return SshTransport(host, ssh_config=inv.ssh_config)
+
+
+@dataclass
+class Run:
+    result: RunResult
+    run_dir: Path
+    plan: Plan
+    signal: int | None = None
+
+    @property
+    def exit_status(self) -> int:
+        if self.signal is not None:
+            return 128 + self.signal
+        return 0 if self.result.ok else 1
+
+
+def _observers(display: Display, plan: Plan, inv: Inventory) -> list[Any]:
+    from .progress import LiveProgress, PlainProgress
+
+    if display == "quiet":
+        return []
+    if display == "live" or (display == "auto" and sys.stderr.isatty()):
+        return [LiveProgress(len(plan.jobs), inv)]
+    return [PlainProgress(len(plan.jobs), inv)]
+
+
+async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
+               display: Display = "quiet", observers: Sequence[Observer] = ()) -> Run:
+    """Run a compiled plan. Cancel the calling task to stop it: every job is killed, the log flushed."""
+    rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
+    log = RunLog(rdir)
+    shown = _observers(display, plan, inv)
+    executor = Executor(plan, inv, {h.name: make_transport(h, inv) for h in inv.hosts}, log, options,
+                        [*shown, *observers])
+    from .plan import job_json
+
+    log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs]})
+    result: RunResult | None = None
+    try:
+        async with AsyncExitStack() as stack:
+            for t in executor.transports.values():
+                stack.push_async_callback(t.aclose)
+            result = await executor.run()
+    finally:
+        for o in shown:
+            o.close()
+        done = result or RunResult(False, cancelled=True, jobs_run=executor._jobs_run)
+        log.write_json("summary.json", {
+            "ok": done.ok, "value": done.value, "cancelled": result is None, "halted": done.halted,
+            "jobs_run": done.jobs_run, "down_hosts": done.down_hosts,
+            "failures": [{"reason": f.reason, "task": f.job.label if f.job else None, "host": f.host,
+                          "exit_status": f.exit_status} for f in done.failures]})
+        log.close()
+    return Run(result, rdir, plan)
+
+
+def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
+             display: Display = "quiet") -> Run:
+    """Run a plan on a fresh event loop; SIGINT/SIGTERM cancel it cleanly (exit 130/143)."""
+
+    async def main() -> Run:
+        loop = asyncio.get_running_loop()
+        me = asyncio.current_task()
+        got: list[int] = []
+        rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
+        inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display))
+
+        def on_signal(signum: int) -> None:
+            if not got:
+                got.append(signum)
+                inner.cancel()
+
+        for s in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(s, on_signal, s)
+        try:
+            return await inner
+        except asyncio.CancelledError:
+            if not got or (me is not None and me.cancelling()):
+                raise
+            return Run(RunResult(False, cancelled=True), rdir, plan, got[0])
+        finally:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(s)
+
+    return asyncio.run(main())
+
+
+def run(flow_file: str, hosts_file: str | None = None, **kw: Any) -> Run:
+    """Compile and run a flow file (the API behind ``cmflow run``)."""
+    plan, inv = load(flow_file, hosts_file)
+    opts = {k: kw.pop(k) for k in list(kw) if k in RunOptions.__dataclass_fields__}
+    return run_sync(plan, inv, replace(RunOptions(), **opts), **kw)

@@ -1,0 +1,200 @@
+"""cmflow: run many shell jobs on many machines from one short expression.
+
+Usage:
+  cmflow check FLOW [--hosts=FILE]
+  cmflow plan FLOW [--hosts=FILE] [--format=FMT]
+  cmflow run FLOW [options]
+  cmflow eval EXPR [--tasks=MODULE]... [options]
+  cmflow hosts list [TARGET] [--hosts=FILE]
+  cmflow hosts check [TARGET...] [--hosts=FILE] [--connect-timeout=SECS]
+  cmflow hosts trust HOST... [--hosts=FILE] [--yes]
+  cmflow exec COMMAND [--on=TARGET] [--hosts=FILE] [--timeout=SECS] [--connect-timeout=SECS]
+  cmflow data add FILE [--service=NAME] [--name=NAME] [--force] [--config=FILE]
+  cmflow data ls [--service=NAME] [--format=FMT] [--config=FILE]
+  cmflow data get NAME [DEST] [--force] [--config=FILE]
+  cmflow data del NAME [--config=FILE]
+  cmflow data services [--config=FILE]
+  cmflow (-h | --help)
+  cmflow --version
+
+Commands:
+  check         Parse and compile a flow; report every mistake with its position.
+  plan          Show the jobs a flow would run: text tree, json (for scripts) or dot.
+  run           Run a flow on the inventory's hosts and print its value.
+  eval          Run one expression with the tasks of the given modules.
+  hosts list    Show the inventory as the executor sees it.
+  hosts check   Connect to every host at once: reachable, CPUs and load, or why not.
+  hosts trust   Fetch host keys with ssh-keyscan, show fingerprints, add to known_hosts.
+  exec          Run one command on every host of a target at once; merge equal outputs.
+  data          Store files in a storage service and keep a record of each in a database.
+
+Options:
+  --hosts=FILE            Inventory (default: ./hosts.yaml, $CMFLOW_HOSTS,
+                          ~/.cmflow/hosts.yaml, else this machine).
+  --format=FMT            plan: text, json or dot; run/eval: text or json;
+                          data ls: table or json [default: text].
+  -j N, --jobs=N          Run at most N jobs at once across all hosts.
+  --timeout=SECS          Kill a job (its whole process tree) after SECS.
+  --retries=N             Re-run a job that fails up to N times [default: 0].
+  --halt=WHEN             On a failure: never (carry on with independent work),
+                          soon (start nothing new) or now (kill everything)
+                          [default: never].
+  --run-dir=DIR           Where to keep job output and logs [default: runs/<id>].
+  -q, --quiet             Print only the flow's value.
+  --tasks=MODULE          A task module (name or file.py) for eval.
+  --on=TARGET             Hosts for exec: a host, group, label or node[1-4] [default: all].
+  --connect-timeout=SECS  Give up connecting after SECS [default: 10].
+  --yes                   Trust the fetched keys without asking.
+  --service=NAME          Storage service (default: the config's default).
+  --name=NAME             Record name for the file (default: its file name).
+  --force                 Replace an existing record or local file.
+  --config=FILE           Data config (default: $CMFLOW_DATA_CONFIG,
+                          ~/.cmflow/data.yaml, else local folders).
+  -h, --help              Show this text.
+  --version               Show the version.
+
+Exit status: 0 all done, 1 a task or host failed, 2 a flow, inventory or usage
+error, 130/143 interrupted by Ctrl-C/SIGTERM.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from docopt import DocoptExit, docopt
+
+from . import __version__
+from .errors import CmflowError, UsageError
+
+
+def _int(args: dict, key: str, minimum: int = 0) -> int | None:
+    v = args.get(key)
+    if v is None:
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        raise UsageError(f"{key} expects a whole number, got {v!r}") from None
+    if n < minimum:
+        raise UsageError(f"{key} must be at least {minimum}, got {n}")
+    return n
+
+
+def _seconds(args: dict, key: str) -> float | None:
+    v = args.get(key)
+    if v is None:
+        return None
+    try:
+        n = float(v)
+    except ValueError:
+        raise UsageError(f"{key} expects a number of seconds, got {v!r}") from None
+    if n <= 0:
+        raise UsageError(f"{key} must be positive, got {v}")
+    return n
+
+
+def format_value(value: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(value)
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)
+
+
+def _print_failures(run: Any) -> None:
+    res = run.result
+    err = sys.stderr
+    if run.signal is not None:
+        err.write(f"interrupted by signal {run.signal}: running jobs killed; log in {run.run_dir}\n")
+    if res.failures:
+        err.write(f"\n{len(res.failures)} failure{'s' if len(res.failures) != 1 else ''}:\n")
+        for f in res.failures:
+            where = f" on {f.host}" if f.host else ""
+            what = f.job.label if f.job else "flow"
+            at = f" ({f.job.where})" if f.job else ""
+            err.write(f"  {what}{at}{where}: {f.reason}\n")
+            for line in f.stderr_tail.splitlines():
+                err.write(f"    | {line}\n")
+    if res.down_hosts:
+        err.write(f"hosts marked down: {', '.join(res.down_hosts)}\n")
+    if res.failures or run.signal is not None:
+        err.write(f"run directory: {run.run_dir}\n")
+
+
+def _run(args: dict, plan: Any, inv: Any) -> int:
+    from . import api
+    from .executor import RunOptions
+
+    halt = args["--halt"]
+    if halt not in ("never", "soon", "now"):
+        raise UsageError(f"--halt must be never, soon or now, not {halt!r}")
+    fmt = args["--format"]
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format for run must be text or json, not {fmt!r}")
+    options = RunOptions(jobs=_int(args, "--jobs", 1), timeout=_seconds(args, "--timeout"),
+                         retries=_int(args, "--retries") or 0, halt=halt)
+    run_dir = None if args["--run-dir"] in (None, "runs/<id>") else args["--run-dir"]
+    display = "quiet" if args["--quiet"] else "auto"
+    run = api.run_sync(plan, inv, options, run_dir, display)
+    if run.result.ok:
+        print(format_value(run.result.value, fmt))
+    _print_failures(run)
+    return run.exit_status
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = docopt(__doc__, argv=argv, version=f"cmflow {__version__}")
+    except DocoptExit as e:
+        sys.stderr.write(f"{e}\n")
+        return 2
+    try:
+        return dispatch(args)
+    except CmflowError as e:
+        sys.stderr.write(f"{e}\n")
+        return e.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+def dispatch(args: dict) -> int:
+    from . import api
+
+    if args["check"] or args["plan"]:
+        plan, _ = api.load(args["FLOW"], args["--hosts"])
+        if args["check"]:
+            print(f"{args['FLOW']}: ok, {len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''}")
+            return 0
+        from .plan import RENDERERS
+
+        fmt = args["--format"]
+        if fmt not in RENDERERS:
+            raise UsageError(f"--format for plan must be text, json or dot, not {fmt!r}")
+        sys.stdout.write(RENDERERS[fmt](plan))
+        return 0
+    if args["run"]:
+        plan, inv = api.load(args["FLOW"], args["--hosts"])
+        return _run(args, plan, inv)
+    if args["eval"]:
+        plan, inv = api.load_expr(args["EXPR"], args["--tasks"], args["--hosts"])
+        return _run(args, plan, inv)
+    if args["hosts"]:
+        from . import hostcmds
+
+        return hostcmds.dispatch(args)
+    if args["exec"]:
+        from . import hostcmds
+
+        return hostcmds.exec_command(args)
+    if args["data"]:
+        from .data import cli as data_cli
+
+        return data_cli.dispatch(args)
+    raise UsageError("unknown command")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

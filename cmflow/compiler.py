@@ -1,0 +1,292 @@
+"""AST to Plan: resolve names, call defs, dedupe invocations, report static errors.
+
+Like a resolver pass in a tree-walk interpreter, it reports *every* static
+error it can find before anything runs. It knows nothing of hosts: whether a
+placement target exists is asked through the ``is_target`` callable.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import traceback
+import types
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from . import ast
+from .errors import Diagnostic, FlowError
+from .parser import parse
+from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
+from .tasks import ModuleNotFound, TaskLoader, exec_inline_def, options_of, public_tasks
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@dataclass
+class _Binding:
+    expr: ast.Expr
+    compiled: dict[str | None, PlanNode | None] = field(default_factory=dict)
+
+
+class _Compiler:
+    def __init__(self, filename: str, source: str, loader: TaskLoader,
+                 is_target: Callable[[str], bool] | None, target_names: list[str]):
+        self.filename = filename
+        self.lines = source.splitlines()
+        self.loader = loader
+        self.is_target = is_target
+        self.target_names = target_names
+        self.names: dict[str, Any] = {}  # name -> callable | module | _Binding
+        self.diags: list[Diagnostic] = []
+        self.jobs: dict[tuple, Job] = {}
+        self.job_refs: dict[int, JobRef] = {}
+
+    # -------------------------------------------------------------- reporting
+    def error(self, pos: ast.Pos, message: str, width: int = 1, notes: tuple[str, ...] = ()) -> None:
+        line = self.lines[pos.line - 1] if 0 < pos.line <= len(self.lines) else ""
+        self.diags.append(Diagnostic(self.filename, pos.line, pos.column, message, line, width, notes))
+
+    def _suggest(self, name: str, candidates: list[str]) -> str:
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+        return f" (did you mean '{close[0]}'?)" if close else ""
+
+    # ------------------------------------------------------------- statements
+    def statement(self, stmt: ast.Stmt) -> ast.Expr | None:
+        match stmt:
+            case ast.Import(module, alias):
+                mod = self._load(module, stmt.pos)
+                if mod is not None:
+                    self.names[alias or module] = mod
+            case ast.FromImport(module, None):
+                mod = self._load(module, stmt.pos)
+                if mod is not None:
+                    self.names.update(public_tasks(mod))
+            case ast.FromImport(module, names):
+                mod = self._load(module, stmt.pos)
+                if mod is not None:
+                    available = public_tasks(mod)
+                    for name, alias in names or ():
+                        fn = getattr(mod, name, None)
+                        if not callable(fn):
+                            self.error(stmt.pos, f"module '{module}' has no task '{name}'"
+                                       + self._suggest(name, list(available)), len(f"from {module}"))
+                            continue
+                        self.names[alias or name] = fn
+            case ast.Def(name, source):
+                self._define(stmt, name, source)
+            case ast.Bind(name, expr):
+                # check the expression now, so errors point at it once
+                binding = _Binding(expr)
+                binding.compiled[None] = self.expr(expr, None)
+                self.names[name] = binding
+            case ast.ExprStmt(expr):
+                return expr
+        return None
+
+    def _load(self, module: str, pos: ast.Pos) -> types.ModuleType | None:
+        try:
+            return self.loader.load(module)
+        except ModuleNotFound:
+            self.error(pos, f"no task module '{module}' (looked for {module.replace('.', '/')}.py next to the flow, "
+                       f"on CMFLOW_PATH and on sys.path)", 1)
+        except SyntaxError as e:
+            self.error(pos, f"task module '{module}' has a syntax error: {e.filename}:{e.lineno}: {e.msg}")
+        except Exception as e:  # the module's own code raised while importing
+            self.error(pos, f"task module '{module}' failed to import: {type(e).__name__}: {e}",
+                       notes=tuple(_user_frames(e)))
+        return None
+
+    def _define(self, stmt: ast.Def, name: str, source: str) -> None:
+        try:
+            namespace = exec_inline_def(source, self.filename, stmt.pos.line)
+        except SyntaxError as e:
+            pos = ast.Pos(e.lineno or stmt.pos.line, e.offset or 1)
+            self.error(pos, f"invalid Python in def {name}: {e.msg}")
+            return
+        except Exception as e:  # a decorator raised (e.g. @task with a bad option)
+            self.error(stmt.pos, f"def {name}: {type(e).__name__}: {e}", 3, tuple(_user_frames(e)))
+            return
+        fn = namespace.get(name)
+        if not callable(fn):
+            self.error(stmt.pos, f"def {name} did not define a callable named {name}")
+            return
+        self.names[name] = fn
+
+    # ------------------------------------------------------------ expressions
+    def expr(self, node: ast.Expr, target: str | None) -> PlanNode | None:
+        """Compile one expression under an enclosing placement; None after an error."""
+        match node:
+            case ast.Name():
+                return self._reference(node, (), (), target, node.pos)
+            case ast.Call(name, args, kwargs):
+                return self._reference(name, args, kwargs, target, node.pos, call=True)
+            case ast.Placed(inner, where):
+                if not self._check_target(where, node.pos):
+                    return self.expr(inner, target)  # still look for errors inside
+                # the innermost placement wins: it is the more specific one
+                return self.expr(inner, where)
+            case ast.Seq(items):
+                return self._many(PSeq, items, target, node.pos)
+            case ast.Par(items):
+                return self._many(PPar, items, target, node.pos)
+            case ast.Sum(items):
+                return self._many(PSum, items, target, node.pos)
+        raise TypeError(node)
+
+    def _many(self, kind: type, items: tuple[ast.Expr, ...], target: str | None, pos: ast.Pos) -> PlanNode | None:
+        parts = [self.expr(i, target) for i in items]
+        if any(p is None for p in parts):
+            return None
+        return kind(tuple(parts), pos)  # type: ignore[arg-type]
+
+    def _check_target(self, where: str, pos: ast.Pos) -> bool:
+        if self.is_target is None or self.is_target(where):
+            return True
+        self.error(pos, f"unknown host, group or label '{where}'" + self._suggest(where, self.target_names))
+        return False
+
+    def _lookup(self, name: ast.Name) -> Any:
+        # the longest dotted prefix that is bound: "import a.b" binds "a.b"
+        for cut in range(len(name.parts), 0, -1):
+            if ".".join(name.parts[:cut]) in self.names:
+                break
+        head, rest = ".".join(name.parts[:cut]), name.parts[cut:]
+        if head not in self.names:
+            self.error(name.pos, f"unknown name '{head}'" + self._suggest(head, list(self.names)), len(head))
+            return None
+        value = self.names[head]
+        for i, part in enumerate(rest):
+            prefix = ".".join(name.parts[:cut + i])
+            if not isinstance(value, types.ModuleType):
+                self.error(name.pos, f"'{prefix}' is not a module", len(name.dotted))
+                return None
+            nxt = getattr(value, part, None)
+            if nxt is None or not callable(nxt) and not isinstance(nxt, types.ModuleType):
+                self.error(name.pos, f"module '{prefix}' has no task '{part}'"
+                           + self._suggest(part, list(public_tasks(value))), len(name.dotted))
+                return None
+            value = nxt
+        return value
+
+    def _reference(self, name: ast.Name, args: tuple, kwargs: tuple, target: str | None, pos: ast.Pos,
+                   call: bool = False) -> PlanNode | None:
+        value = self._lookup(name)
+        if value is None:
+            return None
+        if isinstance(value, _Binding):
+            if call:
+                self.error(pos, f"'{name.dotted}' names a sub-flow, not a task; it takes no arguments",
+                           len(name.dotted))
+                return None
+            if target not in value.compiled:
+                value.compiled[target] = self.expr(value.expr, target)
+            return value.compiled[target]
+        if isinstance(value, types.ModuleType):
+            self.error(pos, f"'{name.dotted}' is a module; name one of its tasks ({name.dotted}.NAME)",
+                       len(name.dotted))
+            return None
+        return self._job(value, name, args, kwargs, target, pos)
+
+    def _job(self, fn: Callable, name: ast.Name, args: tuple, kwargs: tuple, target: str | None,
+             pos: ast.Pos) -> PlanNode | None:
+        options = options_of(fn)
+        if target is None and options.hosts is not None:
+            if not self._check_target(options.hosts, pos):
+                return None
+            target = options.hosts
+        # repr keeps 1, 1.0 and True apart (they hash alike)
+        key = (id(fn), repr(args), repr(kwargs), target)
+        job = self.jobs.get(key)
+        if job is None:
+            command = self._call(fn, name, args, kwargs, pos)
+            if command is None:
+                return None
+            job = Job(len(self.jobs) + 1, name.dotted, args, kwargs, target, command, options, self.filename, pos)
+            self.jobs[key] = job
+        ref = self.job_refs.get(job.id)
+        if ref is None:
+            ref = self.job_refs[job.id] = JobRef(job, pos)
+        return ref
+
+    def _call(self, fn: Callable, name: ast.Name, args: tuple, kwargs: tuple, pos: ast.Pos) -> str | None:
+        py_args = [_to_python(a) for a in args]
+        py_kwargs = {k: _to_python(v) for k, v in kwargs}
+        try:
+            inspect.signature(fn).bind(*py_args, **py_kwargs)
+        except TypeError as e:
+            self.error(pos, f"bad arguments for task '{name.dotted}': {e}", len(name.dotted))
+            return None
+        except ValueError:
+            pass  # builtins without a signature: let the call decide
+        try:
+            command = fn(*py_args, **py_kwargs)
+        except Exception as e:
+            self.error(pos, f"task '{name.dotted}' raised {type(e).__name__}: {e}", len(name.dotted),
+                       tuple(_user_frames(e)))
+            return None
+        if not isinstance(command, str):
+            self.error(pos, f"task '{name.dotted}' returned {type(command).__name__}, not a command string",
+                       len(name.dotted))
+            return None
+        return command
+
+
+def _to_python(value: Any) -> Any:
+    return [_to_python(v) for v in value] if isinstance(value, tuple) else value
+
+
+def _user_frames(exc: BaseException) -> list[str]:
+    """The traceback without cmflow's own frames: the def's file and line are what matter."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PKG_DIR)]
+    out = ["    Traceback (the task's own frames):"]
+    for f in frames:
+        out.append(f'      File "{f.filename}", line {f.lineno}, in {f.name}')
+        if f.line:
+            out.append(f"        {f.line}")
+    return out if frames else []
+
+
+def compile_flow(flow: ast.Flow, source: str, *, loader: TaskLoader | None = None,
+                 is_target: Callable[[str], bool] | None = None, target_names: list[str] | None = None) -> Plan:
+    """Compile a parsed flow to a Plan, or raise FlowError listing every static error."""
+    c = _Compiler(flow.filename, source, loader or TaskLoader.for_flow(flow.filename), is_target,
+                  target_names or [])
+    exprs: list[tuple[ast.Expr, PlanNode | None]] = []
+    try:
+        for stmt in flow.statements:
+            expr = c.statement(stmt)
+            if expr is not None:
+                exprs.append((expr, c.expr(expr, None)))
+    except RecursionError:
+        c.error(ast.Pos(1, 1), "expression nested too deeply")
+    if c.diags:
+        raise FlowError(c.diags)
+    nodes = [n for _, n in exprs if n is not None]
+    root: PlanNode | None
+    if not nodes:
+        root = None
+    elif len(nodes) == 1:
+        root = nodes[0]
+    else:
+        # several expression statements run in order, as if joined by ';'
+        flat: list[PlanNode] = []
+        for n in nodes:
+            flat.extend(n.items if isinstance(n, PSeq) else (n,))
+        root = PSeq(tuple(flat), exprs[0][0].pos)
+    return Plan(root, tuple(c.jobs.values()), flow.filename)
+
+
+def compile_text(source: str, filename: str = "<flow>", **kw: Any) -> Plan:
+    return compile_flow(parse(source, filename), source, **kw)
+
+
+def compile_file(path: str, **kw: Any) -> Plan:
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except OSError as e:
+        raise FlowError([Diagnostic(path, 0, 0, f"cannot read flow file: {e.strerror}")]) from None
+    except UnicodeDecodeError as e:
+        raise FlowError([Diagnostic(path, 1, 1, f"flow file is not UTF-8 text ({e.reason})")]) from None
+    return compile_flow(parse(source, path), source, **kw)

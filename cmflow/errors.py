@@ -1,0 +1,73 @@
+"""The errors users see: positioned flow errors, config errors with key paths.
+
+Every error a user can cause derives from ``CmflowError``; the CLI prints its
+``str()`` and exits with its ``exit_status``, never a Python traceback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class CmflowError(Exception):
+    """Base of every error that is the user's to fix."""
+
+    exit_status = 2
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One positioned message: ``FILE:LINE:COL: message``, the line, a caret."""
+
+    filename: str
+    line: int
+    column: int
+    message: str
+    source_line: str = ""
+    width: int = 1
+    notes: tuple[str, ...] = field(default=())
+
+    def render(self) -> str:
+        head = f"{self.filename}:{self.line}:{self.column}: error: {self.message}"
+        parts = [head]
+        if self.source_line:
+            text = self.source_line.rstrip("\n").expandtabs(1)
+            parts.append(f"    {text}")
+            caret_at = max(self.column - 1, 0)
+            width = max(1, min(self.width, max(1, len(text) - caret_at)))
+            parts.append("    " + " " * caret_at + "^" * width)
+        parts.extend(self.notes)
+        return "\n".join(parts)
+
+
+class FlowError(CmflowError):
+    """One or more static errors in a flow; all are reported together."""
+
+    def __init__(self, diagnostics: list[Diagnostic]):
+        self.diagnostics = sorted(diagnostics, key=lambda d: (d.filename, d.line, d.column))
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        n = len(self.diagnostics)
+        body = "\n".join(d.render() for d in self.diagnostics)
+        if n > 1:
+            body += f"\n{n} errors"
+        return body
+
+
+class ConfigError(CmflowError):
+    """A YAML file that does not say what is expected: names the file and key path."""
+
+    def __init__(self, filename: str, keypath: str, message: str):
+        self.filename, self.keypath = filename, keypath
+        where = f"{filename}: {keypath}" if keypath else filename
+        super().__init__(f"{where}: {message}")
+
+
+class UsageError(CmflowError):
+    """Bad command-line input or a bad argument to the API."""
+
+
+class RunError(CmflowError):
+    """A run could not complete (a task failed); exit status 1."""
+
+    exit_status = 1

@@ -1,0 +1,112 @@
+"""What a run shows while it runs: a live display on a terminal, plain lines elsewhere.
+
+Both are executor observers; events flow one way, executor to display.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from .hosts import Inventory
+from .plan import Job
+from .runlog import JobRecord
+
+
+class _Counts:
+    def __init__(self, total: int, inventory: Inventory):
+        self.total = total
+        self.done = self.failed = self.running = 0
+        self.busy = {h.name: 0 for h in inventory.hosts}
+        self.slots = {h.name: h.slots for h in inventory.hosts}
+        self.down: set[str] = set()
+        self.started = time.monotonic()
+
+    def start(self, host: str) -> None:
+        self.running += 1
+        self.busy[host] += 1
+
+    def end(self, rec: JobRecord, final: bool, ok: bool) -> None:
+        self.running -= 1
+        self.busy[rec.host] -= 1
+        if final:
+            self.done += 1
+            self.failed += not ok
+
+    def eta(self) -> str:
+        elapsed = time.monotonic() - self.started
+        if not self.done or self.done >= self.total:
+            return "-"
+        return f"{elapsed / self.done * (self.total - self.done):.0f}s"
+
+
+class PlainProgress:
+    """One line per finished job (and per host marked down), for logs and pipes."""
+
+    def __init__(self, total: int, inventory: Inventory, stream: TextIO = sys.stderr):
+        self.c = _Counts(total, inventory)
+        self.stream = stream
+
+    def job_started(self, job: Job, host: str, attempt: int) -> None:
+        self.c.start(host)
+
+    def job_ended(self, rec: JobRecord, final: bool, ok: bool) -> None:
+        self.c.end(rec, final, ok)
+        status = "ok" if ok else ("FAILED" if final else "retry")
+        why = f" ({rec.error})" if rec.error else ""
+        self.stream.write(f"[{self.c.done}/{self.c.total}] {status} #{rec.seq} {rec.label} on {rec.host} "
+                          f"{rec.runtime:.2f}s{why}\n")
+        self.stream.flush()
+
+    def host_down(self, host: str, reason: str) -> None:
+        self.c.down.add(host)
+        self.stream.write(f"host {host} marked down: {reason}\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class LiveProgress:
+    """A rich live display: done / running / failed / total, busy slots per host, ETA."""
+
+    def __init__(self, total: int, inventory: Inventory, stream: TextIO = sys.stderr):
+        from rich.console import Console
+        from rich.live import Live
+
+        self.c = _Counts(total, inventory)
+        self.console = Console(file=stream)
+        self.live = Live(self._render(), console=self.console, refresh_per_second=8, transient=True,
+                         get_renderable=self._render)
+        self.live.start()
+
+    def _render(self):
+        from rich.table import Table
+
+        c = self.c
+        t = Table.grid(padding=(0, 2))
+        t.add_row(f"[bold]{c.done}[/]/{c.total} done", f"{c.running} running",
+                  f"[red]{c.failed} failed[/]" if c.failed else "0 failed", f"ETA {c.eta()}")
+        hosts = Table.grid(padding=(0, 2))
+        for name, busy in list(c.busy.items())[:24]:
+            state = "[red]down[/]" if name in c.down else f"{busy}/{c.slots[name]}"
+            hosts.add_row(name, "█" * busy + "·" * (c.slots[name] - busy) if c.slots[name] <= 32 else "", state)
+        outer = Table.grid()
+        outer.add_row(t)
+        outer.add_row(hosts)
+        return outer
+
+    def job_started(self, job: Job, host: str, attempt: int) -> None:
+        self.c.start(host)
+
+    def job_ended(self, rec: JobRecord, final: bool, ok: bool) -> None:
+        self.c.end(rec, final, ok)
+        if final and not ok:
+            self.console.print(f"[red]failed[/] #{rec.seq} {rec.label} on {rec.host}: {rec.error}")
+
+    def host_down(self, host: str, reason: str) -> None:
+        self.c.down.add(host)
+        self.console.print(f"[red]host {host} marked down[/]: {reason}")
+
+    def close(self) -> None:
+        self.live.stop()

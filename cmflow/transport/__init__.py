@@ -1,0 +1,55 @@
+"""The one interface through which the executor reaches a host.
+
+A transport starts a command on its host, sends the command's stdout and
+stderr to the files it is given, and reports how the command ended. It tells
+a connection failure (the host could not be reached, the session died) apart
+from the command's own failure, and on timeout or cancellation it kills the
+command's whole process tree, wherever that runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from ..hosts import Host
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    seq: int
+    command: str
+    stdout: Path
+    stderr: Path
+    timeout: float | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_status: int | None      # None when the command did not exit normally
+    signal: int = 0              # the signal that ended it, if any
+    start: float = 0.0           # epoch seconds
+    end: float = 0.0
+    timed_out: bool = False
+    connection_failed: bool = False
+    message: str = ""            # why, when the transport could not run the command
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0 and not self.timed_out and not self.connection_failed
+
+
+class Transport(Protocol):
+    host: Host
+
+    async def run(self, spec: JobSpec) -> Outcome:
+        """Run one job to its end. On cancellation: kill its process tree, then re-raise."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections and processes; idempotent."""
+        ...
+
+
+class ConnectionLost(Exception):
+    """Raised inside transports when a session dies; surfaces as Outcome.connection_failed."""
