@@ -185,7 +185,7 @@ def unparse_literal(value: Literal) -> str:
         case float():
             return repr(value)
         case str():
-            return json.dumps(value)
+            return json.dumps(value, ensure_ascii=False)
         case tuple():
             return "[" + ", ".join(unparse_literal(v) for v in value) + "]"
     raise TypeError(f"not a flow literal: {value!r}")
@@ -203,7 +203,7 @@ def unparse_expr(node: Expr, outer: int = 0) -> str:
         case Placed():
             target = node.target
             if not _plain_target(target):
-                target = json.dumps(target)
+                target = json.dumps(target, ensure_ascii=False)
             # the operand of @ must be a primary: parenthesise anything composite
             text = f"{unparse_expr(node.expr, _PREC[Placed] + 1)} @ {target}"
             return f"({text})" if _PREC[Placed] < outer else text

@@ -3,8 +3,10 @@
 Usage:
   cmflow check FLOW [--hosts=FILE]
   cmflow plan FLOW [--hosts=FILE] [--format=FMT]
-  cmflow run FLOW [options]
-  cmflow eval EXPR [--tasks=MODULE]... [options]
+  cmflow run FLOW [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N] [--halt=WHEN]
+             [--run-dir=DIR] [--format=FMT] [--quiet]
+  cmflow eval EXPR [--tasks=MODULE]... [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N]
+             [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet]
   cmflow hosts list [TARGET] [--hosts=FILE]
   cmflow hosts check [TARGET...] [--hosts=FILE] [--connect-timeout=SECS]
   cmflow hosts trust HOST... [--hosts=FILE] [--yes]

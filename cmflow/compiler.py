@@ -48,7 +48,7 @@ class _Compiler:
         self.diags.append(Diagnostic(self.filename, pos.line, pos.column, message, line, width, notes))
 
     def _suggest(self, name: str, candidates: list[str]) -> str:
-        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
         return f" (did you mean '{close[0]}'?)" if close else ""
 
     # ------------------------------------------------------------- statements
@@ -143,7 +143,12 @@ class _Compiler:
     def _check_target(self, where: str, pos: ast.Pos) -> bool:
         if self.is_target is None or self.is_target(where):
             return True
-        self.error(pos, f"unknown host, group or label '{where}'" + self._suggest(where, self.target_names))
+        # point at the target itself, after the '@'
+        line = self.lines[pos.line - 1] if 0 < pos.line <= len(self.lines) else ""
+        at = line.find("@", pos.column - 1)
+        col = line.find(where, at) + 1 if at >= 0 and line.find(where, at) >= 0 else pos.column
+        self.error(ast.Pos(pos.line, col), f"unknown host, group or label '{where}'"
+                   + self._suggest(where, self.target_names), len(where))
         return False
 
     def _lookup(self, name: ast.Name) -> Any:

@@ -1,0 +1,207 @@
+"""Real sshd daemons on loopback ports, for the tests and the benchmarks.
+
+Each host has its own port and host key; one throwaway client key; logins as a
+non-root user whose shell (/bin/sh) prints nothing at login. Client side: an
+ssh_config with strict host key checking and a private known_hosts file, and
+an inventory (hosts.yaml) that points at that config.
+
+    hosts = SshdHosts(Path("/tmp/x"), n=3).start()
+    ... hosts.inventory_file ...
+    hosts.stop()
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+TEST_USER = "cmflowtest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def have_sshd() -> bool:
+    return os.access(SSHD, os.X_OK) and shutil.which("ssh") is not None
+
+
+@dataclass
+class SshdHost:
+    name: str
+    port: int
+    dir: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int((self.dir / "sshd.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+@dataclass
+class SshdHosts:
+    base: Path
+    n: int = 3
+    max_sessions: int = 10            # OpenSSH's defaults: a stock host
+    max_startups: str = "10:30:100"
+    slots: int = 2
+    hosts: list[SshdHost] = field(default_factory=list)
+    user: str = ""
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.base / "ssh_config"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.base / "known_hosts"
+
+    @property
+    def inventory_file(self) -> Path:
+        return self.base / "hosts.yaml"
+
+    def _user(self) -> str:
+        if os.geteuid() != 0:
+            return pwd.getpwuid(os.getuid()).pw_name  # a non-root sshd can only log in its own user
+        home = self.base / "home"
+        try:
+            pwd.getpwnam(TEST_USER)
+        except KeyError:
+            # -p '*': no password but not locked; with UsePAM no a locked account cannot log in at all
+            subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-p", "*", TEST_USER], check=True)
+        home.mkdir(parents=True, exist_ok=True)
+        shutil.chown(home, TEST_USER)
+        return TEST_USER
+
+    def start(self) -> "SshdHosts":
+        self.base.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.base, 0o755)
+        self.user = self._user()
+        keys = self.base / "keys"
+        keys.mkdir(exist_ok=True)
+        os.chmod(keys, 0o755)
+        client = keys / "client"
+        if not client.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "cmflow-test", "-f", str(client)],
+                           check=True)
+        os.chmod(keys / "client.pub", 0o644)
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        known = []
+        config = []
+        for i in range(1, self.n + 1):
+            h = SshdHost(f"h{i}", free_port(), self.base / f"h{i}")
+            h.dir.mkdir(exist_ok=True)
+            hostkey = h.dir / "host_key"
+            if not hostkey.exists():
+                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
+            (h.dir / "sshd_config").write_text(f"""Port {h.port}
+ListenAddress 127.0.0.1
+HostKey {hostkey}
+PidFile {h.dir}/sshd.pid
+AuthorizedKeysFile {keys}/client.pub
+AllowUsers {self.user}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+LogLevel ERROR
+MaxSessions {self.max_sessions}
+MaxStartups {self.max_startups}
+""")
+            self.hosts.append(h)
+            self._launch(h)
+            pub = (h.dir / "host_key.pub").read_text().split()[:2]
+            known.append(f"[127.0.0.1]:{h.port} {' '.join(pub)}")
+            config.append(f"Host {h.name}\n    HostName 127.0.0.1\n    Port {h.port}\n")
+        self.known_hosts.write_text("\n".join(known) + "\n")
+        config.append(f"""Host h*
+    User {self.user}
+    IdentityFile {client}
+    IdentitiesOnly yes
+    UserKnownHostsFile {self.known_hosts}
+    GlobalKnownHostsFile /dev/null
+    StrictHostKeyChecking yes
+    CheckHostIP no
+    LogLevel ERROR
+""")
+        self.ssh_config.write_text("\n".join(config))
+        self.write_inventory()
+        for h in self.hosts:
+            self.wait_ready(h)
+        return self
+
+    def write_inventory(self, slots: int | None = None) -> None:
+        lines = [f"ssh_config: {self.ssh_config}", f"defaults: {{slots: {slots or self.slots}}}", "hosts:"]
+        lines += [f"  {h.name}: {{}}" for h in self.hosts]
+        self.inventory_file.write_text("\n".join(lines) + "\n")
+
+    def _launch(self, h: SshdHost) -> None:
+        # -D: stay in the foreground as our child, so stop() can wait for it
+        h.proc = subprocess.Popen([SSHD, "-D", "-f", str(h.dir / "sshd_config"), "-E", str(h.dir / "sshd.log")],
+                                  stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, h: SshdHost, timeout: float = 20.0) -> None:
+        """Poll until the host accepts a real login (sshd has no readiness signal)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = subprocess.run(["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", h.name, "true"],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                return
+            if h.proc and h.proc.poll() is not None:
+                raise RuntimeError(f"sshd for {h.name} exited: {(h.dir / 'sshd.log').read_text()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sshd {h.name} not ready: {r.stderr}")
+            time.sleep(0.1)
+
+    def kill(self, name: str) -> None:
+        """Kill a host's sshd and every session it runs: the host is gone."""
+        h = next(x for x in self.hosts if x.name == name)
+        if h.proc and h.proc.poll() is None:
+            h.proc.kill()
+            h.proc.wait()
+        # each session is a separate sshd process holding a socket on this port
+        out = subprocess.run(["ss", "-Htnp", f"sport = :{h.port}"], capture_output=True, text=True).stdout
+        for pid in {int(m) for m in re.findall(r"pid=(\d+)", out)}:
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+
+    def restart(self, name: str) -> None:
+        h = next(x for x in self.hosts if x.name == name)
+        self._launch(h)
+        self.wait_ready(h)
+
+    def ssh(self, name: str, command: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ssh", "-F", str(self.ssh_config), "-o", "BatchMode=yes", name, command],
+                              capture_output=True, text=True, timeout=60)
+
+    def stop(self) -> None:
+        for h in self.hosts:
+            if h.proc and h.proc.poll() is None:
+                h.proc.terminate()
+                try:
+                    h.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    h.proc.kill()
+                    h.proc.wait()
+        if os.geteuid() == 0:
+            # sessions outlive the listener; end the test user's processes
+            subprocess.run(["pkill", "-KILL", "-u", self.user], capture_output=True)

@@ -1,0 +1,150 @@
+"""Parser: precedence and shapes, positions, round trips, and fuzzing."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cmflow import ast as A
+from cmflow.errors import FlowError
+from cmflow.parser import parse, parse_expr
+
+
+def n(x: str) -> A.Name:
+    return A.Name(tuple(x.split(".")))
+
+
+a, b, c, d = n("a"), n("b"), n("c"), n("d")
+
+SHAPES = [
+    ("a", a),
+    ("(a | b | c); d; a + b + c + d", A.Seq((A.Par((a, b, c)), d, A.Sum((a, b, c, d))))),
+    ("a | b + c", A.Par((a, A.Sum((b, c))))),
+    ("a + b | c", A.Par((A.Sum((a, b)), c))),
+    ("a ; b | c", A.Seq((a, A.Par((b, c))))),
+    ("(a | b) | c", A.Par((a, b, c))),
+    ("a | (b | c)", A.Par((a, b, c))),
+    ("(a ; b) ; c", A.Seq((a, b, c))),
+    ("(a + b) + c", A.Sum((a, b, c))),
+    ("(a ; b) | c", A.Par((A.Seq((a, b)), c))),
+    ("a + (b | c)", A.Sum((a, A.Par((b, c))))),
+    ("a @ h1 + b", A.Sum((A.Placed(a, "h1"), b))),
+    ("(a | b) @ gpu", A.Placed(A.Par((a, b)), "gpu")),
+    ("a @ node[01-04] | b @ \"x y\"", A.Par((A.Placed(a, "node[01-04]"), A.Placed(b, "x y")))),
+    ("t.a + t.b", A.Sum((n("t.a"), n("t.b")))),
+    ("f(1, 2.5, 'x', True, None, [1, [2]], k=-3)",
+     A.Call(n("f"), (1, 2.5, "x", True, None, (1, (2,))), (("k", -3),))),
+    ("f()", A.Call(n("f"))),
+    ("f([])", A.Call(n("f"), ((),))),
+    ("(((a)))", a),
+    ("a |\n b", A.Par((a, b))),
+    ("(a\n | b\n)", A.Par((a, b))),
+    ("f(1,\n  2)", A.Call(n("f"), (1, 2))),
+    ("a + # comment\n b", A.Sum((a, b))),
+]
+
+
+@pytest.mark.parametrize("text,tree", SHAPES, ids=[s[0] for s in SHAPES])
+def test_shape(text, tree):
+    assert parse_expr(text) == tree
+
+
+def test_statements_and_positions():
+    flow = parse("import tasks\nimport tasks as t\nfrom m import a, b as c\nfrom m import *\n"
+                 "x = a | b\n\n# note\nx; c\n", "f.flow")
+    s = flow.statements
+    assert s[0] == A.Import("tasks") and s[1] == A.Import("tasks", "t")
+    assert s[2] == A.FromImport("m", (("a", None), ("b", "c"))) and s[3] == A.FromImport("m", None)
+    assert s[4] == A.Bind("x", A.Par((a, b)))
+    assert s[5] == A.ExprStmt(A.Seq((n("x"), c)))
+    assert (s[5].pos.line, s[5].pos.column) == (8, 1)
+    assert (s[4].expr.items[1].pos.line, s[4].expr.items[1].pos.column) == (5, 9)
+
+
+def test_inline_def_is_captured_with_decorators():
+    text = "@task(parse='lines')\ndef e(n):\n    # body\n\n    return f'seq {n}'\n\ne(3)\n"
+    flow = parse(text)
+    d = flow.statements[0]
+    assert isinstance(d, A.Def) and d.name == "e" and d.pos.line == 1
+    assert d.source.startswith("@task(parse='lines')\ndef e(n):") and d.source.endswith("return f'seq {n}'")
+    assert flow.statements[1] == A.ExprStmt(A.Call(n("e"), (3,)))
+
+
+@pytest.mark.parametrize("text,where,message", [
+    ("a b", "1:3", "unexpected 'b'"),
+    ("a |", "1:4", "unexpected end of input"),
+    ("(a | b", "1:7", "expected ')'"),
+    ("a @", "1:4", "unexpected end of input"),
+    ("f(x=1, 2)", "1:1", "positional argument after keyword argument"),
+    ("a $ b", "1:3", "unexpected character '$'"),
+    ("f('abc)", "1:3", "unterminated string"),
+])
+def test_syntax_errors_are_positioned(text, where, message):
+    with pytest.raises(FlowError) as e:
+        parse(text, "x.flow")
+    out = str(e.value)
+    assert out.startswith(f"x.flow:{where}: error: ") and message in out
+    line, col = map(int, where.split(":"))
+    caret_line = out.splitlines()[2]
+    assert caret_line.index("^") - 4 == col - 1
+
+
+# ------------------------------------------------------------ property tests
+names = st.sampled_from(["a", "b", "c", "t.x", "run_1"])
+literals = st.recursive(
+    st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False, width=32),
+              st.text(max_size=8), st.booleans(), st.none()),
+    lambda inner: st.lists(inner, max_size=3).map(tuple), max_leaves=6)
+calls = st.builds(lambda nm, args, kw: A.Call(A.Name(tuple(nm.split("."))), tuple(args), tuple(kw.items())),
+                  names, st.lists(literals, max_size=3),
+                  st.dictionaries(st.sampled_from(["k", "size", "n"]), literals, max_size=2))
+leaves = st.one_of(names.map(lambda x: A.Name(tuple(x.split(".")))), calls)
+targets = st.sampled_from(["h1", "gpu", "node[01-04]", "web-1", "a b", "x.y"])
+
+
+def _exprs():
+    return st.recursive(
+        leaves,
+        lambda inner: st.one_of(
+            st.lists(inner, min_size=2, max_size=4).map(A.seq),
+            st.lists(inner, min_size=2, max_size=4).map(A.par),
+            st.lists(inner, min_size=2, max_size=4).map(A.plus),
+            st.builds(A.Placed, inner, targets),
+        ), max_leaves=12)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(_exprs())
+def test_unparse_parse_round_trip(tree):
+    text = A.unparse(tree)
+    assert parse_expr(text) == tree, text
+
+
+@settings(max_examples=100)
+@given(st.lists(_exprs(), min_size=1, max_size=3))
+def test_flow_round_trip(exprs):
+    flow = A.Flow((A.Import("tasks", "t"), A.FromImport("m", (("a", "b"),)),
+                   A.Bind("x", exprs[0]), *(A.ExprStmt(e) for e in exprs)))
+    assert parse(A.unparse(flow)) == flow
+
+
+ALPHABET = "ab()|;+@=,.[]'\"\n #:01xyz_-\t\\*"
+
+
+@settings(max_examples=500)
+@given(st.text(alphabet=ALPHABET, max_size=40))
+def test_fuzz_only_positioned_errors(text):
+    try:
+        parse(text, "fuzz.flow")
+    except FlowError as e:
+        assert str(e).startswith("fuzz.flow:")
+        assert all(d.line >= 1 and d.column >= 1 for d in e.diagnostics)
+
+
+@settings(max_examples=200)
+@given(st.text(max_size=30))
+def test_fuzz_any_unicode(text):
+    try:
+        parse(text, "fuzz.flow")
+    except FlowError as e:
+        assert str(e).startswith("fuzz.flow:")
