@@ -165,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(args: dict) -> int:
     from . import api
 
+    if args["hosts"]:
+        from . import hostcmds
+
+        return hostcmds.dispatch(args)
+    if args["exec"]:
+        from . import hostcmds
+
+        return hostcmds.exec_command(args)
+    if args["data"]:
+        from .data import cli as data_cli
+
+        return data_cli.dispatch(args)
     if args["check"] or args["plan"]:
         plan, _ = api.load(args["FLOW"], args["--hosts"])
         if args["check"]:
@@ -183,18 +195,6 @@ def dispatch(args: dict) -> int:
     if args["eval"]:
         plan, inv = api.load_expr(args["EXPR"], args["--tasks"], args["--hosts"])
         return _run(args, plan, inv)
-    if args["hosts"]:
-        from . import hostcmds
-
-        return hostcmds.dispatch(args)
-    if args["exec"]:
-        from . import hostcmds
-
-        return hostcmds.exec_command(args)
-    if args["data"]:
-        from .data import cli as data_cli
-
-        return data_cli.dispatch(args)
     raise UsageError("unknown command")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,11 +144,10 @@ class Executor:
                 root = self._eval(self.plan.root)
                 halt = tg.create_task(self._halt_now.wait())
                 await asyncio.wait([root, halt], return_when=asyncio.FIRST_COMPLETED)
-                if root.done():
-                    halt.cancel()
-                    result = root.result()
-                else:
-                    raise _HaltNow()
+                if self._halt_now.is_set():
+                    raise _HaltNow()   # the TaskGroup cancels every job; transports kill them
+                halt.cancel()
+                result = root.result()
         except* _HaltNow:
             halted = True
         failures = [f for f in self._failures if f.cause]
@@ -271,8 +272,14 @@ class Executor:
                                           f"{'is' if len(eligible) == 1 else 'are all'} down", job))
             out, err = self.log.paths(job.id, attempt)
             self._emit("job_started", job, host, attempt)
+            started = time.time()
             try:
                 outcome = await self.transports[host].run(JobSpec(job.id, job.command, out, err, timeout))
+            except asyncio.CancelledError:
+                # killed by halt now or a signal: the log still says so
+                self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
+                             Failure("cancelled", job, host), True)
+                raise
             finally:
                 self.scheduler.release(host)
             self._jobs_run += 1

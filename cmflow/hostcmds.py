@@ -1,0 +1,252 @@
+"""``cmflow hosts list|check|trust`` and ``cmflow exec``: host-level commands.
+
+A thin layer: the work is done by the inventory and the transports; these
+functions only gather, group and print.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .errors import UsageError
+from .hosts import Host, Inventory, fold_nodeset, load_inventory
+from .runlog import write_atomic
+from .transport import JobSpec
+from .transport.ssh import classify_ssh_error, ssh_base_argv
+
+
+def _resolve(inv: Inventory, targets: Sequence[str] | str | None) -> tuple[Host, ...]:
+    if not targets:
+        return inv.hosts
+    parts = [targets] if isinstance(targets, str) else list(targets)
+    chosen: dict[str, Host] = {}
+    for t in parts:
+        try:
+            for h in inv.resolve(t):
+                chosen.setdefault(h.name, h)
+        except (KeyError, ValueError) as e:
+            raise UsageError(f"unknown host, group or label {e} (known: {', '.join(inv.target_names())})") from None
+    return tuple(chosen.values())
+
+
+def dispatch(args: dict) -> int:
+    inv = load_inventory(args["--hosts"])
+    if args["list"]:
+        return list_hosts(inv, args["TARGET"][0] if args["TARGET"] else None)
+    if args["check"]:
+        timeout = float(args["--connect-timeout"] or 10)
+        return asyncio.run(check_hosts(inv, args["TARGET"], timeout))
+    if args["trust"]:
+        return trust_hosts(inv, args["HOST"], args["--yes"])
+    raise UsageError("unknown hosts command")
+
+
+# ---------------------------------------------------------------------- list
+def list_hosts(inv: Inventory, target: str | None = None) -> int:
+    hosts = _resolve(inv, target)
+    groups = {h.name: [g for g, members in inv.groups if h.name in members] for h in hosts}
+    rows = [("NAME", "ADDRESS", "SLOTS", "LABELS", "GROUPS")]
+    for h in hosts:
+        addr = "local" if h.local else (f"{h.user + '@' if h.user else ''}{h.hostname}"
+                                        f"{':' + str(h.port) if h.port else ''}")
+        rows.append((h.name, addr, str(h.slots), ",".join(h.labels) or "-", ",".join(groups[h.name]) or "-"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    print(f"# {len(hosts)} host{'s' if len(hosts) != 1 else ''}, {sum(h.slots for h in hosts)} slots; "
+          f"from {inv.source}" + (f"; ssh config {inv.ssh_config}" if inv.ssh_config else ""))
+    return 0
+
+
+# --------------------------------------------------------------------- check
+@dataclass(frozen=True)
+class HostStatus:
+    host: str
+    ok: bool
+    status: str
+    cpus: str = "-"
+    load: str = "-"
+
+
+_PROBE = "nproc 2>/dev/null || getconf _NPROCESSORS_ONLN; cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || uptime"
+
+
+async def probe(host: Host, ssh_config: str | None, timeout: float) -> HostStatus:
+    if host.local:
+        argv = ["/bin/sh", "-c", _PROBE]
+    else:
+        argv = [*ssh_base_argv(host, ssh_config, timeout), host.hostname, _PROBE]
+    proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout + 5)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return HostStatus(host.name, False, "timeout")
+    if proc.returncode == 0:
+        lines = out.decode().split("\n")
+        return HostStatus(host.name, True, "reachable", lines[0].strip() or "-",
+                          lines[1].strip() if len(lines) > 1 else "-")
+    text = err.decode("utf-8", "replace")
+    if proc.returncode != 255:
+        return HostStatus(host.name, False, f"probe failed (exit {proc.returncode})")
+    low = text.lower()
+    if "host key" in low or "identification has changed" in low:
+        status = "host key unknown" if "changed" not in low else "host key CHANGED"
+    elif "permission denied" in low:
+        status = "auth failed"
+    elif "timed out" in low:
+        status = "timeout"
+    else:
+        status = "unreachable"
+    return HostStatus(host.name, False, f"{status}: {classify_ssh_error(text, host)}")
+
+
+async def check_hosts(inv: Inventory, targets: Sequence[str], timeout: float) -> int:
+    hosts = _resolve(inv, targets)
+    results = await asyncio.gather(*(probe(h, inv.ssh_config, timeout) for h in hosts))
+    rows = [("HOST", "STATUS", "CPUS", "LOAD")] + [(r.host, r.status, r.cpus, r.load) for r in results]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    bad = [r.host for r in results if not r.ok]
+    if bad:
+        print(f"{len(bad)} of {len(results)} host(s) not ready: {fold_nodeset(bad)}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+# --------------------------------------------------------------------- trust
+def _ssh_settings(host: Host, ssh_config: str | None) -> dict[str, str]:
+    """What ssh itself would use for this host (``ssh -G``): real name, port, known_hosts file."""
+    argv = ssh_base_argv(host, ssh_config) + ["-G", host.hostname]
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UsageError(f"ssh -G {host.hostname} failed: {r.stderr.strip()}")
+    settings: dict[str, str] = {}
+    for line in r.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        settings.setdefault(key, value)
+    return settings
+
+
+def trust_hosts(inv: Inventory, names: Sequence[str], yes: bool) -> int:
+    status = 0
+    for host in _resolve(inv, list(names)):
+        if host.local:
+            print(f"{host.name}: local host, nothing to trust")
+            continue
+        s = _ssh_settings(host, inv.ssh_config)
+        real, port = s.get("hostname", host.hostname), s.get("port", "22")
+        known = os.path.expanduser(s.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0])
+        scan = subprocess.run(["ssh-keyscan", "-T", "5", "-p", port, real], capture_output=True, text=True)
+        keys = [line for line in scan.stdout.splitlines() if line and not line.startswith("#")]
+        if not keys:
+            print(f"{host.name}: no host keys from {real}:{port} ({scan.stderr.strip() or 'no answer'})",
+                  file=sys.stderr)
+            status = 1
+            continue
+        fp = subprocess.run(["ssh-keygen", "-lf", "-"], input="\n".join(keys) + "\n", capture_output=True, text=True)
+        print(f"{host.name} ({real}:{port}) offers:")
+        for line in fp.stdout.splitlines():
+            print(f"  {line}")
+        lookup = real if port == "22" else f"[{real}]:{port}"
+        existing = subprocess.run(["ssh-keygen", "-F", lookup, "-f", known], capture_output=True, text=True)
+        replacing = existing.returncode == 0 and existing.stdout.strip()
+        if replacing:
+            print(f"  {known} already has keys for {lookup}; they will be replaced")
+        if not yes:
+            if not sys.stdin.isatty():
+                print("  not a terminal: re-run with --yes to trust these keys", file=sys.stderr)
+                status = 1
+                continue
+            answer = input(f"Add to {known}? [y/N] ").strip().lower()
+            if answer not in ("y", "yes"):
+                print("  skipped")
+                continue
+        kept = []
+        if os.path.exists(known):
+            if replacing:
+                subprocess.run(["ssh-keygen", "-R", lookup, "-f", known], capture_output=True)
+                Path(known + ".old").unlink(missing_ok=True)
+            kept = Path(known).read_text().splitlines()
+        Path(known).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(Path(known), "\n".join(kept + keys) + "\n")
+        print(f"  added {len(keys)} key(s) to {known}")
+    return status
+
+
+# ---------------------------------------------------------------------- exec
+def exec_command(args: dict) -> int:
+    inv = load_inventory(args["--hosts"])
+    hosts = _resolve(inv, args["--on"] if args["--on"] not in (None, "all") else None)
+    timeout = float(args["--timeout"]) if args["--timeout"] else None
+    connect = float(args["--connect-timeout"] or 10)
+    results = asyncio.run(run_everywhere(inv, hosts, args["COMMAND"], timeout, connect))
+    return print_grouped(results)
+
+
+@dataclass(frozen=True)
+class HostOutput:
+    host: str
+    exit_status: int | None
+    output: str
+    error: str = ""
+
+
+async def run_everywhere(inv: Inventory, hosts: Sequence[Host], command: str, timeout: float | None,
+                         connect_timeout: float = 10) -> list[HostOutput]:
+    """One command on every host at once, through the same transports flows use."""
+    from .transport.local import LocalTransport
+    from .transport.ssh import SshTransport
+
+    with tempfile.TemporaryDirectory(prefix="cmflow-exec-") as tmp:
+        async def one(i: int, host: Host) -> HostOutput:
+            t = LocalTransport(host) if host.local else SshTransport(host, inv.ssh_config, connect_timeout)
+            out, err = Path(tmp) / f"{i}.out", Path(tmp) / f"{i}.err"
+            try:
+                o = await t.run(JobSpec(i, command, out, err, timeout))
+            finally:
+                await t.aclose()
+            text = (out.read_bytes() if out.exists() else b"") + (err.read_bytes() if err.exists() else b"")
+            why = o.message if o.connection_failed else ("timed out" if o.timed_out else
+                                                          f"killed by signal {o.signal}" if o.exit_status is None
+                                                          else "")
+            return HostOutput(host.name, o.exit_status, text.decode("utf-8", "replace"), why)
+
+        return list(await asyncio.gather(*(one(i, h) for i, h in enumerate(hosts))))
+
+
+def group_outputs(results: Sequence[HostOutput]) -> list[tuple[str, str]]:
+    """Hosts with identical output merged, as ``clush -b`` does: [(folded names, output)]."""
+    groups: dict[str, list[str]] = {}
+    for r in results:
+        if r.error and r.exit_status is None and not r.output:
+            continue
+        groups.setdefault(r.output, []).append(r.host)
+    return [(fold_nodeset(names), text) for text, names in groups.items()]
+
+
+def print_grouped(results: Sequence[HostOutput]) -> int:
+    for names, text in group_outputs(results):
+        lines = text.rstrip("\n").split("\n") if text else [""]
+        if len(lines) == 1:
+            print(f"{names}: {lines[0]}")
+        else:
+            print(f"---------------- {names}")
+            for line in lines:
+                print(line)
+    failed = [r for r in results if r.exit_status != 0]
+    if failed:
+        print(f"\nfailed on {len(failed)} of {len(results)} host(s):", file=sys.stderr)
+        for r in failed:
+            why = r.error or f"exit status {r.exit_status}"
+            print(f"  {r.host}: {why}", file=sys.stderr)
+    return 1 if failed else 0
+
