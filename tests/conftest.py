@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -39,10 +40,27 @@ def flowdir(tmp_path: Path):
     return write
 
 
+def world_dir(prefix: str) -> Path:
+    """A folder the remote test user can reach (pytest's tmp_path is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(d, 0o777)
+    return d
+
+
+@pytest.fixture
+def shared(request):
+    """A folder both the tests and the remote jobs (another user) can write."""
+    d = world_dir("cmflow-shared-")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def sshd_hosts(tmp_path_factory):
+def sshd_hosts():
     if not have_sshd():
         pytest.skip("openssh-server is not installed (.ci/run installs it)")
-    hosts = SshdHosts(Path(tmp_path_factory.mktemp("sshd")), n=3, slots=2).start()
+    base = world_dir("cmflow-sshd-")
+    hosts = SshdHosts(base, n=3, slots=2).start()
     yield hosts
     hosts.stop()
+    shutil.rmtree(base, ignore_errors=True)
