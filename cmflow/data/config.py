@@ -1,0 +1,168 @@
+"""Data config: which databases and storage services exist, and the defaults.
+
+Shape (the seed's):
+
+    default: {db: local, service: local}
+    db:
+      local: {kind: local, path: ~/.cmflow/data/db}
+      mongo: {kind: mongo, url: "mongodb://127.0.0.1:27017", database: cmflow}
+    service:
+      local: {kind: local, path: ~/.cmflow/data/storage}
+      azure: {kind: azure, account: devstoreaccount1, key: {env: AZURE_KEY}, container: data}
+      s3:    {kind: s3, access_key: {env: AWS_ACCESS_KEY_ID}, secret_key: {env: AWS_SECRET_ACCESS_KEY},
+              bucket: data, region: us-east-1, endpoint: "http://127.0.0.1:5000"}
+
+Any value may be ``{env: NAME}``: it is read from the environment when used,
+so credentials need not be written down; they are never printed or logged.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+
+KINDS_DB = {"local", "mongo"}
+KINDS_SERVICE = {"local", "azure", "s3"}
+SECRET_KEYS = {"key", "secret", "secret_key", "access_key", "password", "url", "connection_string"}
+
+
+def data_home() -> Path:
+    return Path(os.environ.get("CMFLOW_DATA") or Path.home() / ".cmflow" / "data")
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    kind: str
+    settings: dict[str, Any] = field(default_factory=dict, compare=False)
+    source: str = "<built-in>"
+    section: str = "service"   # "db" or "service": where it stands in the config
+
+    def get(self, key: str, default: Any = None, required: bool = False) -> Any:
+        value = self.settings.get(key, default)
+        if isinstance(value, dict) and set(value) == {"env"}:
+            env = str(value["env"])
+            if env not in os.environ:
+                if required:
+                    raise ConfigError(self.source, f"{self.path}.{key}", f"environment variable {env} is not set")
+                return default
+            value = os.environ[env]
+        if value is None and required:
+            raise ConfigError(self.source, f"{self.path}.{key}", "missing")
+        return value
+
+    @property
+    def path(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    def describe(self) -> str:
+        """Settings fit to show: anything secret is masked."""
+        shown = []
+        for k, v in self.settings.items():
+            if k == "kind":
+                continue
+            if isinstance(v, dict) and set(v) == {"env"}:
+                shown.append(f"{k}=${v['env']}")
+            elif k in SECRET_KEYS:
+                shown.append(f"{k}=***")
+            else:
+                shown.append(f"{k}={v}")
+        return ", ".join(shown)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dbs: dict[str, Section]
+    services: dict[str, Section]
+    default_db: str
+    default_service: str
+    source: str = "<built-in>"
+
+
+def default_config() -> DataConfig:
+    home = data_home()
+    return DataConfig(
+        {"local": Section("local", "local", {"kind": "local", "path": str(home / "db")}, section="db")},
+        {"local": Section("local", "local", {"kind": "local", "path": str(home / "storage")})},
+        "local", "local")
+
+
+def find_config(explicit: str | None) -> str | None:
+    if explicit:
+        return explicit
+    for c in (os.environ.get("CMFLOW_DATA_CONFIG"), Path.home() / ".cmflow" / "data.yaml"):
+        if c and Path(c).is_file():
+            return str(c)
+    return None
+
+
+def load_config(explicit: str | None = None) -> DataConfig:
+    path = find_config(explicit)
+    if path is None:
+        return default_config()
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read data config: {e.strerror}") from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: str) -> DataConfig:
+    try:
+        doc = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        raise ConfigError(source, "", f"not valid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(source, "", "expected a mapping with 'default:', 'db:' and 'service:'")
+    for k in doc:
+        if k not in ("default", "db", "service"):
+            raise ConfigError(source, str(k), "unknown key; expected default, db or service")
+    base_dir = Path(source).resolve().parent
+
+    def sections(key: str, kinds: set[str]) -> dict[str, Section]:
+        raw = doc.get(key) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(source, key, "expected a mapping from name to settings")
+        out = {}
+        for name, settings in raw.items():
+            path = f"{key}.{name}"
+            if not isinstance(settings, dict):
+                raise ConfigError(source, path, "expected a mapping of settings with 'kind:'")
+            kind = settings.get("kind")
+            if kind not in kinds:
+                raise ConfigError(source, f"{path}.kind", f"expected one of {', '.join(sorted(kinds))}, got {kind!r}")
+            settings = dict(settings)
+            if kind == "local":
+                p = settings.get("path")
+                if not isinstance(p, str) or not p:
+                    raise ConfigError(source, f"{path}.path", "expected a folder path")
+                p = os.path.expanduser(p)
+                settings["path"] = str(p if os.path.isabs(p) else base_dir / p)
+            out[str(name)] = Section(str(name), kind, settings, source, key)
+        return out
+
+    dbs = sections("db", KINDS_DB)
+    services = sections("service", KINDS_SERVICE)
+    default = doc.get("default") or {}
+    if not isinstance(default, dict):
+        raise ConfigError(source, "default", "expected a mapping with 'db:' and 'service:'")
+    fallback = default_config()
+    if not dbs:
+        dbs = fallback.dbs
+    if not services:
+        services = fallback.services
+    default_db = default.get("db") or next(iter(dbs))
+    default_service = default.get("service") or next(iter(services))
+    if default_db not in dbs:
+        raise ConfigError(source, "default.db", f"no database named {default_db!r} (have: {', '.join(dbs)})")
+    if default_service not in services:
+        raise ConfigError(source, "default.service",
+                          f"no service named {default_service!r} (have: {', '.join(services)})")
+    return DataConfig(dbs, services, default_db, default_service, source)

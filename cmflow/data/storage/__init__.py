@@ -1,0 +1,33 @@
+"""Storage services: where the bytes live. Every method streams; no whole file in memory."""
+from __future__ import annotations
+
+from typing import BinaryIO, Iterator, Protocol
+
+from ..config import Section
+
+CHUNK = 1 << 20
+
+
+class Storage(Protocol):
+    def put(self, key: str, chunks: Iterator[bytes], content_type: str) -> None: ...
+    def get(self, key: str, sink: BinaryIO) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def keys(self) -> list[str]: ...
+    def url(self, key: str) -> str: ...
+    def ping(self) -> str: ...
+
+
+def open_storage(section: Section) -> Storage:
+    if section.kind == "local":
+        from .local import LocalStorage
+
+        return LocalStorage(section.get("path", required=True))
+    if section.kind == "azure":
+        from .cloud import azure_storage
+
+        return azure_storage(section)
+    if section.kind == "s3":
+        from .cloud import s3_storage
+
+        return s3_storage(section)
+    raise ValueError(section.kind)
