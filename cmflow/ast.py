@@ -13,19 +13,16 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Union
+from typing import NamedTuple, Union
 
 Literal = Union[int, float, str, bool, None, tuple]  # lists are tuples here (hashable)
 
 
-@dataclass(frozen=True)
-class Pos:
-    """1-based line and column of a node's first character (and where it ends)."""
+class Pos(NamedTuple):
+    """1-based line and column of a node's first token (a tuple: cheap to make, immutable)."""
 
     line: int = 0
     column: int = 0
-    end_line: int = 0
-    end_column: int = 0
 
     def __str__(self) -> str:
         return f"{self.line}:{self.column}"

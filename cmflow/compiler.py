@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from . import ast
+from ._gc import paused
 from .errors import Diagnostic, FlowError
 from .parser import parse
 from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
 from .tasks import ModuleNotFound, TaskLoader, exec_inline_def, options_of, public_tasks
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_MISSING = object()
+_PLAN_KIND = {ast.Seq: PSeq, ast.Par: PPar, ast.Sum: PSum}
 
 
 @dataclass
@@ -41,6 +44,9 @@ class _Compiler:
         self.diags: list[Diagnostic] = []
         self.jobs: dict[tuple, Job] = {}
         self.job_refs: dict[int, JobRef] = {}
+        # (name parts, args, kwargs, target) -> compiled reference; valid while
+        # the namespace is unchanged, so every statement that binds a name clears it
+        self._refs: dict[tuple, PlanNode | None] = {}
 
     # -------------------------------------------------------------- reporting
     def error(self, pos: ast.Pos, message: str, width: int = 1, notes: tuple[str, ...] = ()) -> None:
@@ -53,6 +59,8 @@ class _Compiler:
 
     # ------------------------------------------------------------- statements
     def statement(self, stmt: ast.Stmt) -> ast.Expr | None:
+        if not isinstance(stmt, ast.ExprStmt):
+            self._refs.clear()
         match stmt:
             case ast.Import(module, alias):
                 mod = self._load(module, stmt.pos)
@@ -116,29 +124,33 @@ class _Compiler:
     # ------------------------------------------------------------ expressions
     def expr(self, node: ast.Expr, target: str | None) -> PlanNode | None:
         """Compile one expression under an enclosing placement; None after an error."""
-        match node:
-            case ast.Name():
-                return self._reference(node, (), (), target, node.pos)
-            case ast.Call(name, args, kwargs):
-                return self._reference(name, args, kwargs, target, node.pos, call=True)
-            case ast.Placed(inner, where):
-                if not self._check_target(where, node.pos):
-                    return self.expr(inner, target)  # still look for errors inside
-                # the innermost placement wins: it is the more specific one
-                return self.expr(inner, where)
-            case ast.Seq(items):
-                return self._many(PSeq, items, target, node.pos)
-            case ast.Par(items):
-                return self._many(PPar, items, target, node.pos)
-            case ast.Sum(items):
-                return self._many(PSum, items, target, node.pos)
+        kind = type(node)
+        if kind is ast.Call:
+            # repr keeps 1, 1.0 and True apart (they hash alike)
+            key = (node.name.parts, repr(node.args) if node.args else "",
+                   repr(node.kwargs) if node.kwargs else "", target)
+            ref = self._refs.get(key, _MISSING)
+            if ref is _MISSING:
+                ref = self._refs[key] = self._reference(node.name, node.args, node.kwargs, target, node.pos,
+                                                        call=True)
+            return ref
+        if kind is ast.Name:
+            key = (node.parts, target)
+            ref = self._refs.get(key, _MISSING)
+            if ref is _MISSING:
+                ref = self._refs[key] = self._reference(node, (), (), target, node.pos)
+            return ref
+        if kind is ast.Seq or kind is ast.Par or kind is ast.Sum:
+            parts = [self.expr(i, target) for i in node.items]  # type: ignore[union-attr]
+            if None in parts:
+                return None
+            return _PLAN_KIND[kind](tuple(parts), node.pos)  # type: ignore[arg-type]
+        if kind is ast.Placed:
+            if not self._check_target(node.target, node.pos):
+                return self.expr(node.expr, target)  # still look for errors inside
+            # the innermost placement wins: it is the more specific one
+            return self.expr(node.expr, node.target)
         raise TypeError(node)
-
-    def _many(self, kind: type, items: tuple[ast.Expr, ...], target: str | None, pos: ast.Pos) -> PlanNode | None:
-        parts = [self.expr(i, target) for i in items]
-        if any(p is None for p in parts):
-            return None
-        return kind(tuple(parts), pos)  # type: ignore[arg-type]
 
     def _check_target(self, where: str, pos: ast.Pos) -> bool:
         if self.is_target is None or self.is_target(where):
@@ -218,23 +230,31 @@ class _Compiler:
         py_args = [_to_python(a) for a in args]
         py_kwargs = {k: _to_python(v) for k, v in kwargs}
         try:
-            inspect.signature(fn).bind(*py_args, **py_kwargs)
-        except TypeError as e:
-            self.error(pos, f"bad arguments for task '{name.dotted}': {e}", len(name.dotted))
-            return None
-        except ValueError:
-            pass  # builtins without a signature: let the call decide
-        try:
             command = fn(*py_args, **py_kwargs)
         except Exception as e:
-            self.error(pos, f"task '{name.dotted}' raised {type(e).__name__}: {e}", len(name.dotted),
-                       tuple(_user_frames(e)))
+            # A TypeError may be a bad call or the def's own bug: the signature tells
+            # (bound only here, off the hot path: binding costs more than calling).
+            if isinstance(e, TypeError) and (why := _bad_arguments_of(fn, py_args, py_kwargs)):
+                self.error(pos, f"bad arguments for task '{name.dotted}': {why}", len(name.dotted))
+            else:
+                self.error(pos, f"task '{name.dotted}' raised {type(e).__name__}: {e}", len(name.dotted),
+                           tuple(_user_frames(e)))
             return None
         if not isinstance(command, str):
             self.error(pos, f"task '{name.dotted}' returned {type(command).__name__}, not a command string",
                        len(name.dotted))
             return None
         return command
+
+
+def _bad_arguments_of(fn: Callable, args: list, kwargs: dict) -> str | None:
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as e:
+        return str(e)
+    except ValueError:
+        pass  # no signature (a builtin): the call's own error stands
+    return None
 
 
 def _to_python(value: Any) -> Any:
@@ -259,10 +279,11 @@ def compile_flow(flow: ast.Flow, source: str, *, loader: TaskLoader | None = Non
                   target_names or [])
     exprs: list[tuple[ast.Expr, PlanNode | None]] = []
     try:
-        for stmt in flow.statements:
-            expr = c.statement(stmt)
-            if expr is not None:
-                exprs.append((expr, c.expr(expr, None)))
+        with paused():
+            for stmt in flow.statements:
+                expr = c.statement(stmt)
+                if expr is not None:
+                    exprs.append((expr, c.expr(expr, None)))
     except RecursionError:
         c.error(ast.Pos(1, 1), "expression nested too deeply")
     if c.diags:

@@ -10,7 +10,9 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ast
+from ._gc import paused
 from .errors import Diagnostic, FlowError
+from .fastparse import Fallback, fast_parse
 
 # After these tokens a newline continues the statement (a binary operator or a
 # separator inside an argument list is waiting for its right-hand side).
@@ -48,8 +50,7 @@ class _Postlex:
 
 
 def _pos(meta_or_tok) -> ast.Pos:
-    return ast.Pos(meta_or_tok.line, meta_or_tok.column,
-                   getattr(meta_or_tok, "end_line", 0) or 0, getattr(meta_or_tok, "end_column", 0) or 0)
+    return ast.Pos(meta_or_tok.line, meta_or_tok.column)
 
 
 @v_args(meta=True)
@@ -180,7 +181,24 @@ def _parser() -> Lark:
 
 
 def parse(text: str, filename: str = "<flow>") -> ast.Flow:
-    """Parse flow text; raise FlowError with a positioned message on bad syntax."""
+    """Parse flow text; raise FlowError with a positioned message on bad syntax.
+
+    The hand-written fast path reads well-formed flows; anything it does not
+    accept goes to the Lark parser (the reference), which also words every
+    syntax error.
+    """
+    if not text.endswith("\n"):
+        text += "\n"
+    with paused():
+        try:
+            return fast_parse(text, filename)
+        except Fallback:
+            pass
+    return parse_reference(text, filename)
+
+
+def parse_reference(text: str, filename: str = "<flow>") -> ast.Flow:
+    """The Lark parser over grammar.lark: the definition of the language."""
     if not text.endswith("\n"):
         text += "\n"
     lines = text.splitlines()

@@ -148,3 +148,64 @@ def test_fuzz_any_unicode(text):
         parse(text, "fuzz.flow")
     except FlowError as e:
         assert str(e).startswith("fuzz.flow:")
+
+
+# ----------------------------------------- the fast path agrees with Lark
+def positions(node) -> list:
+    """Every node's type and (line, column), in order: positions take no part in ==."""
+    from dataclasses import fields, is_dataclass
+
+    out = []
+
+    def walk(n):
+        if isinstance(n, tuple):
+            for x in n:
+                walk(x)
+        elif is_dataclass(n) and not isinstance(n, A.Pos):
+            pos = getattr(n, "pos", None)
+            out.append((type(n).__name__, (pos.line, pos.column) if pos else None))
+            for f in fields(n):
+                if f.name != "pos":
+                    walk(getattr(n, f.name))
+
+    walk(node)
+    return out
+
+
+def same_as_reference(text: str) -> None:
+    from cmflow.fastparse import Fallback, fast_parse
+    from cmflow.parser import parse_reference
+
+    text = text if text.endswith("\n") else text + "\n"
+    try:
+        fast = fast_parse(text, "t.flow")
+    except Fallback:
+        return  # the reference parser handles it: nothing to compare
+    ref = parse_reference(text, "t.flow")
+    assert fast == ref, text
+    assert positions(fast) == positions(ref), text
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_exprs(), min_size=1, max_size=3), st.sampled_from(["", "\n", "  # c\n", "\n\n"]))
+def test_fast_path_matches_reference_on_generated_flows(exprs, gap):
+    from cmflow.fastparse import fast_parse
+
+    flow = A.Flow((A.Import("tasks", "t"), A.FromImport("m", (("a", "b"),)), A.FromImport("n", None),
+                   A.Def("e", "@task(parse='lines')\ndef e(n):\n    return f'echo {n}'"),
+                   A.Bind("x", exprs[0]), *(A.ExprStmt(e) for e in exprs)))
+    text = gap.join(A.unparse(A.Flow((stmt,))) for stmt in flow.statements)
+    fast_parse(text, "t.flow")   # well-formed flows must not fall back
+    same_as_reference(text)
+
+
+@settings(max_examples=1500)
+@given(st.text(alphabet=ALPHABET + "def@TrueNonas-", max_size=60))
+def test_fast_path_matches_reference_on_random_text(text):
+    same_as_reference(text)
+
+
+def test_fast_path_positions_examples():
+    for text in ["(a | b) @ h; c\n", "import t\nx = (a;\n b) + t.c(1, [2], k='v')\n",
+                 "a |\n  b @\n  h1 + c\n", "from m import *\n\n\n# x\nf(-1, +2.5e3)\n"]:
+        same_as_reference(text)
