@@ -307,7 +307,7 @@ class Executor:
 
     def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path) -> Result:
         def failure(reason: str) -> Failure:
-            return Failure(reason, job, host, outcome.exit_status, _tail(err))
+            return Failure(reason, job, host, outcome.exit_status, _tail(err) if outcome.stderr_bytes else "")
 
         if outcome.connection_failed:
             return failure(f"connection failed: {outcome.message}")
@@ -318,7 +318,7 @@ class Executor:
         if outcome.exit_status != 0:
             return failure(f"exit status {outcome.exit_status}")
         try:
-            text = out.read_bytes().decode("utf-8", "replace")
+            text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))
         except Exception as e:  # a task's own parse= callable may raise anything
             return failure(f"cannot read its value ({job.options.parse if isinstance(job.options.parse, str) else 'parse'}): "
@@ -329,7 +329,8 @@ class Executor:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
-            str(out), str(err), result.value if isinstance(result, Ok) else None,
+            str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
+            outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
             result.reason if isinstance(result, Failure) else "")
         self.log.record(rec)
         self._emit("job_ended", rec, final, isinstance(result, Ok))

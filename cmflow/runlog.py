@@ -11,7 +11,7 @@ import os
 import secrets
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,18 @@ class JobRecord:
     timed_out: bool
     connection_failed: bool
     command: str
-    stdout: str
+    stdout: str            # file of the job's stdout; "" when it printed nothing
     stderr: str
+    stdout_bytes: int = 0
     value: Any = None
     error: str = ""
 
     @property
     def runtime(self) -> float:
         return max(self.end - self.start, 0.0)
+
+
+_FIELDS = tuple(f.name for f in fields(JobRecord))
 
 
 def new_run_id() -> str:
@@ -81,17 +85,13 @@ class RunLog:
         return Path(f"{stem}.out"), Path(f"{stem}.err")
 
     def record(self, rec: JobRecord) -> None:
-        try:
-            received = os.path.getsize(rec.stdout)
-        except OSError:
-            received = 0
         exitval = rec.exit_status if rec.exit_status is not None else (255 if rec.connection_failed else -1)
         # GNU parallel puts the command on one line; so must we
         command = rec.command.replace("\n", " ").replace("\t", " ")
-        self._joblog.write(f"{rec.seq}\t{rec.host}\t{rec.start:.3f}\t{rec.runtime:.3f}\t0\t{received}\t"
+        self._joblog.write(f"{rec.seq}\t{rec.host}\t{rec.start:.3f}\t{rec.runtime:.3f}\t0\t{rec.stdout_bytes}\t"
                            f"{exitval}\t{rec.signal}\t{command}\n")
         self._joblog.flush()
-        doc = asdict(rec)
+        doc = {f: getattr(rec, f) for f in _FIELDS}   # not asdict(): it deep-copies every value
         doc["runtime"] = round(rec.runtime, 6)
         try:
             line = json.dumps(doc, default=repr)

@@ -22,7 +22,7 @@ class Closed(Exception):
     """The scheduler stopped handing out slots (halt policy)."""
 
 
-@dataclass
+@dataclass(eq=False)   # identity: removing one from the queue must not compare fields
 class _Waiter:
     eligible: tuple[str, ...]
     future: asyncio.Future
@@ -87,12 +87,9 @@ class Scheduler:
         except asyncio.CancelledError:
             if waiter.future.done() and not waiter.future.cancelled() and waiter.future.exception() is None:
                 self.release(waiter.future.result())  # granted just as we were cancelled
+            elif not waiter.future.done():
+                self._waiters.remove(waiter)          # granted waiters were removed by _dispatch
             raise
-        finally:
-            try:
-                self._waiters.remove(waiter)
-            except ValueError:
-                pass
 
     def release(self, name: str) -> None:
         self.free[name] += 1
@@ -101,9 +98,10 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         for waiter in list(self._waiters):
-            if self._global_free <= 0:
-                return
+            if self._global_free <= 0 or not any(n > 0 for n in self.free.values()):
+                return   # nothing free anywhere: the rest of the queue waits (keeps release O(1) when busy)
             if waiter.future.done():
+                self._waiters.remove(waiter)
                 continue
             if all(n in self.down for n in waiter.eligible):
                 self._waiters.remove(waiter)

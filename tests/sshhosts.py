@@ -59,6 +59,7 @@ class SshdHosts:
     slots: int = 2
     hosts: list[SshdHost] = field(default_factory=list)
     user: str = ""
+    cgroup: str | None = None          # a cgroup.procs file every sshd joins (benchmarks' CPU accounting)
 
     @property
     def ssh_config(self) -> Path:
@@ -153,8 +154,15 @@ MaxStartups {self.max_startups}
 
     def _launch(self, h: SshdHost) -> None:
         # -D: stay in the foreground as our child, so stop() can wait for it
+        join = None
+        if self.cgroup:
+            procs = self.cgroup
+
+            def join() -> None:
+                with open(procs, "w") as f:
+                    f.write(str(os.getpid()))
         h.proc = subprocess.Popen([SSHD, "-D", "-f", str(h.dir / "sshd_config"), "-E", str(h.dir / "sshd.log")],
-                                  stdin=subprocess.DEVNULL)
+                                  stdin=subprocess.DEVNULL, preexec_fn=join)
 
     def wait_ready(self, h: SshdHost, timeout: float = 20.0) -> None:
         """Poll until the host accepts a real login (sshd has no readiness signal)."""

@@ -1,7 +1,8 @@
 """The one interface through which the executor reaches a host.
 
 A transport starts a command on its host, sends the command's stdout and
-stderr to the files it is given, and reports how the command ended. It tells
+stderr to the files it is given (an empty output leaves no file), and
+reports how the command ended. It tells
 a connection failure (the host could not be reached, the session died) apart
 from the command's own failure, and on timeout or cancellation it kills the
 command's whole process tree, wherever that runs.
@@ -33,6 +34,8 @@ class Outcome:
     timed_out: bool = False
     connection_failed: bool = False
     message: str = ""            # why, when the transport could not run the command
+    stdout_bytes: int = 0        # an output of 0 bytes has no file
+    stderr_bytes: int = 0
 
     @property
     def ok(self) -> bool:

@@ -1,7 +1,8 @@
 """Local transport: each job is ``sh -c COMMAND`` in its own process group.
 
 The child is started with ``subprocess.Popen`` (vfork + exec, argv list) with
-stdout and stderr going straight into the run directory's files, and its exit
+stdout and stderr going straight into the run directory's files (see
+output.py), and its exit
 is awaited through a pidfd on the event loop: no pipe copying, no watcher
 thread per child, which is what makes a thousand tiny jobs cheap.
 """
@@ -15,6 +16,7 @@ import time
 
 from ..hosts import Host
 from . import JobSpec, Outcome
+from .output import JobOutput
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 
@@ -27,37 +29,42 @@ class LocalTransport:
 
     async def run(self, spec: JobSpec) -> Outcome:
         start = time.time()
+        out, err = JobOutput(spec.stdout), JobOutput(spec.stderr)
         try:
-            with open(spec.stdout, "wb") as out, open(spec.stderr, "wb") as err:
-                proc = subprocess.Popen(["/bin/sh", "-c", spec.command], stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=err, env=self._env, cwd=self._cwd, process_group=0,
+            try:
+                proc = subprocess.Popen(["/bin/sh", "-c", spec.command], stdin=subprocess.DEVNULL, stdout=out.fd,
+                                        stderr=err.fd, env=self._env, cwd=self._cwd, process_group=0,
                                         close_fds=True)
-        except OSError as e:
-            return Outcome(None, start=start, end=time.time(), connection_failed=True,
-                           message=f"cannot start /bin/sh: {e.strerror}")
-        try:
-            if spec.timeout is None:
-                await _exited(proc)
-            else:
-                await asyncio.wait_for(_exited(proc), spec.timeout)
-        except asyncio.TimeoutError:
-            await kill_tree(proc)
-            return _outcome(proc, start, timed_out=True)
-        except BaseException:
-            # cancelled (halt now, Ctrl-C): nothing of the job may outlive us
-            await asyncio.shield(kill_tree(proc))
-            raise
-        return _outcome(proc, start)
+            except OSError as e:
+                return Outcome(None, start=start, end=time.time(), connection_failed=True,
+                               message=f"cannot start /bin/sh: {e.strerror}")
+            try:
+                if spec.timeout is None:
+                    await _exited(proc)
+                else:
+                    await asyncio.wait_for(_exited(proc), spec.timeout)
+            except asyncio.TimeoutError:
+                await kill_tree(proc)
+                return _outcome(proc, start, out.close(), err.close(), timed_out=True)
+            except BaseException:
+                # cancelled (halt now, Ctrl-C): nothing of the job may outlive us
+                await asyncio.shield(kill_tree(proc))
+                raise
+            return _outcome(proc, start, out.close(), err.close())
+        finally:
+            out.close()
+            err.close()
 
     async def aclose(self) -> None:
         return None
 
 
-def _outcome(proc: subprocess.Popen, start: float, timed_out: bool = False) -> Outcome:
+def _outcome(proc: subprocess.Popen, start: float, out_bytes: int, err_bytes: int,
+             timed_out: bool = False) -> Outcome:
     rc = proc.returncode
     if rc is not None and rc < 0:
-        return Outcome(None, -rc, start, time.time(), timed_out)
-    return Outcome(rc, 0, start, time.time(), timed_out)
+        return Outcome(None, -rc, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes)
+    return Outcome(rc, 0, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes)
 
 
 async def _exited(proc: subprocess.Popen) -> int:

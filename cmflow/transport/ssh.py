@@ -34,10 +34,11 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Protocol
 
 from ..hosts import Host
 from . import ConnectionLost, JobSpec, Outcome
+from .output import JobOutput
 
 SESSIONS_PER_MASTER = 8
 CONNECT_TIMEOUT = 10
@@ -237,8 +238,7 @@ class SshTransport:
         assert proc.stdin and proc.stdout and proc.stderr
         script = (f"sh -c {shlex.quote(spec.command)} </dev/null; printf '\\n%s %d\\n' {self.token} \"$?\"; "
                   f"printf '\\n%s\\n' {self.token} >&2\n")
-        out = open(spec.stdout, "wb")
-        err = open(spec.stderr, "wb")
+        out, err = JobOutput(spec.stdout), JobOutput(spec.stderr)
         reusable = False
         try:
             proc.stdin.write(script.encode())
@@ -252,12 +252,13 @@ class SshTransport:
                     reusable = True
                 except (asyncio.TimeoutError, ConnectionLost, ConnectionError):
                     pass
-                return Outcome(None, 9, start, time.time(), timed_out=True)
+                return Outcome(None, 9, start, time.time(), timed_out=True, stdout_bytes=out.close(),
+                               stderr_bytes=err.close())
             except BaseException:
                 waiting.cancel()
                 raise
             reusable = True
-            return Outcome(status, 0, start, time.time())
+            return Outcome(status, 0, start, time.time(), stdout_bytes=out.close(), stderr_bytes=err.close())
         except (ConnectionLost, ConnectionError, BrokenPipeError) as e:
             self._forget_master(slot.master, slot.path)
             msg = await _drain(proc) if proc.returncode is not None or isinstance(e, ConnectionLost) else ""
@@ -275,7 +276,7 @@ class SshTransport:
             else:
                 await asyncio.shield(self._discard(slot))
 
-    async def _collect(self, proc: asyncio.subprocess.Process, out: BinaryIO, err: BinaryIO) -> int:
+    async def _collect(self, proc: asyncio.subprocess.Process, out: _Sink, err: _Sink) -> int:
         assert proc.stdout and proc.stderr
         status_line, _ = await asyncio.gather(_pump(proc.stdout, self._out_marker, out, want_line=True),
                                               _pump(proc.stderr, self._err_marker, err, want_line=False))
@@ -324,7 +325,11 @@ class SshTransport:
             self._dir = None
 
 
-async def _pump(reader: asyncio.StreamReader, marker: bytes, sink: BinaryIO, want_line: bool) -> bytes:
+class _Sink(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+
+async def _pump(reader: asyncio.StreamReader, marker: bytes, sink: _Sink, want_line: bool) -> bytes:
     """Copy a stream to sink up to the framing marker; return what follows it on its line."""
     buf = b""
     keep = len(marker) - 1

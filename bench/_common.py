@@ -1,0 +1,92 @@
+"""Shared by the benchmarks: run a command, time it, account its CPU (and the sshd side's).
+
+CPU accounting uses cgroup-v1 cpuacct groups when they are writable (as
+../shared/bench/measure.py does): everything the measured command starts is
+in 'client' (ssh ControlMasters that daemonise included), every sshd and its
+sessions in 'server'. Without cgroups it falls back to getrusage of children.
+"""
+from __future__ import annotations
+
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+CG_ROOT = Path("/sys/fs/cgroup/cpuacct/cmflow-bench")
+
+
+def cgroups() -> dict[str, Path] | None:
+    try:
+        groups = {n: CG_ROOT / n for n in ("client", "server")}
+        for g in groups.values():
+            g.mkdir(parents=True, exist_ok=True)
+        return groups
+    except OSError:
+        return None
+
+
+def cg_cpu(group: Path | None) -> float:
+    if group is None:
+        return 0.0
+    return int((group / "cpuacct.usage").read_text()) / 1e9
+
+
+@dataclass
+class Sample:
+    wall: float
+    client_cpu: float
+    server_cpu: float
+    rc: int
+
+
+def measure(cmd: str, groups: dict[str, Path] | None, env: dict | None = None, cwd: Path | None = None) -> Sample:
+    client = groups["client"] if groups else None
+    server = groups["server"] if groups else None
+
+    def join() -> None:
+        if client:
+            (client / "cgroup.procs").write_text(str(os.getpid()))
+
+    c0, s0 = cg_cpu(client), cg_cpu(server)
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", "-c", cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=join, env={**os.environ, **(env or {})}, cwd=cwd)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    time.sleep(0.3)   # let sshd sessions finish their accounting
+    c1, s1 = cg_cpu(client), cg_cpu(server)
+    if proc.returncode != 0:
+        print(f"  ! exit {proc.returncode}: {proc.stderr[-500:]}", file=sys.stderr)
+    rusage = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return Sample(wall, (c1 - c0) if client else rusage, s1 - s0, proc.returncode)
+
+
+def report(name: str, jobs: int, samples: list[Sample]) -> float:
+    walls = [s.wall for s in samples]
+    med = sorted(samples, key=lambda s: s.wall)[len(samples) // 2]
+    rate = jobs / med.wall
+    print(f"{name:<34} median {med.wall:6.2f} s  {rate:7.0f} jobs/s   walls {', '.join(f'{w:.2f}' for w in walls)}"
+          f"   CPU/job client {1000 * med.client_cpu / jobs:5.1f} ms, sshd {1000 * med.server_cpu / jobs:5.1f} ms")
+    return rate
+
+
+def flow_of(jobs: int, folder: Path, command: str = "true") -> Path:
+    """A flow of `jobs` distinct trivial jobs run side by side."""
+    (folder / "bench_tasks.py").write_text(f"def t(i):\n    return {command!r}\n")
+    flow = folder / "many.flow"
+    flow.write_text("from bench_tasks import t\n" + " | ".join(f"t({i})" for i in range(jobs)) + "\n")
+    return flow
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+            f"{statistics.mean([1]) and sys.version.split()[0]} Python")
