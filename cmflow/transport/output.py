@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 
 class JobOutput:
@@ -60,4 +61,31 @@ class JobOutput:
         finally:
             os.close(self.fd)
             self.fd = -1
+        return self.size
+
+
+class StreamedOutput:
+    """Output that arrives in chunks (over ssh): the file is created at the first byte."""
+
+    __slots__ = ("path", "file", "size")
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file: BinaryIO | None = None
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        if data:
+            if self.file is None:
+                self.file = open(self.path, "wb")
+            self.file.write(data)
+            self.size += len(data)
+        return len(data)
+
+    def close(self) -> int:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+        elif self.path.exists():
+            self.path.unlink()     # stale output of an earlier run in the same directory
         return self.size

@@ -38,7 +38,7 @@ from typing import Protocol
 
 from ..hosts import Host
 from . import ConnectionLost, JobSpec, Outcome
-from .output import JobOutput
+from .output import StreamedOutput
 
 SESSIONS_PER_MASTER = 8
 CONNECT_TIMEOUT = 10
@@ -238,7 +238,7 @@ class SshTransport:
         assert proc.stdin and proc.stdout and proc.stderr
         script = (f"sh -c {shlex.quote(spec.command)} </dev/null; printf '\\n%s %d\\n' {self.token} \"$?\"; "
                   f"printf '\\n%s\\n' {self.token} >&2\n")
-        out, err = JobOutput(spec.stdout), JobOutput(spec.stderr)
+        out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
         reusable = False
         try:
             proc.stdin.write(script.encode())
