@@ -67,12 +67,13 @@ class JobOutput:
 class StreamedOutput:
     """Output that arrives in chunks (over ssh): the file is created at the first byte."""
 
-    __slots__ = ("path", "file", "size")
+    __slots__ = ("path", "file", "size", "closed")
 
     def __init__(self, path: Path):
         self.path = path
         self.file: BinaryIO | None = None
         self.size = 0
+        self.closed = False
 
     def write(self, data: bytes) -> int:
         if data:
@@ -83,6 +84,10 @@ class StreamedOutput:
         return len(data)
 
     def close(self) -> int:
+        """Finish the file; idempotent. Returns the size written."""
+        if self.closed:
+            return self.size
+        self.closed = True
         if self.file is not None:
             self.file.close()
             self.file = None
