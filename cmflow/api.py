@@ -116,7 +116,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     finally:
         for o in shown:
             o.close()
-        done = result or RunResult(False, cancelled=True, jobs_run=executor._jobs_run)
+        done = result or RunResult(False, cancelled=True, jobs_run=executor.jobs_run)
         log.write_json("summary.json", {
             "ok": done.ok, "value": done.value, "cancelled": result is None, "halted": done.halted,
             "jobs_run": done.jobs_run, "down_hosts": done.down_hosts,

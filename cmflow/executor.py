@@ -130,7 +130,7 @@ class Executor:
         self._halt_now = asyncio.Event()
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
-        self._jobs_run = 0
+        self.jobs_run = 0
 
     # ---------------------------------------------------------------- driver
     async def run(self) -> RunResult:
@@ -155,7 +155,7 @@ class Executor:
             failures.append(result)
         ok = isinstance(result, Ok) and not failures
         return RunResult(ok, result.value if isinstance(result, Ok) else None, failures,
-                         halted or self.scheduler.closed, False, self._jobs_run, sorted(self.scheduler.down))
+                         halted or self.scheduler.closed, False, self.jobs_run, sorted(self.scheduler.down))
 
     def _spawn(self, key: Any, make: Callable[[], Awaitable[Result]]) -> asyncio.Task[Result]:
         task = self._tasks.get(key)
@@ -282,7 +282,7 @@ class Executor:
                 raise
             finally:
                 self.scheduler.release(host)
-            self._jobs_run += 1
+            self.jobs_run += 1
             result = self._result_of(job, host, outcome, out, err)
             final = True
             if outcome.connection_failed:

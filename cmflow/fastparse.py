@@ -1,42 +1,44 @@
 """A fast path for the grammar in grammar.lark: same language, same AST, same positions.
 
 Lark's LALR parser costs ~15 µs per token in CPython; a flow with 100 000
-task references has ~500 000 tokens. This hand-written recursive-descent
-parser reads the same language in a fraction of that. It never reports an
-error itself: on anything it does not accept it gives up (``Fallback``) and
-the Lark parser, the reference, parses the text and reports the error. The
-tests check that both parsers give the same tree, positions included, on
-generated flows and on random text.
+task references has ~500 000 tokens. This parser reads the same language in a
+small fraction of that: the text is cut into tokens by one regex in C (a whole
+one-line call ``run(3, size="big")`` is one token, its arguments parsed once
+per distinct text), and expressions are grouped by precedence in one loop with
+an explicit stack for brackets.
+
+It never reports an error itself: on anything it does not accept it gives up
+(``Fallback``) and the Lark parser, the reference, parses the text and words
+the error. The tests check that both give the same tree, positions included,
+on generated flows and on random text.
 """
 from __future__ import annotations
 
 import ast as pyast
 import re
+from bisect import bisect_left
 
 from . import ast
 
 _S = r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
 _N = r"[A-Za-z_][A-Za-z0-9_]*"
-# Leading blanks are part of every token match (one regex call per token),
-# and a whole one-line call ``run(3, size="big")`` is one token: most of a
-# big flow is calls, and their argument texts repeat.
+# Every token match starts with the blanks before it, and a catch-all ends the
+# alternatives, so matches are contiguous and nothing is skipped unseen.
 _TOKEN = re.compile(rf"""[ \t]*(?:
    (?P<nl>(?:\#[^\n]*)?(?:\r?\n[ \t]*(?:\#[^\n]*)?)+)
   |(?P<call>{_N}(?:\.{_N})*\((?:[^()"'\n\\]|{_S})*\))
   |(?P<ref>{_N}(?:\.{_N})*)
   |(?P<at>@[ \t]*(?:{_S}|[A-Za-z0-9_][A-Za-z0-9_.\-]*(?:\[[0-9,\-]+\][A-Za-z0-9_.\-]*)*))
-  |(?P<num>(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)
-  |(?P<op>[;|+@()\[\],=.*\-])
-  |(?P<str>{_S})
+  |(?P<op>[;|+()=,*])
   |(?P<cont>\\\r?\n)
+  |(?P<bad>[^\n]|\Z)
 )""", re.X)
+# a def block where a line starts: decorators, the def line, then indented or blank lines
+_DEF_AT_LINE = re.compile(r"^[ \t]*((?:@[^\n]*\n[ \t]*)*def[ \t][^\n]*(?:\n[ \t]*(?=\n)|\n[ \t]+[^\n]*)*)",
+                          re.M)
 _ARG = re.compile(rf"""[ \t]*(?:(?P<num>[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)|(?P<name>{_N})
   |(?P<str>{_S})|(?P<op>[,=\[\]]))""", re.X)
-_BLANK = re.compile(r"[ \t]*(?:\#[^\n]*)?\Z")
-_DEF = re.compile(r"(?:@[^\n]*\n[ \t]*)*def[ \t][^\n]*(?:\n[ \t]*(?=\n)|\n[ \t]+[^\n]*)*")
 _KEYWORDS = frozenset({"import", "from", "as", "True", "False", "None"})
-# a newline after one of these continues the statement (as the postlexer in parser.py)
-_CONTINUES = frozenset({";", "|", "+", "@", ",", "=", "(", "["})
 _LITERALS = {"True": True, "False": False, "None": None}
 _BINARY = frozenset({";", "|", "+"})
 
@@ -45,225 +47,237 @@ class Fallback(Exception):
     """The fast path does not accept this text; let the reference parser decide."""
 
 
+class _Tok:
+    """A token: kind, text (without the blanks before it), start offset."""
+
+    __slots__ = ("kind", "val", "start")
+
+    def __init__(self, kind: str, val: str, start: int):
+        self.kind, self.val, self.start = kind, val, start
+
+
+def _tokens(text: str) -> list[_Tok]:
+    toks: list[_Tok] = []
+    pos = 0
+    for d in _DEF_AT_LINE.finditer(text):
+        _scan(text, pos, d.start(1), toks)
+        toks.append(_Tok("def", d.group(1), d.start(1)))
+        pos = d.end(1)
+    _scan(text, pos, len(text), toks)
+    toks.append(_Tok("eof", "", len(text)))
+    return toks
+
+
+def _scan(text: str, pos: int, end: int, out: list[_Tok]) -> None:
+    append = out.append
+    for m in _TOKEN.finditer(text, pos, end):
+        kind = m.lastgroup
+        if kind == "cont":
+            continue
+        if kind == "bad":
+            if m.group(kind) == "" and m.end() == end:
+                return     # blanks before the end of the segment
+            raise Fallback()
+        val = m.group(kind)
+        append(_Tok(kind, val, m.end() - len(val)))
+
+
 class _Parser:
-    __slots__ = ("text", "end", "pos", "line", "line_start", "depth", "prev", "kind", "val", "tstart", "_args",
-                 "_parts")
-
-    def __init__(self, text: str):
+    def __init__(self, text: str, filename: str):
         self.text = text
-        self.end = len(text)
-        self.pos = 0
-        self.line = 1
-        self.line_start = 0
-        self.depth = 0
-        self.prev: str | None = None
-        self.kind = self.val = ""
-        self.tstart = 0
-        self._args: dict[str, tuple[tuple, tuple]] = {}     # argument text -> parsed (per parse)
-        self._parts: dict[str, tuple[str, ...]] = {}        # dotted name -> its parts
-        self.advance()
+        self.filename = filename
+        self.toks = _tokens(text)
+        self.i = 0
+        self.newlines = [m.start() for m in re.finditer("\n", text)]
+        self.calls: dict[str, tuple[tuple[str, ...], tuple, tuple]] = {}   # call text -> parsed, per parse
+        self.refs: dict[str, tuple[str, ...]] = {}
 
-    # ---------------------------------------------------------------- scanner
-    def _newlines(self, start: int, value: str) -> None:
-        n = value.count("\n")
-        if n:
-            self.line += n
-            self.line_start = start + value.rindex("\n") + 1
-
-    def advance(self) -> None:
-        """Scan the next significant token into kind/val/tstart (line and column on demand)."""
-        text, match = self.text, _TOKEN.match
-        while True:
-            m = match(text, self.pos)
-            if m is None:
-                if _BLANK.match(text, self.pos):
-                    self.kind, self.val, self.tstart = "eof", "", self.end
-                    return
-                raise Fallback()
-            kind = m.lastgroup
-            val = m.group(kind)
-            self.pos = end = m.end()
-            start = end - len(val)
-            if kind == "nl" or kind == "cont":
-                self._newlines(start, val)
-                if kind == "cont" or self.depth > 0 or self.prev is None or self.prev in _CONTINUES:
-                    continue
-            elif kind == "op":
-                if val in "([":
-                    self.depth += 1
-                elif val in ")]":
-                    self.depth = max(self.depth - 1, 0)
-                self.val = self.prev = val
-                self.kind = "op"
-                self.tstart = start
-                return
-            self.kind, self.val, self.tstart, self.prev = kind, val, start, kind
-            return
-
-    def pos_here(self) -> ast.Pos:
-        return ast.Pos(self.line, self.tstart - self.line_start + 1)
-
-    def is_op(self, op: str) -> bool:
-        return self.kind == "op" and self.val == op
+    def pos(self, offset: int) -> ast.Pos:
+        line = bisect_left(self.newlines, offset)      # newlines before offset
+        line_start = self.newlines[line - 1] + 1 if line else 0
+        return ast.Pos(line + 1, offset - line_start + 1)
 
     def parts(self, dotted: str) -> tuple[str, ...]:
-        parts = self._parts.get(dotted)
+        parts = self.refs.get(dotted)
         if parts is None:
             parts = tuple(dotted.split("."))
-            if any(p in _KEYWORDS for p in parts):
+            if not _KEYWORDS.isdisjoint(parts):
                 raise Fallback()
-            self._parts[dotted] = parts
+            self.refs[dotted] = parts
         return parts
 
-    def name(self) -> str:
-        if self.kind != "ref" or "." in self.val or self.val in _KEYWORDS:
-            raise Fallback()
-        val = self.val
-        self.advance()
-        return val
-
-    def dotted(self) -> str:
-        if self.kind != "ref":
-            raise Fallback()
-        val = self.val
-        self.parts(val)
-        self.advance()
-        return val
-
     # ------------------------------------------------------------- statements
-    def flow(self, filename: str) -> ast.Flow:
+    def flow(self) -> ast.Flow:
+        toks = self.toks
         stmts: list[ast.Stmt] = []
-        while self.kind != "eof":
+        if toks[0].kind == "nl":
+            self.i = 1
+        while toks[self.i].kind != "eof":
             stmts.append(self.statement())
-            if self.kind == "nl":
-                self.advance()
-            elif self.kind != "eof":
+            kind = toks[self.i].kind
+            if kind == "nl":
+                self.i += 1
+            elif kind != "eof":
                 raise Fallback()
-        return ast.Flow(tuple(stmts), filename)
+        return ast.Flow(tuple(stmts), self.filename)
+
+    def take(self, kind: str, val: str | None = None) -> _Tok:
+        tok = self.toks[self.i]
+        if tok.kind != kind or (val is not None and tok.val != val):
+            raise Fallback()
+        self.i += 1
+        return tok
+
+    def name(self) -> str:
+        tok = self.take("ref")
+        if "." in tok.val or tok.val in _KEYWORDS:
+            raise Fallback()
+        return tok.val
 
     def statement(self) -> ast.Stmt:
-        kind, val = self.kind, self.val
-        if (kind == "ref" and val == "def") or kind == "at" or (kind == "op" and val == "@"):
-            m = _DEF.match(self.text, self.tstart)
-            if m is None:
-                raise Fallback()
-            pos = self.pos_here()
-            source = m.group().rstrip()
-            self._newlines(self.tstart, m.group())
-            self.pos = m.end()
-            self.prev = "DEF"
-            self.depth = 0
-            self.advance()
+        tok = self.toks[self.i]
+        kind, val = tok.kind, tok.val
+        if kind == "def":
+            self.i += 1
             from .parser import _def_name
 
-            return ast.Def(_def_name(source), source, pos)
+            source = val.rstrip()
+            return ast.Def(_def_name(source), source, self.pos(tok.start))
         if kind == "ref" and val == "import":
-            pos = self.pos_here()
-            self.advance()
-            module = self.dotted()
+            self.i += 1
+            module = self.take("ref").val
+            self.parts(module)
             alias = None
-            if self.kind == "ref" and self.val == "as":
-                self.advance()
+            nxt = self.toks[self.i]
+            if nxt.kind == "ref" and nxt.val == "as":
+                self.i += 1
                 alias = self.name()
-            return ast.Import(module, alias, pos)
+            return ast.Import(module, alias, self.pos(tok.start))
         if kind == "ref" and val == "from":
-            pos = self.pos_here()
-            self.advance()
-            module = self.dotted()
-            if not (self.kind == "ref" and self.val == "import"):
-                raise Fallback()
-            self.advance()
-            if self.is_op("*"):
-                self.advance()
-                return ast.FromImport(module, None, pos)
+            self.i += 1
+            module = self.take("ref").val
+            self.parts(module)
+            self.take("ref", "import")
+            if self.toks[self.i].kind == "op" and self.toks[self.i].val == "*":
+                self.i += 1
+                return ast.FromImport(module, None, self.pos(tok.start))
             names = [self.import_name()]
-            while self.is_op(","):
-                self.advance()
+            while self.toks[self.i].kind == "op" and self.toks[self.i].val == ",":
+                self.i += 1
                 names.append(self.import_name())
-            return ast.FromImport(module, tuple(names), pos)
-        expr, start = self.seq()
-        if self.is_op("="):
-            if kind != "ref" or type(expr) is not ast.Name or len(expr.parts) != 1:
+            return ast.FromImport(module, tuple(names), self.pos(tok.start))
+        nxt = self.toks[self.i + 1]
+        if kind == "ref" and nxt.kind == "op" and nxt.val == "=":
+            if "." in val or val in _KEYWORDS:
                 raise Fallback()
-            self.advance()
-            return ast.Bind(expr.parts[0], self.seq()[0], expr.pos)
+            self.i += 2
+            while self.toks[self.i].kind == "nl":   # a newline after '=' continues
+                self.i += 1
+            expr, _ = self.expression()
+            return ast.Bind(val, expr, self.pos(tok.start))
+        expr, start = self.expression()
         return ast.ExprStmt(expr, start)
 
     def import_name(self) -> tuple[str, str | None]:
         name = self.name()
-        if self.kind == "ref" and self.val == "as":
-            self.advance()
+        nxt = self.toks[self.i]
+        if nxt.kind == "ref" and nxt.val == "as":
+            self.i += 1
             return name, self.name()
         return name, None
 
     # ------------------------------------------------------------ expressions
-    # Each returns (node, start): start is where the node's text begins, which
-    # for a parenthesised operand is its '(' -- the position Lark gives a rule
-    # whose first operand is in brackets, while the bracketed node keeps its own.
-    def seq(self) -> tuple[ast.Expr, ast.Pos]:
-        """operand (op operand)*, grouped by precedence (+ over | over ;) in one pass."""
-        node, start = self.operand()
-        if not (self.kind == "op" and self.val in _BINARY):
-            return node, start
-        seq_items: list[ast.Expr] = []
-        par_items: list[ast.Expr] = []
-        sum_items = [node]
-        seq_start = par_start = sum_start = start
-        while self.kind == "op" and self.val in _BINARY:
-            op = self.val
-            self.advance()
-            node, start = self.operand()
-            if op == "+":
-                sum_items.append(node)
-                continue
-            par_items.append(ast.plus(sum_items, sum_start))
-            sum_items, sum_start = [node], start
-            if op == ";":
-                seq_items.append(ast.par(par_items, par_start))
-                par_items, par_start = [], start
-        par_items.append(ast.plus(sum_items, sum_start))
-        seq_items.append(ast.par(par_items, par_start))
-        return ast.seq(seq_items, seq_start), seq_start
+    def expression(self) -> tuple[ast.Expr, ast.Pos]:
+        """operand (op operand)* with brackets, grouped by precedence (+ over | over ;).
 
-    def operand(self) -> tuple[ast.Expr, ast.Pos]:
-        """A primary with its optional ``@ target``."""
-        kind = self.kind
-        start = ast.Pos(self.line, self.tstart - self.line_start + 1)
-        expr: ast.Expr
-        if kind == "call":
-            val = self.val
-            paren = val.index("(")
-            dotted = val[:paren]
-            parts = self._parts.get(dotted) or self.parts(dotted)
-            parsed = self._args.get(val)
-            if parsed is None:
-                parsed = self._args[val] = _arguments(val[paren + 1:-1])
-            expr = ast.Call(ast.Name(parts, start), parsed[0], parsed[1], start)
-        elif kind == "ref":
-            expr = ast.Name(self._parts.get(self.val) or self.parts(self.val), start)
-        elif kind == "op" and self.val == "(":
-            self.advance()
-            expr, _ = self.seq()
-            if not (self.kind == "op" and self.val == ")"):
-                raise Fallback()
-        else:
-            raise Fallback()
-        self.advance()
-        kind = self.kind
-        if kind == "at":
-            text = self.val[1:].lstrip(" \t")
-            if text[0] in "\"'":
-                target = pyast.literal_eval(text)
-            elif text in _KEYWORDS:
-                raise Fallback()
+        Returns (node, start): start is where the node's text begins, which for a
+        bracketed operand is its '(' -- the position Lark gives a rule whose first
+        operand is in brackets, while the bracketed node keeps its own position.
+        """
+        toks, i = self.toks, self.i
+        plus, par, seq = ast.plus, ast.par, ast.seq
+        stack: list[tuple] = []
+        seq_items: list = []
+        par_items: list = []
+        sum_items: list = []
+        seq_start = par_start = sum_start = paren_start = None
+        op: str | None = None       # the operator before the operand about to come
+        while True:
+            # ---- an operand (newlines are skipped inside brackets and after an operator)
+            tok = toks[i]
+            kind = tok.kind
+            while kind == "nl" and (stack or op is not None):
+                i += 1
+                tok = toks[i]
+                kind = tok.kind
+            if kind == "op" and tok.val == "(":
+                stack.append((seq_items, par_items, sum_items, seq_start, par_start, sum_start, op,
+                              self.pos(tok.start)))
+                seq_items, par_items, sum_items = [], [], []
+                seq_start = par_start = sum_start = None
+                op = None
+                i += 1
+                continue
+            if kind == "call":
+                val = tok.val
+                parsed = self.calls.get(val)
+                if parsed is None:
+                    paren = val.index("(")
+                    args, kwargs = _arguments(val[paren + 1:-1])
+                    parsed = self.calls[val] = (self.parts(val[:paren]), args, kwargs)
+                start = self.pos(tok.start)
+                node: ast.Expr = ast.Call(ast.Name(parsed[0], start), parsed[1], parsed[2], start)
+            elif kind == "ref":
+                start = self.pos(tok.start)
+                node = ast.Name(self.parts(tok.val), start)
             else:
-                target = text
-            self.prev = "TARGET"
-            self.advance()
-            return ast.Placed(expr, target, start), start
-        if kind == "op" and (self.val == "@" or self.val == "(" and type(expr) is ast.Name):
-            raise Fallback()   # '@' with its target on the next line, or a call spread over lines
-        return expr, start
+                raise Fallback()
+            i += 1
+            while True:
+                # ---- an optional placement, then the operand joins its frame
+                tok = toks[i]
+                if tok.kind == "at":
+                    text = tok.val[1:].lstrip(" \t")
+                    if text[0] in "\"'":
+                        target = pyast.literal_eval(text)
+                    elif text in _KEYWORDS:
+                        raise Fallback()
+                    else:
+                        target = text
+                    node = ast.Placed(node, target, start)
+                    i += 1
+                if op is None:
+                    sum_items, seq_start, par_start, sum_start = [node], start, start, start
+                elif op == "+":
+                    sum_items.append(node)
+                else:
+                    par_items.append(plus(sum_items, sum_start))
+                    sum_items, sum_start = [node], start
+                    if op == ";":
+                        seq_items.append(par(par_items, par_start))
+                        par_items, par_start = [], start
+                # ---- an operator, a closing bracket, or the end
+                tok = toks[i]
+                while tok.kind == "nl" and stack:
+                    i += 1
+                    tok = toks[i]
+                if tok.kind == "op" and tok.val in _BINARY:
+                    op = tok.val
+                    i += 1
+                    break
+                par_items.append(plus(sum_items, sum_start))
+                seq_items.append(par(par_items, par_start))
+                result, result_start = seq(seq_items, seq_start), seq_start
+                if not stack:
+                    if tok.kind == "op" and tok.val == ")":
+                        raise Fallback()
+                    self.i = i
+                    return result, result_start
+                if not (tok.kind == "op" and tok.val == ")"):
+                    raise Fallback()
+                i += 1
+                seq_items, par_items, sum_items, seq_start, par_start, sum_start, op, paren_start = stack.pop()
+                node, start = result, paren_start
 
 
 def _arguments(text: str) -> tuple[tuple, tuple]:
@@ -332,9 +346,16 @@ def _number(text: str) -> int | float:
         return float(text)
 
 
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def fast_parse(text: str, filename: str) -> ast.Flow:
     """Parse text that ends in a newline; raise Fallback on anything unusual."""
     try:
-        return _Parser(text).flow(filename)
-    except (RecursionError, ValueError, SyntaxError):
+        return _Parser(text, filename).flow()
+    except (ValueError, SyntaxError, IndexError):
         raise Fallback() from None
