@@ -44,8 +44,9 @@ class _Compiler:
         self.diags: list[Diagnostic] = []
         self.jobs: dict[tuple, Job] = {}
         self.job_refs: dict[int, JobRef] = {}
-        # (name parts, args, kwargs, target) -> compiled reference; valid while
-        # the namespace is unchanged, so every statement that binds a name clears it
+        # (ids of name parts, args, kwargs; target) -> compiled reference; valid while
+        # the namespace is unchanged (every statement that binds a name clears it) and
+        # the AST is alive (so no id is reused)
         self._refs: dict[tuple, PlanNode | None] = {}
 
     # -------------------------------------------------------------- reporting
@@ -126,16 +127,17 @@ class _Compiler:
         """Compile one expression under an enclosing placement; None after an error."""
         kind = type(node)
         if kind is ast.Call:
-            # repr keeps 1, 1.0 and True apart (they hash alike)
-            key = (node.name.parts, repr(node.args) if node.args else "",
-                   repr(node.kwargs) if node.kwargs else "", target)
+            # Keyed by identity: the parser shares one tuple per distinct call text, so
+            # repeated calls hit without hashing their arguments; equal calls written
+            # differently miss here and meet again in _job's value-keyed table.
+            key = (id(node.name.parts), id(node.args), id(node.kwargs), target)
             ref = self._refs.get(key, _MISSING)
             if ref is _MISSING:
                 ref = self._refs[key] = self._reference(node.name, node.args, node.kwargs, target, node.pos,
                                                         call=True)
             return ref
         if kind is ast.Name:
-            key = (node.parts, target)
+            key = (id(node.parts), target)
             ref = self._refs.get(key, _MISSING)
             if ref is _MISSING:
                 ref = self._refs[key] = self._reference(node, (), (), target, node.pos)

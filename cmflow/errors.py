@@ -27,7 +27,8 @@ class Diagnostic:
     notes: tuple[str, ...] = field(default=())
 
     def render(self) -> str:
-        head = f"{self.filename}:{self.line}:{self.column}: error: {self.message}"
+        where = f"{self.filename}:{self.line}:{self.column}" if self.line else self.filename
+        head = f"{where}: error: {self.message}"
         parts = [head]
         if self.source_line:
             text = self.source_line.rstrip("\n").expandtabs(1)

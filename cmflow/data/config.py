@@ -28,7 +28,6 @@ from ..errors import ConfigError
 
 KINDS_DB = {"local", "mongo"}
 KINDS_SERVICE = {"local", "azure", "s3"}
-SECRET_KEYS = {"key", "secret", "secret_key", "access_key", "password", "url", "connection_string"}
 
 
 def data_home() -> Path:
@@ -59,20 +58,6 @@ class Section:
     @property
     def path(self) -> str:
         return f"{self.section}.{self.name}"
-
-    def describe(self) -> str:
-        """Settings fit to show: anything secret is masked."""
-        shown = []
-        for k, v in self.settings.items():
-            if k == "kind":
-                continue
-            if isinstance(v, dict) and set(v) == {"env"}:
-                shown.append(f"{k}=${v['env']}")
-            elif k in SECRET_KEYS:
-                shown.append(f"{k}=***")
-            else:
-                shown.append(f"{k}={v}")
-        return ", ".join(shown)
 
 
 @dataclass(frozen=True)

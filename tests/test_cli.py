@@ -1,0 +1,48 @@
+"""The command line as a user meets it: usage, check, plan."""
+from __future__ import annotations
+
+import json
+
+from conftest import ROOT, cmflow
+
+SEED = str(ROOT / "flows" / "seed.flow")
+
+
+def test_version_and_help():
+    r = cmflow("--version")
+    assert r.returncode == 0 and r.stdout.startswith("cmflow ")
+    r = cmflow("--help")
+    assert r.returncode == 0 and "cmflow run FLOW" in r.stdout and "Exit status" in r.stdout
+
+
+def test_plan_seed_shows_four_jobs(tmp_path):
+    r = cmflow("plan", SEED, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "4 jobs" in r.stdout and "Seq[Par[a, b, c], d, Sum[a, b, c, d]]" in r.stdout
+    for command in ("$ nproc", "$ getconf PAGESIZE", "$ getconf LONG_BIT", "/proc/meminfo"):
+        assert command in r.stdout
+    doc = json.loads(cmflow("plan", SEED, "--format", "json", cwd=tmp_path).stdout)
+    assert [j["task"] for j in doc["jobs"]] == ["a", "b", "c", "d"]
+    assert cmflow("plan", SEED, "--format", "dot", cwd=tmp_path).stdout.startswith("digraph plan {")
+    r = cmflow("plan", SEED, "--format", "yaml", cwd=tmp_path)
+    assert r.returncode == 2 and "--format for plan must be text, json or dot" in r.stderr
+
+
+def test_check_reports_three_mistakes_and_exits_2(tmp_path):
+    (tmp_path / "tk.py").write_text("def a():\n    return 'echo 1'\ndef b(n):\n    return f'echo {n}'\n")
+    (tmp_path / "three.flow").write_text("from tk import a, b\n\n(a | bb); b()\na @ nowhere\n")
+    r = cmflow("check", "three.flow", cwd=tmp_path)
+    assert r.returncode == 2
+    heads = [line for line in r.stderr.splitlines() if ": error: " in line]
+    assert heads == [
+        "three.flow:3:6: error: unknown name 'bb' (did you mean 'b'?)",
+        "three.flow:3:11: error: bad arguments for task 'b': missing a required argument: 'n'",
+        "three.flow:4:5: error: unknown host, group or label 'nowhere'",
+    ]
+    assert r.stderr.rstrip().endswith("3 errors") and "Traceback" not in r.stderr
+    assert cmflow("check", SEED, cwd=tmp_path).stdout.strip().endswith("ok, 4 jobs")
+
+
+def test_missing_flow_file(tmp_path):
+    r = cmflow("check", "nope.flow", cwd=tmp_path)
+    assert r.returncode == 2 and "cannot read flow file" in r.stderr and "Traceback" not in r.stderr
