@@ -7,6 +7,7 @@ Usage:
              [--run-dir=DIR] [--format=FMT] [--quiet]
   cmflow eval EXPR [--tasks=MODULE]... [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N]
              [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet]
+  cmflow repl [--tasks=MODULE]... [--hosts=FILE]
   cmflow hosts list [TARGET] [--hosts=FILE]
   cmflow hosts check [TARGET...] [--hosts=FILE] [--connect-timeout=SECS]
   cmflow hosts trust HOST... [--hosts=FILE] [--yes]
@@ -24,6 +25,7 @@ Commands:
   plan          Show the jobs a flow would run: text tree, json (for scripts) or dot.
   run           Run a flow on the inventory's hosts and print its value.
   eval          Run one expression with the tasks of the given modules.
+  repl          Evaluate expressions interactively (statements stay for the session).
   hosts list    Show the inventory as the executor sees it.
   hosts check   Connect to every host at once: reachable, CPUs and load, or why not.
   hosts trust   Fetch host keys with ssh-keyscan, show fingerprints, add to known_hosts.
@@ -43,7 +45,7 @@ Options:
                           [default: never].
   --run-dir=DIR           Where to keep job output and logs [default: runs/<id>].
   -q, --quiet             Print only the flow's value.
-  --tasks=MODULE          A task module (name or file.py) for eval.
+  --tasks=MODULE          A task module (name or file.py) for eval and repl.
   --on=TARGET             Hosts for exec: a host, group, label or node[1-4] [default: all].
   --connect-timeout=SECS  Give up connecting after SECS [default: 10].
   --yes                   Trust the fetched keys without asking.
@@ -192,6 +194,10 @@ def dispatch(args: dict) -> int:
     if args["run"]:
         plan, inv = api.load(args["FLOW"], args["--hosts"])
         return _run(args, plan, inv)
+    if args["repl"]:
+        from .repl import run_repl
+
+        return run_repl(args["--tasks"], api.inventory(args["--hosts"]))
     if args["eval"]:
         plan, inv = api.load_expr(args["EXPR"], args["--tasks"], args["--hosts"])
         return _run(args, plan, inv)

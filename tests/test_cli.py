@@ -46,3 +46,14 @@ def test_check_reports_three_mistakes_and_exits_2(tmp_path):
 def test_missing_flow_file(tmp_path):
     r = cmflow("check", "nope.flow", cwd=tmp_path)
     assert r.returncode == 2 and "cannot read flow file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_repl_session(tmp_path):
+    (tmp_path / "tk.py").write_text("def a():\n    return 'echo 1'\ndef b(n):\n    return f'echo {n}'\n")
+    script = "a + b(2)\nx = a | b(5)\nx\nbogus\ndef e(n):\n    return f'echo {n}{n}'\n\ne(4)\n:plan x\n:quit\n"
+    r = cmflow("repl", "--tasks", str(tmp_path / "tk.py"), cwd=tmp_path, input=script)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[:2] == ["3", "[1, 5]"]
+    assert "<repl>:1:1: error: unknown name 'bogus'" in r.stdout
+    assert "44" in out and "Par[a, b(5)]" in r.stdout

@@ -1,0 +1,129 @@
+"""``cmflow repl``: evaluate flow expressions interactively.
+
+Statements (imports, bindings, inline defs) accumulate in the session;
+an expression is compiled together with them and run at once. The same API
+as ``cmflow run`` does the work.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence, TextIO
+
+from . import api
+from .compiler import compile_flow
+from .errors import CmflowError
+from .executor import RunOptions
+from .hosts import Inventory
+from .ast import ExprStmt, Flow, Stmt
+from .parser import parse
+from .plan import render_text
+from .runlog import new_run_id
+from .tasks import TaskLoader
+
+HELP = """Enter a flow expression to run it, e.g.  a | b   or   (a | b); a + b
+Statements stay for the session: import m / from m import a / x = a | b / def f(): ...
+(a def ends with a blank line).
+  :plan EXPR   show the jobs EXPR would run, without running them
+  :hosts       the inventory
+  :reset       forget the session's statements
+  :help        this text
+  :quit        leave (or Ctrl-D)"""
+
+
+@dataclass
+class Session:
+    inventory: Inventory
+    options: RunOptions = RunOptions()
+    task_dirs: list[str] = field(default_factory=list)   # folders of --tasks files, searched first
+    statements: list[Stmt] = field(default_factory=list)     # parsed once, each from its own input
+    run_root: Path = Path("runs")
+
+    def _compile(self, text: str, new: tuple[Stmt, ...]):
+        # error positions are those of the new input: earlier statements compiled already
+        base = TaskLoader.for_flow(None)
+        loader = TaskLoader(base.flow_dir, [*self.task_dirs, *base.search_path])
+        return compile_flow(Flow((*self.statements, *new), "<repl>"), text, loader=loader,
+                            is_target=self.inventory.is_target, target_names=self.inventory.target_names())
+
+    def handle(self, text: str) -> str:
+        """One input (a line, or a def block); returns what to print."""
+        stripped = text.strip()
+        if not stripped or stripped.startswith("#"):
+            return ""
+        if stripped.startswith(":"):
+            return self._command(stripped)
+        new = parse(text, "<repl>").statements
+        if not any(isinstance(s, ExprStmt) for s in new):
+            self._compile(text, new)          # check it before it joins the session
+            self.statements.extend(new)
+            return ""
+        plan = self._compile(text, new)
+        run = api.run_sync(plan, self.inventory, self.options, self.run_root / f"repl-{new_run_id()}",
+                           display="quiet")
+        if run.result.ok:
+            from .cli import format_value
+
+            return format_value(run.result.value, "text")
+        lines = [f"failed: {f.job.label + ' on ' + str(f.host) + ': ' if f.job else ''}{f.reason}"
+                 for f in run.result.failures] or ["interrupted"]
+        return "\n".join(lines)
+
+    def _command(self, cmd: str) -> str:
+        name, _, rest = cmd.partition(" ")
+        if name == ":plan":
+            return render_text(self._compile(rest, parse(rest, "<repl>").statements)).rstrip()
+        if name == ":hosts":
+            return "\n".join(f"{h.name}: {'local' if h.local else h.hostname}, {h.slots} slots"
+                             for h in self.inventory.hosts)
+        if name == ":reset":
+            self.statements.clear()
+            return "session cleared"
+        if name == ":help":
+            return HELP
+        raise CmflowError(f"unknown command {name} (try :help)")
+
+
+def run_repl(tasks: Sequence[str], inventory: Inventory, stdin: TextIO = sys.stdin,
+             stdout: TextIO = sys.stdout) -> int:
+    session = Session(inventory, task_dirs=[str(Path(t).resolve().parent) for t in tasks if t.endswith(".py")])
+    for t in tasks:
+        session.handle(f"from {Path(t).stem if t.endswith('.py') else t} import *")
+    interactive = stdin.isatty()
+    if interactive:
+        try:
+            import readline  # noqa: F401  (line editing and history for input())
+        except ImportError:
+            pass
+        stdout.write("cmflow repl: :help for help, Ctrl-D to leave\n")
+    while True:
+        try:
+            line = input("cmflow> ") if interactive else stdin.readline()
+        except EOFError:
+            break
+        except KeyboardInterrupt:
+            stdout.write("\n")
+            continue
+        if not interactive and line == "":
+            break
+        if line.strip() in (":quit", ":q", ":exit"):
+            break
+        block = line if line.endswith("\n") else line + "\n"
+        if line.lstrip().startswith(("def ", "@")):
+            # a def block: read on until a blank line
+            while True:
+                more = input("   ...> ") if interactive else stdin.readline()
+                if not more.strip():
+                    break
+                block += more if more.endswith("\n") else more + "\n"
+        try:
+            out = session.handle(block)
+        except CmflowError as e:
+            out = str(e)
+        except KeyboardInterrupt:
+            out = "interrupted"
+        if out:
+            stdout.write(out + "\n")
+            stdout.flush()
+    return 0
