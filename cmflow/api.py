@@ -19,7 +19,7 @@ from .compiler import compile_file, compile_flow
 from .executor import Executor, Observer, RunOptions, RunResult
 from .hosts import Host, Inventory, load_inventory
 from .parser import parse_expr
-from .plan import Plan
+from .plan import Plan, job_json
 from .runlog import RunLog, new_run_id
 from .tasks import TaskLoader
 from .transport import Transport
@@ -104,8 +104,6 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     shown = _observers(display, plan, inv)
     executor = Executor(plan, inv, {h.name: make_transport(h, inv) for h in inv.hosts}, log, options,
                         [*shown, *observers])
-    from .plan import job_json
-
     log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs]})
     result: RunResult | None = None
     try:

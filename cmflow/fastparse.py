@@ -19,6 +19,7 @@ import re
 from bisect import bisect_left
 
 from . import ast
+from .parser_common import def_name
 
 _S = r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
 _N = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -139,10 +140,8 @@ class _Parser:
         kind, val = tok.kind, tok.val
         if kind == "def":
             self.i += 1
-            from .parser import _def_name
-
             source = val.rstrip()
-            return ast.Def(_def_name(source), source, self.pos(tok.start))
+            return ast.Def(def_name(source), source, self.pos(tok.start))
         if kind == "ref" and val == "import":
             self.i += 1
             module = self.take("ref").val

@@ -220,7 +220,7 @@ def parse_inventory(text: str, filename: str = "hosts.yaml") -> Inventory:
     v.known_keys(doc, "", _TOP_KEYS)
     defaults = doc.get("defaults") or {}
     v.mapping(defaults, "defaults", "a mapping of host settings")
-    v.known_keys(defaults, "defaults", _HOST_KEYS - {"hostname"} | {"hostname"})
+    v.known_keys(defaults, "defaults", _HOST_KEYS)
     raw_hosts = doc.get("hosts")
     if raw_hosts is None:
         raise ConfigError(filename, "hosts", "missing: expected a mapping from host name to settings")
