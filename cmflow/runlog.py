@@ -75,6 +75,9 @@ class RunLog:
         self.dir = run_dir
         self.jobs_dir = run_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        # a run directory used again: outputs of the earlier run must not pass for this one's
+        for old in self.jobs_dir.glob("*.[0-9]*.[oe][ur][tr]"):
+            old.unlink()
         self._joblog = open(run_dir / "joblog", "w", encoding="utf-8")
         self._joblog.write(JOBLOG_HEADER)
         self._joblog.flush()

@@ -16,7 +16,7 @@ import time
 
 from ..hosts import Host
 from . import JobSpec, Outcome
-from .output import JobOutput
+from .output import OutputFiles
 
 KILL_GRACE = 2.0  # seconds between SIGTERM and SIGKILL
 
@@ -26,13 +26,15 @@ class LocalTransport:
         self.host = host
         self._env = {**os.environ, **dict(host.env)} if host.env else None
         self._cwd = os.path.expanduser(host.workdir) if host.workdir else None
+        self._outputs = OutputFiles()
+        self._devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)   # every job's stdin
 
     async def run(self, spec: JobSpec) -> Outcome:
         start = time.time()
-        out, err = JobOutput(spec.stdout), JobOutput(spec.stderr)
+        out, err = self._outputs.open(spec.stdout), self._outputs.open(spec.stderr)
         try:
             try:
-                proc = subprocess.Popen(["/bin/sh", "-c", spec.command], stdin=subprocess.DEVNULL, stdout=out.fd,
+                proc = subprocess.Popen(["/bin/sh", "-c", spec.command], stdin=self._devnull, stdout=out.fd,
                                         stderr=err.fd, env=self._env, cwd=self._cwd, process_group=0,
                                         close_fds=True)
             except OSError as e:
@@ -56,7 +58,10 @@ class LocalTransport:
             err.close()
 
     async def aclose(self) -> None:
-        return None
+        self._outputs.close()
+        if self._devnull >= 0:
+            os.close(self._devnull)
+            self._devnull = -1
 
 
 def _outcome(proc: subprocess.Popen, start: float, out_bytes: int, err_bytes: int,

@@ -3,8 +3,9 @@
 Creating a named file costs ~0.4 ms on this VM's ext4 (a directory entry and
 its journal), more than running ``true``. So output goes to an unnamed file
 (``O_TMPFILE``) in the run directory, and it is linked to its name when the
-job has ended, only if it is not empty. Filesystems without ``O_TMPFILE``
-get a named file straight away (removed again if empty).
+job has ended, only if it is not empty; an empty one is kept for the next
+job. Filesystems without ``O_TMPFILE`` get a named file straight away
+(removed again if empty).
 """
 from __future__ import annotations
 
@@ -14,54 +15,72 @@ from typing import BinaryIO
 
 
 class JobOutput:
-    __slots__ = ("path", "fd", "anonymous", "size")
+    """One output of one job: an fd the child writes to, and the name it gets if not empty."""
 
-    def __init__(self, path: Path):
+    __slots__ = ("path", "fd", "anonymous", "size", "_pool")
+
+    def __init__(self, path: Path, pool: "OutputFiles"):
         self.path = path
         self.size = 0
-        try:
-            self.fd = os.open(path.parent, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644)
-            self.anonymous = True
-        except (OSError, AttributeError):
-            self.fd = os.open(path, os.O_CREAT | os.O_TRUNC | os.O_RDWR | os.O_CLOEXEC, 0o644)
-            self.anonymous = False
+        self._pool = pool
+        self.fd, self.anonymous = pool._fd(path)
 
     def fileno(self) -> int:
         return self.fd
 
-    def write(self, data: bytes) -> int:
-        view = memoryview(data)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        return len(data)
-
     def close(self) -> int:
-        """Give the file its name if it holds anything; return its size."""
+        """Give the file its name if it holds anything; return its size. Idempotent."""
         if self.fd < 0:
             return self.size
-        self.size = os.fstat(self.fd).st_size
+        fd, self.fd = self.fd, -1
+        self.size = os.fstat(fd).st_size
+        if self.anonymous and not self.size:
+            self._pool._give(self.path.parent, fd)    # nothing written: the file serves the next job
+            return 0
         try:
-            if self.anonymous and self.size:
+            if self.anonymous:
                 # a dir fd makes Python call linkat(..., AT_SYMLINK_FOLLOW): plain link()
                 # would link the /proc symlink itself, not the file it names
                 dirfd = os.open(self.path.parent, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    try:
-                        os.link(f"/proc/self/fd/{self.fd}", self.path.name, dst_dir_fd=dirfd, follow_symlinks=True)
-                    except FileExistsError:   # a run directory used again: this run's output wins
-                        os.unlink(self.path.name, dir_fd=dirfd)
-                        os.link(f"/proc/self/fd/{self.fd}", self.path.name, dst_dir_fd=dirfd, follow_symlinks=True)
+                    os.link(f"/proc/self/fd/{fd}", self.path.name, dst_dir_fd=dirfd, follow_symlinks=True)
                 finally:
                     os.close(dirfd)
-            elif not self.anonymous and not self.size:
+            elif not self.size:
                 os.unlink(self.path)
-            elif self.anonymous and not self.size and self.path.exists():
-                os.unlink(self.path)      # stale output of an earlier run in the same directory
         finally:
-            os.close(self.fd)
-            self.fd = -1
+            os.close(fd)
         return self.size
+
+
+class OutputFiles:
+    """Unnamed output files, per folder, reused while they stay empty (most stderr is)."""
+
+    def __init__(self) -> None:
+        self._free: dict[Path, list[int]] = {}
+
+    def open(self, path: Path) -> JobOutput:
+        return JobOutput(path, self)
+
+    def _fd(self, path: Path) -> tuple[int, bool]:
+        free = self._free.get(path.parent)
+        if free:
+            fd = free.pop()
+            os.lseek(fd, 0, os.SEEK_SET)   # a child may have moved the shared offset without writing
+            return fd, True
+        try:
+            return os.open(path.parent, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644), True
+        except (OSError, AttributeError):
+            return os.open(path, os.O_CREAT | os.O_TRUNC | os.O_RDWR | os.O_CLOEXEC, 0o644), False
+
+    def _give(self, folder: Path, fd: int) -> None:
+        self._free.setdefault(folder, []).append(fd)
+
+    def close(self) -> None:
+        for fds in self._free.values():
+            for fd in fds:
+                os.close(fd)
+        self._free.clear()
 
 
 class StreamedOutput:
@@ -91,6 +110,4 @@ class StreamedOutput:
         if self.file is not None:
             self.file.close()
             self.file = None
-        elif self.path.exists():
-            self.path.unlink()     # stale output of an earlier run in the same directory
         return self.size
