@@ -48,13 +48,9 @@ class Fallback(Exception):
     """The fast path does not accept this text; let the reference parser decide."""
 
 
-class _Tok:
-    """A token: kind, text (without the blanks before it), start offset."""
-
-    __slots__ = ("kind", "val", "start")
-
-    def __init__(self, kind: str, val: str, start: int):
-        self.kind, self.val, self.start = kind, val, start
+# A token is a tuple (kind, text without the blanks before it, start offset):
+# tuples are the cheapest thing CPython makes, and a big flow has ~250 000 tokens.
+_Tok = tuple
 
 
 def _tokens(text: str) -> list[_Tok]:
@@ -62,10 +58,10 @@ def _tokens(text: str) -> list[_Tok]:
     pos = 0
     for d in _DEF_AT_LINE.finditer(text):
         _scan(text, pos, d.start(1), toks)
-        toks.append(_Tok("def", d.group(1), d.start(1)))
+        toks.append(("def", d.group(1), d.start(1)))
         pos = d.end(1)
     _scan(text, pos, len(text), toks)
-    toks.append(_Tok("eof", "", len(text)))
+    toks.append(("eof", "", len(text)))
     return toks
 
 
@@ -80,7 +76,7 @@ def _scan(text: str, pos: int, end: int, out: list[_Tok]) -> None:
                 return     # blanks before the end of the segment
             raise Fallback()
         val = m.group(kind)
-        append(_Tok(kind, val, m.end() - len(val)))
+        append((kind, val, m.end() - len(val)))
 
 
 class _Parser:
@@ -111,11 +107,11 @@ class _Parser:
     def flow(self) -> ast.Flow:
         toks = self.toks
         stmts: list[ast.Stmt] = []
-        if toks[0].kind == "nl":
+        if toks[0][0] == "nl":
             self.i = 1
-        while toks[self.i].kind != "eof":
+        while toks[self.i][0] != "eof":
             stmts.append(self.statement())
-            kind = toks[self.i].kind
+            kind = toks[self.i][0]
             if kind == "nl":
                 self.i += 1
             elif kind != "eof":
@@ -124,63 +120,63 @@ class _Parser:
 
     def take(self, kind: str, val: str | None = None) -> _Tok:
         tok = self.toks[self.i]
-        if tok.kind != kind or (val is not None and tok.val != val):
+        if tok[0] != kind or (val is not None and tok[1] != val):
             raise Fallback()
         self.i += 1
         return tok
 
     def name(self) -> str:
         tok = self.take("ref")
-        if "." in tok.val or tok.val in _KEYWORDS:
+        if "." in tok[1] or tok[1] in _KEYWORDS:
             raise Fallback()
-        return tok.val
+        return tok[1]
 
     def statement(self) -> ast.Stmt:
         tok = self.toks[self.i]
-        kind, val = tok.kind, tok.val
+        kind, val = tok[0], tok[1]
         if kind == "def":
             self.i += 1
             source = val.rstrip()
-            return ast.Def(def_name(source), source, self.pos(tok.start))
+            return ast.Def(def_name(source), source, self.pos(tok[2]))
         if kind == "ref" and val == "import":
             self.i += 1
-            module = self.take("ref").val
+            module = self.take("ref")[1]
             self.parts(module)
             alias = None
             nxt = self.toks[self.i]
-            if nxt.kind == "ref" and nxt.val == "as":
+            if nxt[0] == "ref" and nxt[1] == "as":
                 self.i += 1
                 alias = self.name()
-            return ast.Import(module, alias, self.pos(tok.start))
+            return ast.Import(module, alias, self.pos(tok[2]))
         if kind == "ref" and val == "from":
             self.i += 1
-            module = self.take("ref").val
+            module = self.take("ref")[1]
             self.parts(module)
             self.take("ref", "import")
-            if self.toks[self.i].kind == "op" and self.toks[self.i].val == "*":
+            if self.toks[self.i][0] == "op" and self.toks[self.i][1] == "*":
                 self.i += 1
-                return ast.FromImport(module, None, self.pos(tok.start))
+                return ast.FromImport(module, None, self.pos(tok[2]))
             names = [self.import_name()]
-            while self.toks[self.i].kind == "op" and self.toks[self.i].val == ",":
+            while self.toks[self.i][0] == "op" and self.toks[self.i][1] == ",":
                 self.i += 1
                 names.append(self.import_name())
-            return ast.FromImport(module, tuple(names), self.pos(tok.start))
+            return ast.FromImport(module, tuple(names), self.pos(tok[2]))
         nxt = self.toks[self.i + 1]
-        if kind == "ref" and nxt.kind == "op" and nxt.val == "=":
+        if kind == "ref" and nxt[0] == "op" and nxt[1] == "=":
             if "." in val or val in _KEYWORDS:
                 raise Fallback()
             self.i += 2
-            while self.toks[self.i].kind == "nl":   # a newline after '=' continues
+            while self.toks[self.i][0] == "nl":   # a newline after '=' continues
                 self.i += 1
             expr, _ = self.expression()
-            return ast.Bind(val, expr, self.pos(tok.start))
+            return ast.Bind(val, expr, self.pos(tok[2]))
         expr, start = self.expression()
         return ast.ExprStmt(expr, start)
 
     def import_name(self) -> tuple[str, str | None]:
         name = self.name()
         nxt = self.toks[self.i]
-        if nxt.kind == "ref" and nxt.val == "as":
+        if nxt[0] == "ref" and nxt[1] == "as":
             self.i += 1
             return name, self.name()
         return name, None
@@ -204,39 +200,39 @@ class _Parser:
         while True:
             # ---- an operand (newlines are skipped inside brackets and after an operator)
             tok = toks[i]
-            kind = tok.kind
+            kind = tok[0]
             while kind == "nl" and (stack or op is not None):
                 i += 1
                 tok = toks[i]
-                kind = tok.kind
-            if kind == "op" and tok.val == "(":
+                kind = tok[0]
+            if kind == "op" and tok[1] == "(":
                 stack.append((seq_items, par_items, sum_items, seq_start, par_start, sum_start, op,
-                              self.pos(tok.start)))
+                              self.pos(tok[2])))
                 seq_items, par_items, sum_items = [], [], []
                 seq_start = par_start = sum_start = None
                 op = None
                 i += 1
                 continue
             if kind == "call":
-                val = tok.val
+                val = tok[1]
                 parsed = self.calls.get(val)
                 if parsed is None:
                     paren = val.index("(")
                     args, kwargs = _arguments(val[paren + 1:-1])
                     parsed = self.calls[val] = (self.parts(val[:paren]), args, kwargs)
-                start = self.pos(tok.start)
+                start = self.pos(tok[2])
                 node: ast.Expr = ast.Call(ast.Name(parsed[0], start), parsed[1], parsed[2], start)
             elif kind == "ref":
-                start = self.pos(tok.start)
-                node = ast.Name(self.parts(tok.val), start)
+                start = self.pos(tok[2])
+                node = ast.Name(self.parts(tok[1]), start)
             else:
                 raise Fallback()
             i += 1
             while True:
                 # ---- an optional placement, then the operand joins its frame
                 tok = toks[i]
-                if tok.kind == "at":
-                    text = tok.val[1:].lstrip(" \t")
+                if tok[0] == "at":
+                    text = tok[1][1:].lstrip(" \t")
                     if text[0] in "\"'":
                         target = pyast.literal_eval(text)
                     elif text in _KEYWORDS:
@@ -250,29 +246,31 @@ class _Parser:
                 elif op == "+":
                     sum_items.append(node)
                 else:
-                    par_items.append(plus(sum_items, sum_start))
+                    # a group of one is its item (the common case: skip building and flattening)
+                    par_items.append(sum_items[0] if len(sum_items) == 1 else plus(sum_items, sum_start))
                     sum_items, sum_start = [node], start
                     if op == ";":
-                        seq_items.append(par(par_items, par_start))
+                        seq_items.append(par_items[0] if len(par_items) == 1 else par(par_items, par_start))
                         par_items, par_start = [], start
                 # ---- an operator, a closing bracket, or the end
                 tok = toks[i]
-                while tok.kind == "nl" and stack:
+                while tok[0] == "nl" and stack:
                     i += 1
                     tok = toks[i]
-                if tok.kind == "op" and tok.val in _BINARY:
-                    op = tok.val
+                if tok[0] == "op" and tok[1] in _BINARY:
+                    op = tok[1]
                     i += 1
                     break
-                par_items.append(plus(sum_items, sum_start))
-                seq_items.append(par(par_items, par_start))
-                result, result_start = seq(seq_items, seq_start), seq_start
+                par_items.append(sum_items[0] if len(sum_items) == 1 else plus(sum_items, sum_start))
+                seq_items.append(par_items[0] if len(par_items) == 1 else par(par_items, par_start))
+                result = seq_items[0] if len(seq_items) == 1 else seq(seq_items, seq_start)
+                result_start = seq_start
                 if not stack:
-                    if tok.kind == "op" and tok.val == ")":
+                    if tok[0] == "op" and tok[1] == ")":
                         raise Fallback()
                     self.i = i
                     return result, result_start
-                if not (tok.kind == "op" and tok.val == ")"):
+                if not (tok[0] == "op" and tok[1] == ")"):
                     raise Fallback()
                 i += 1
                 seq_items, par_items, sum_items, seq_start, par_start, sum_start, op, paren_start = stack.pop()
