@@ -139,6 +139,9 @@ def test_unknown_host_key_is_refused_then_trusted(sshd_hosts, tmp_path):
     assert known.read_text() == ""   # nothing accepted silently
     r = cmflow("hosts", "check", "--hosts", str(inv), cwd=tmp_path)
     assert r.returncode == 1 and "host key unknown" in r.stdout
+    r = cmflow("hosts", "trust", "h1", "--hosts", str(inv), cwd=tmp_path, input="y\n")
+    assert r.returncode == 1 and "re-run with --yes" in r.stderr   # no terminal to ask: nothing trusted
+    assert known.read_text() == ""
     r = cmflow("hosts", "trust", "h1", "--yes", "--hosts", str(inv), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "SHA256:" in r.stdout and f"added 1 key(s) to {known}" in r.stdout
