@@ -166,7 +166,11 @@ class SshTransport:
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.DEVNULL,
                                                     stderr=asyncio.subprocess.PIPE, start_new_session=True)
-        _, err = await proc.communicate()
+        try:
+            _, err = await proc.communicate()
+        except BaseException:
+            await _kill(proc)   # cancelled while connecting: no half-made master left behind
+            raise
         if proc.returncode != 0:
             raise ConnectionLost(classify_ssh_error(err.decode("utf-8", "replace"), self.host))
 
@@ -175,6 +179,7 @@ class SshTransport:
         index = min(range(self._n_masters), key=lambda i: self._sessions[i])
         self._sessions[index] += 1
         path = ""
+        proc: asyncio.subprocess.Process | None = None
         try:
             path = await self._master(index)
             init = self._init_script()
@@ -196,10 +201,12 @@ class SshTransport:
             slot = _Slot(proc, int(parts[1]), index, path)
             self._all.add(slot)
             return slot
-        except BaseException:
+        except BaseException as e:
             self._sessions[index] -= 1
-            if path:
+            if path and not isinstance(e, asyncio.CancelledError):
                 self._forget_master(index, path)
+            if proc is not None and proc.returncode is None:
+                await asyncio.shield(_kill(proc))
             raise
 
     def _init_script(self) -> str:
@@ -218,13 +225,7 @@ class SshTransport:
         if slot in self._all:
             self._all.discard(slot)
             self._sessions[slot.master] -= 1
-        proc = slot.proc
-        if proc.returncode is None:
-            try:
-                proc.kill()
-            except ProcessLookupError:
-                pass
-            await proc.wait()
+        await _kill(slot.proc)
 
     # ------------------------------------------------------------------ jobs
     async def run(self, spec: JobSpec) -> Outcome:
@@ -355,6 +356,15 @@ async def _pump(reader: asyncio.StreamReader, marker: bytes, sink: _Sink, want_l
             buf = buf[-keep:] if keep else b""
 
 
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        try:
+            proc.kill()
+        except ProcessLookupError:
+            pass
+        await proc.wait()
+
+
 async def _drain(proc: asyncio.subprocess.Process) -> str:
     """What ssh said on stderr before it died (after the framing, nothing else writes there)."""
     if proc.returncode is None:
@@ -370,4 +380,3 @@ async def _drain(proc: asyncio.subprocess.Process) -> str:
             pass
     await proc.wait()
     return data.decode("utf-8", "replace")
-
