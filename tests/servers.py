@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from sshhosts import free_port
+from sshhosts import free_port, stop_process
 
 HERE = Path(__file__).resolve().parent
 AZURITE = HERE / "servers" / "node_modules" / ".bin" / "azurite-blob"
@@ -41,13 +41,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 def _wait(server: Server, ready, timeout: float = 60.0) -> Server:

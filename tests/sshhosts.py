@@ -31,6 +31,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop_process(proc: subprocess.Popen | None) -> None:
+    """TERM a server we started, KILL it if it lingers, and reap it."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def have_sshd() -> bool:
     return os.access(SSHD, os.X_OK) and shutil.which("ssh") is not None
 
@@ -203,13 +214,7 @@ MaxStartups {self.max_startups}
 
     def stop(self) -> None:
         for h in self.hosts:
-            if h.proc and h.proc.poll() is None:
-                h.proc.terminate()
-                try:
-                    h.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    h.proc.kill()
-                    h.proc.wait()
+            stop_process(h.proc)
         if os.geteuid() == 0:
             # sessions outlive the listener; end the test user's processes
             subprocess.run(["pkill", "-KILL", "-u", self.user], capture_output=True)

@@ -367,16 +367,11 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 
 async def _drain(proc: asyncio.subprocess.Process) -> str:
     """What ssh said on stderr before it died (after the framing, nothing else writes there)."""
-    if proc.returncode is None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
+    await _kill(proc)
     data = b""
     if proc.stderr:
         try:
-            data = await asyncio.wait_for(proc.stderr.read(), 5)
+            data = await asyncio.wait_for(proc.stderr.read(), 5)   # what is buffered, up to EOF
         except (asyncio.TimeoutError, ConnectionError):
             pass
-    await proc.wait()
     return data.decode("utf-8", "replace")
