@@ -82,8 +82,11 @@ async def probe(host: Host, ssh_config: str | None, timeout: float) -> HostStatu
         argv = ["/bin/sh", "-c", _PROBE]
     else:
         argv = [*ssh_base_argv(host, ssh_config, timeout), host.hostname, _PROBE]
-    proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                                stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE, start_new_session=True)
+    except FileNotFoundError:
+        return HostStatus(host.name, False, "no ssh client on this machine (install openssh-client)")
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout + 5)
     except asyncio.TimeoutError:
@@ -126,7 +129,10 @@ async def check_hosts(inv: Inventory, targets: Sequence[str], timeout: float) ->
 def _ssh_settings(host: Host, ssh_config: str | None) -> dict[str, str]:
     """What ssh itself would use for this host (``ssh -G``): real name, port, known_hosts file."""
     argv = ssh_base_argv(host, ssh_config) + ["-G", host.hostname]
-    r = subprocess.run(argv, capture_output=True, text=True)
+    try:
+        r = subprocess.run(argv, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UsageError("ssh not found (install openssh-client)") from None
     if r.returncode != 0:
         raise UsageError(f"ssh -G {host.hostname} failed: {r.stderr.strip()}")
     settings: dict[str, str] = {}
@@ -145,7 +151,10 @@ def trust_hosts(inv: Inventory, names: Sequence[str], yes: bool) -> int:
         s = _ssh_settings(host, inv.ssh_config)
         real, port = s.get("hostname", host.hostname), s.get("port", "22")
         known = os.path.expanduser(s.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0])
-        scan = subprocess.run(["ssh-keyscan", "-T", "5", "-p", port, real], capture_output=True, text=True)
+        try:
+            scan = subprocess.run(["ssh-keyscan", "-T", "5", "-p", port, real], capture_output=True, text=True)
+        except FileNotFoundError:
+            raise UsageError("ssh-keyscan not found (install openssh-client)") from None
         keys = [line for line in scan.stdout.splitlines() if line and not line.startswith("#")]
         if not keys:
             print(f"{host.name}: no host keys from {real}:{port} ({scan.stderr.strip() or 'no answer'})",

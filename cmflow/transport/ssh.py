@@ -163,9 +163,12 @@ class SshTransport:
         # the "ready" signal; ControlPersist bounds an orphan's life if we die.
         argv = [*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}", "-o", "ControlPersist=60",
                 "-N", "-f", self.host.hostname]
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        try:
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                        stdout=asyncio.subprocess.DEVNULL,
+                                                        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except FileNotFoundError:
+            raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None
         try:
             _, err = await proc.communicate()
         except BaseException:
