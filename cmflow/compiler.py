@@ -143,7 +143,14 @@ class _Compiler:
                 ref = self._refs[key] = self._reference(node, (), (), target, node.pos)
             return ref
         if kind is ast.Seq or kind is ast.Par or kind is ast.Sum:
-            parts = [self.expr(i, target) for i in node.items]  # type: ignore[union-attr]
+            refs, parts = self._refs, []
+            for item in node.items:  # type: ignore[union-attr]
+                # the hot path (a call seen before) inline: a big flow is mostly that
+                if type(item) is ast.Call:
+                    ref = refs.get((id(item.name.parts), id(item.args), id(item.kwargs), target), _MISSING)
+                    parts.append(self.expr(item, target) if ref is _MISSING else ref)
+                else:
+                    parts.append(self.expr(item, target))
             if None in parts:
                 return None
             return _PLAN_KIND[kind](tuple(parts), node.pos)  # type: ignore[arg-type]

@@ -191,6 +191,7 @@ class _Parser:
         """
         toks, i = self.toks, self.i
         plus, par, seq = ast.plus, ast.par, ast.seq
+        newlines, Pos = self.newlines, ast.Pos
         stack: list[tuple] = []
         seq_items: list = []
         par_items: list = []
@@ -220,7 +221,9 @@ class _Parser:
                     paren = val.index("(")
                     args, kwargs = _arguments(val[paren + 1:-1])
                     parsed = self.calls[val] = (self.parts(val[:paren]), args, kwargs)
-                start = self.pos(tok[2])
+                offset = tok[2]      # self.pos(offset), inline: this runs once per reference
+                line = bisect_left(newlines, offset)
+                start = Pos(line + 1, offset - (newlines[line - 1] + 1 if line else 0) + 1)
                 node: ast.Expr = ast.Call(ast.Name(parsed[0], start), parsed[1], parsed[2], start)
             elif kind == "ref":
                 start = self.pos(tok[2])
