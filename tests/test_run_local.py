@@ -275,3 +275,16 @@ def test_cli_usage_errors(tmp_path):
     assert r.returncode == 2
     r = cmflow("frobnicate", cwd=tmp_path)
     assert r.returncode == 2 and "Usage:" in r.stderr
+
+
+def test_live_display_runs(flowdir, capsys):
+    """The rich display (as on a terminal) follows a run with a failure and a retry without breaking it."""
+    d = flowdir.path
+    flowdir("tk.py", f'def ok(i): return f"echo {{i}}"\ndef flaky(): return "[ -e {d}/x ] || {{ touch {d}/x; exit 1; }}"\n')
+    path = flowdir("f.flow", "from tk import *\nok(1) + ok(2) | flaky\n")
+    inv = local_inv()
+    plan, _ = api.load(str(path), inv=inv)
+    run = api.run_sync(plan, inv, RunOptions(retries=1), d / "run", display="live")
+    assert run.result.ok and run.result.value == [3, ""]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
