@@ -201,11 +201,11 @@ def test_failover_when_a_host_dies_mid_run(tmp_path, shared):
         os.mkfifo(d / "on_h2")
         os.chmod(d / "on_h2", 0o666)
         port2 = hosts.hosts[1].port
-        # a job that lands on h2 tells the test (FIFO) and then hangs there
+        # a job that lands on h2 hangs there; the first one (mkdir is atomic) tells the test
         flow = write_flow(tmp_path, f'''
             def j(i):
-                return (f'if [ "${{{{SSH_CONNECTION##* }}}}" = {port2} ]; then echo {{i}} > {d}/on_h2; sleep 300; fi; '
-                        f'echo {{i}}')
+                return (f'if [ "${{{{SSH_CONNECTION##* }}}}" = {port2} ]; then '
+                        f'mkdir {d}/told 2>/dev/null && echo {{i}} > {d}/on_h2; sleep 300; fi; echo {{i}}')
             ''', "from tk import j\n" + " + ".join(f"j({i})" for i in range(30)) + "\n")
         proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "-q", "--hosts",
                                  str(hosts.inventory_file), "--run-dir", "run"], cwd=tmp_path,
