@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -86,7 +85,3 @@ def flow_of(jobs: int, folder: Path, command: str = "true") -> Path:
     flow.write_text("from bench_tasks import t\n" + " | ".join(f"t({i})" for i in range(jobs)) + "\n")
     return flow
 
-
-def machine() -> str:
-    return (f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
-            f"{statistics.mean([1]) and sys.version.split()[0]} Python")

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
+from . import yamlfile
 from .errors import ConfigError
 
 BUILTIN = "<built-in>"
@@ -185,34 +184,19 @@ def builtin_inventory() -> Inventory:
 
 def find_inventory_file(explicit: str | None = None) -> str | None:
     """--hosts FILE, ./hosts.yaml, $CMFLOW_HOSTS, ~/.cmflow/hosts.yaml, else None (built-in)."""
-    if explicit:
-        return explicit
-    candidates = [Path("hosts.yaml"), os.environ.get("CMFLOW_HOSTS"), Path.home() / ".cmflow" / "hosts.yaml"]
-    for c in candidates:
-        if c and Path(c).is_file():
-            return str(c)
-    return None
+    return yamlfile.first_file(explicit, [Path("hosts.yaml"), os.environ.get("CMFLOW_HOSTS"),
+                                          Path.home() / ".cmflow" / "hosts.yaml"])
 
 
 def load_inventory(explicit: str | None = None) -> Inventory:
     path = find_inventory_file(explicit)
     if path is None:
         return builtin_inventory()
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise ConfigError(path, "", f"cannot read inventory: {e.strerror}") from None
-    return parse_inventory(text, path)
+    return parse_inventory(yamlfile.read_text(path, "inventory"), path)
 
 
 def parse_inventory(text: str, filename: str = "hosts.yaml") -> Inventory:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError(filename, "", f"not valid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    doc = yamlfile.load(text, filename)
     v = _Validator(filename)
     if doc is None:
         doc = {}

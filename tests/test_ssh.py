@@ -202,7 +202,7 @@ def test_failover_when_a_host_dies_mid_run(tmp_path, shared):
         os.chmod(d / "on_h2", 0o666)
         port2 = hosts.hosts[1].port
         # a job that lands on h2 hangs there; the first one (mkdir is atomic) tells the test
-        flow = write_flow(tmp_path, f'''
+        write_flow(tmp_path, f'''
             def j(i):
                 return (f'if [ "${{{{SSH_CONNECTION##* }}}}" = {port2} ]; then '
                         f'mkdir {d}/told 2>/dev/null && echo {{i}} > {d}/on_h2; sleep 300; fi; echo {{i}}')

@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .. import yamlfile
 from ..errors import ConfigError
 
 KINDS_DB = {"local", "mongo"}
@@ -78,32 +77,18 @@ def default_config() -> DataConfig:
 
 
 def find_config(explicit: str | None) -> str | None:
-    if explicit:
-        return explicit
-    for c in (os.environ.get("CMFLOW_DATA_CONFIG"), Path.home() / ".cmflow" / "data.yaml"):
-        if c and Path(c).is_file():
-            return str(c)
-    return None
+    return yamlfile.first_file(explicit, [os.environ.get("CMFLOW_DATA_CONFIG"), Path.home() / ".cmflow" / "data.yaml"])
 
 
 def load_config(explicit: str | None = None) -> DataConfig:
     path = find_config(explicit)
     if path is None:
         return default_config()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(path, "", f"cannot read data config: {e.strerror}") from None
-    return parse_config(text, path)
+    return parse_config(yamlfile.read_text(path, "data config"), path)
 
 
 def parse_config(text: str, source: str) -> DataConfig:
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        raise ConfigError(source, "", f"not valid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    doc = yamlfile.load(text, source) or {}
     if not isinstance(doc, dict):
         raise ConfigError(source, "", "expected a mapping with 'default:', 'db:' and 'service:'")
     for k in doc:
