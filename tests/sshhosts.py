@@ -15,6 +15,7 @@ import os
 import pwd
 import re
 import shutil
+import secrets
 import socket
 import subprocess
 import time
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
-TEST_USER = "cmflowtest"
+USER_PREFIX = "cmft"   # every run creates its own user cmft<hex>: runs side by side never share one
 
 
 def free_port() -> int:
@@ -71,6 +72,7 @@ class SshdHosts:
     hosts: list[SshdHost] = field(default_factory=list)
     user: str = ""
     cgroup: str | None = None          # a cgroup.procs file every sshd joins (benchmarks' CPU accounting)
+    _own_user: bool = False
 
     @property
     def ssh_config(self) -> Path:
@@ -87,15 +89,15 @@ class SshdHosts:
     def _user(self) -> str:
         if os.geteuid() != 0:
             return pwd.getpwuid(os.getuid()).pw_name  # a non-root sshd can only log in its own user
+        remove_stale_users()
         home = self.base / "home"
-        try:
-            pwd.getpwnam(TEST_USER)
-        except KeyError:
-            # -p '*': no password but not locked; with UsePAM no a locked account cannot log in at all
-            subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-p", "*", TEST_USER], check=True)
+        user = USER_PREFIX + secrets.token_hex(4)
+        # -p '*': no password but not locked; with UsePAM no a locked account cannot log in at all
+        subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-p", "*", user], check=True)
+        self._own_user = True
         home.mkdir(parents=True, exist_ok=True)
-        shutil.chown(home, TEST_USER)
-        return TEST_USER
+        shutil.chown(home, user)
+        return user
 
     def start(self) -> "SshdHosts":
         self.base.mkdir(parents=True, exist_ok=True)
@@ -215,6 +217,24 @@ MaxStartups {self.max_startups}
     def stop(self) -> None:
         for h in self.hosts:
             stop_process(h.proc)
-        if os.geteuid() == 0:
-            # sessions outlive the listener; end the test user's processes
+        if self._own_user:
+            # sessions outlive the listener; end this run's user's processes (no one else uses it), then the user
             subprocess.run(["pkill", "-KILL", "-u", self.user], capture_output=True)
+            delete_user(self.user)
+            self._own_user = False
+
+
+def delete_user(user: str) -> None:
+    for _ in range(20):   # userdel refuses while a killed process of the user is still being reaped
+        if subprocess.run(["userdel", user], capture_output=True).returncode in (0, 6):
+            return
+        subprocess.run(["pkill", "-KILL", "-u", user], capture_output=True)
+        time.sleep(0.1)
+
+
+def remove_stale_users() -> None:
+    """Users of earlier runs that died before their teardown: their home (the run's folder) is gone."""
+    for entry in pwd.getpwall():
+        if re.fullmatch(USER_PREFIX + "[0-9a-f]{8}", entry.pw_name) and not os.path.exists(entry.pw_dir):
+            subprocess.run(["pkill", "-KILL", "-u", entry.pw_name], capture_output=True)
+            delete_user(entry.pw_name)
