@@ -61,8 +61,10 @@ def load_expr(expr: str, tasks: Sequence[str] = (), hosts_file: str | None = Non
     return compile_flow(flow, expr, loader=loader, **_target_kw(inv)), inv
 
 
-def make_transport(host: Host, inv: Inventory) -> Transport:
-    """The transport for a host: local for ``local: true``, else the system ssh client."""
+def make_transport(host: Host, inv: Inventory, clusters: Any = None) -> Transport:
+    """The transport for a host: local for ``local: true``, Slurm for ``slurm:``, else the system ssh client."""
+    if host.slurm and clusters is not None:
+        return clusters.transport(host)
     if host.local:
         from .transport.local import LocalTransport
 
@@ -101,20 +103,30 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     """Run a compiled plan. Cancel the calling task to stop it: every job is killed, the log flushed."""
     rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
     log = RunLog(rdir)
-    shown = _observers(display, plan, inv)
-    executor = Executor(plan, inv, {h.name: make_transport(h, inv) for h in inv.hosts}, log, options,
-                        [*shown, *observers])
+    shown: list[Any] = []
+    executor: Executor | None = None
     log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs]})
     result: RunResult | None = None
     try:
         async with AsyncExitStack() as stack:
+            clusters = None
+            if any(h.slurm for h in inv.hosts):
+                from .transport.slurm import Clusters
+
+                # Slurm hosts first: an allocation's nodes become hosts of this run
+                clusters = Clusters(rdir.resolve().name)
+                stack.push_async_callback(clusters.aclose)
+                inv = await clusters.open(inv)
+            shown = _observers(display, plan, inv)
+            executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters) for h in inv.hosts}, log,
+                                options, [*shown, *observers])
             for t in executor.transports.values():
                 stack.push_async_callback(t.aclose)
             result = await executor.run()
     finally:
         for o in shown:
             o.close()
-        done = result or RunResult(False, cancelled=True, jobs_run=executor.jobs_run)
+        done = result or RunResult(False, cancelled=True, jobs_run=executor.jobs_run if executor else 0)
         log.write_json("summary.json", {
             "ok": done.ok, "value": done.value, "cancelled": result is None, "halted": done.halted,
             "jobs_run": done.jobs_run, "down_hosts": done.down_hosts,

@@ -40,6 +40,7 @@ class JobRecord:
     stdout_bytes: int = 0
     value: Any = None
     error: str = ""
+    ref: str = ""          # Slurm's id of the attempt (JOBID.STEP, JOBID_TASK), if it ran under Slurm
 
     @property
     def runtime(self) -> float:
