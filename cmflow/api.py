@@ -145,7 +145,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
         lock = RunLock(rdir)
     except RunBusy as e:
         raise _busy(e) from None
-    log = RunLog(rdir)
+    log = RunLog(rdir, {h.name for h in inv.hosts if h.local})
     journal = Journal(rdir)
     started = time.time()
     shown = _observers(display, plan, inv)
@@ -179,6 +179,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
             "jobs_run": done.jobs_run, "jobs_cached": done.jobs_cached, "down_hosts": done.down_hosts,
             "failures": [{"reason": f.reason, "task": f.job.label if f.job else None, "host": f.host,
                           "exit_status": f.exit_status} for f in done.failures]})
+        log.finish((j.id, j.command) for j in plan.jobs)
         log.close()
         journal.close()
         lock.release()

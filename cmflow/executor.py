@@ -299,7 +299,7 @@ class Executor:
             except asyncio.CancelledError:
                 # killed by halt now or a signal: the log still says so
                 self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True, (parts, key, ready))
+                             Failure("cancelled", job, host), True, killed=True, keyed=(parts, key, ready))
                 raise
             finally:
                 self.scheduler.release(host)
@@ -368,19 +368,27 @@ class Executor:
                 "stderr": f"{err_p.parent.name}/{err_p.name}" if err_p else "",
                 "stdout_bytes": doc.get("stdout_bytes", 0), "stderr_bytes": doc.get("stderr_bytes", 0),
                 "from": str(decision.entry.run_dir), "from_seq": doc.get("seq")})
+        # the joblog and jobs.jsonl show it as the earlier run ran it, with attempt 0 meaning "reused":
+        # GNU parallel's --resume-failed must skip it as well
+        self.log.record(JobRecord(
+            job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, str(doc.get("host", "")), 0,
+            float(doc.get("start") or 0), float(doc.get("end") or 0), 0, 0, False, False, job.command,
+            str(out_p or ""), str(err_p or ""), int(doc.get("stdout_bytes") or 0), value))
         self.jobs_cached += 1
         self._emit("job_cached", job)
         return Ok(value)
 
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
-                result: Result, final: bool, keyed: tuple[KeyParts, str, float] | None = None) -> None:
+                result: Result, final: bool, killed: bool = False,
+                keyed: tuple[KeyParts, str, float] | None = None) -> None:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "")
-        self.log.record(rec)
+            result.reason if isinstance(result, Failure) else "", killed)
+        # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
+        self.log.record(rec, final or isinstance(result, Ok))
         if self.journal is not None and keyed is not None:
             parts, key, ready = keyed
             self.journal.ended({
