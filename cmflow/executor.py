@@ -319,7 +319,7 @@ class Executor:
                 if isinstance(result, Failure):
                     command_failures += 1
                     final = command_failures > retries
-            self._record(job, host, attempt, outcome, out, err, result, final, (parts, key, ready))
+            self._record(job, host, attempt, outcome, out, err, result, final, keyed=(parts, key, ready))
             if final or isinstance(result, Ok):
                 return result if isinstance(result, Ok) else self._fail(result)
             if outcome.connection_failed and conn_failures > 1:
