@@ -260,3 +260,109 @@ PYTHONPATH={ROOT} exec {sys.executable} -m cmflow run {SEED} -q --run-dir {tmp_p
     assert {x["ref"].split(".")[0] for x in recs} == {job}
     assert {x["host"] for x in recs} <= {"slurm/n1", "slurm/n2", "slurm/n3", "slurm/n4"}
     assert slurm.wait_queue_empty() == []
+
+
+# ------------------------------------------------------------------- job mode
+JOBS_INV = "hosts:\n  batch: {slurm: {submit: jobs, poll: 0.3}}\n"
+
+
+def test_seed_flow_job_by_job_gives_the_local_value(slurm, tmp_path):
+    local = cmflow("run", SEED, "-q", "--run-dir", str(tmp_path / "local"), cwd=tmp_path)
+    inv = inventory(tmp_path, JOBS_INV)
+    r = run_cli(slurm, "run", SEED, "-q", "--hosts", str(inv), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == local.stdout and r.stdout.strip().isdigit()
+    recs = records(tmp_path / "run")
+    assert len(recs) == 4 and all(x["host"] == "batch" for x in recs)
+    # a, b, c were ready together: one array of three; d came after them
+    ids = sorted(x["ref"].split("@")[0] for x in recs)
+    arrays = {i.split("_")[0] for i in ids}
+    assert len(arrays) == 2 and sum("_" in i for i in ids) == 3
+    # named by the run (scontrol: sacct may show a placeholder name for a moment)
+    for a in arrays:
+        assert "JobName=cmflow-run\n" in slurm.run("scontrol", "show", "job", a)
+    assert slurm.wait_queue_empty() == []
+
+
+def test_job_mode_failure_exit_status_and_stderr(slurm, tmp_path):
+    flow = write_flow(tmp_path, '''
+        def bad(): return "echo oops >&2; exit 3"
+        def good(i): return f"echo {i}"
+        ''', "from tk import *\ngood(1) + good(2) | bad\n")
+    inv = inventory(tmp_path, JOBS_INV)
+    r = run_cli(slurm, "run", str(flow), "--hosts", str(inv), "--run-dir", "run", cwd=tmp_path)
+    assert r.returncode == 1 and "exit status 3" in r.stderr and "| oops" in r.stderr, r.stderr
+    recs = {x["label"]: x for x in records(tmp_path / "run")}
+    assert recs["bad"]["exit_status"] == 3 and recs["good(1)"]["value"] == 1
+    assert not Path(recs["good(1)"]["stdout"]).with_suffix(".err").exists(), "an empty stderr leaves no file"
+
+
+def test_job_mode_timeout_and_ctrl_c_leave_no_job(slurm, tmp_path, shared):
+    flow = write_flow(tmp_path, f'''
+        from cmflow import task
+        @task(timeout=1)
+        def slow(): return "exec sleep 300"
+        def long(i): return f"echo {{i}} > {shared}/started; exec sleep 300"
+        ''', "from tk import *\nslow\n")
+    inv = inventory(tmp_path, JOBS_INV)
+    r = run_cli(slurm, "run", str(flow), "--hosts", str(inv), "--run-dir", "run", cwd=tmp_path)
+    assert r.returncode == 1 and "timed out" in r.stderr, r.stderr
+    assert records(tmp_path / "run")[0]["timed_out"]
+    assert slurm.wait_queue_empty() == []
+
+    os.mkfifo(shared / "started")
+    (tmp_path / "g.flow").write_text("from tk import long\nlong(1) | long(2) | long(3)\n")
+    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "g.flow", "--hosts", str(inv), "--run-dir",
+                             "run2"], cwd=tmp_path, env={**slurm.env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(shared / "started") as f:   # a batch job is running
+        f.readline()
+    proc.send_signal(2)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert slurm.wait_queue_empty() == []
+
+
+def test_job_cancelled_by_someone_else_says_so(slurm, tmp_path, shared):
+    os.mkfifo(shared / "started")
+    write_flow(tmp_path, f'def long(): return "echo $SLURM_JOB_ID > {shared}/started; exec sleep 300"\n',
+               "from tk import long\nlong\n")
+    inv = inventory(tmp_path, JOBS_INV)
+    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "--hosts", str(inv), "--run-dir",
+                             "run"], cwd=tmp_path, env={**slurm.env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with open(shared / "started") as f:
+        job = f.readline().strip()
+    slurm.run("scancel", job)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Slurm CANCELLED" in err, err
+
+
+@pytest.mark.parametrize("state, code, expect", [
+    ("COMPLETED", "0:0", dict(exit_status=0)),
+    ("FAILED", "3:0", dict(exit_status=3)),
+    ("FAILED", "124:0", dict(timed_out=True)),          # `timeout` stopped it after its time
+    ("TIMEOUT", "0:15", dict(timed_out=True, message="Slurm TIMEOUT")),
+    ("OUT_OF_MEMORY", "0:125", dict(exit_status=None, message="Slurm OUT_OF_MEMORY")),
+    ("NODE_FAIL", "0:0", dict(connection_failed=True, message="Slurm NODE_FAIL on n3")),
+    ("PREEMPTED", "0:0", dict(connection_failed=True, message="Slurm PREEMPTED")),
+    ("CANCELLED", "0:15", dict(exit_status=None, message="Slurm CANCELLED")),
+])
+def test_slurm_states_become_reasons(tmp_path, state, code, expect):
+    """How sacct's State and ExitCode read as an outcome (sacct lines as Slurm 22.05 prints them)."""
+    import asyncio
+    from cmflow.hosts import Host
+    from cmflow.slurmspec import SlurmSpec
+    from cmflow.transport import JobSpec
+    from cmflow.transport.slurm_jobs import JobsTransport, _Job
+
+    t = JobsTransport(Host("batch", "batch", slurm=SlurmSpec(submit="jobs")), "cmflow-x")
+    loop = asyncio.new_event_loop()
+    job = _Job(JobSpec(1, "true", tmp_path / "1.1.out", tmp_path / "1.1.err", timeout=10), loop.create_future(),
+               id="7_1", submitted=time.time())
+    loop.close()
+    o = t._outcome(job, state, code, "2026-01-01T00:00:00", "2026-01-01T00:00:12", "n3")
+    for k, v in expect.items():
+        got = getattr(o, k)
+        assert (v in got) if k == "message" else got == v, (k, got)
+    assert o.ref == "7_1@n3" and o.ok == (state == "COMPLETED")
