@@ -54,15 +54,22 @@ class SlurmCluster:
         return subprocess.run(["bash", str(SCRIPT), action, str(self.workdir)], env=env, capture_output=True,
                               text=True, timeout=timeout)
 
-    def start(self) -> "SlurmCluster":
-        r = self._script("up")
-        if r.returncode != 0:
+    def start(self, tries: int = 3) -> "SlurmCluster":
+        """Start it; a failed start is torn down and tried again on other ports (another
+        program may take a port between the check that it is free and the daemon's bind)."""
+        for attempt in range(tries):
+            try:
+                r = self._script("up", timeout=300)
+                if r.returncode == 0:
+                    return self
+                said = r.stderr[-3000:]
+            except subprocess.TimeoutExpired:
+                said = "slurmcluster.sh up did not finish in 300 s"
             logs = self.workdir / "log"
             tail = "".join(f"\n--- {p.name}\n" + p.read_text(errors="replace")[-1500:]
                            for p in sorted(logs.glob("*")) if p.is_file()) if logs.is_dir() else ""
             self.stop()
-            raise RuntimeError(f"the test Slurm cluster did not start:\n{r.stderr[-3000:]}{tail}")
-        return self
+        raise RuntimeError(f"the test Slurm cluster did not start ({tries} tries):\n{said}{tail}")
 
     def stop(self) -> None:
         self._script("down")

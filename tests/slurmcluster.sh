@@ -19,7 +19,9 @@
 #   SLURM_RECIPE_MEM=1024         RealMemory (MB) per node
 #   SLURM_RECIPE_PORT_BASE=auto   ctld=BASE, slurmdbd=BASE+1, mariadb=BASE+2,
 #                                 slurmd n_i = BASE+10+i;  "auto" = pick a free base
-#                                 in 20000..59900 (lets several clusters coexist)
+#                                 in 20000..32699, below the kernel's ephemeral ports, which
+#                                 other programs get from bind(0) at any moment (lets several
+#                                 clusters coexist)
 #   SLURM_RECIPE_ACCOUNTING=slurmdbd | filetxt | none   (default slurmdbd)
 #   SLURM_RECIPE_MINJOBAGE=30     seconds a finished job stays visible in squeue/scontrol
 #   SLURM_RECIPE_SLURMD_TIMEOUT=300  seconds before slurmctld declares a silent node DOWN (and
@@ -330,8 +332,10 @@ do_up() {
     if [[ -e "$WD" && -n "$(ls -A "$WD" 2>/dev/null)" ]]; then log "stale $WD: tearing down first"; do_down quiet; fi
     if [[ "$PORT_BASE" == auto ]]; then
         local k
-        for k in $(shuf -i 0-399 -n 40); do
-            set_ports $((20000 + k * 100)); ports_free && break
+        local lo=${SLURM_RECIPE_PORT_MIN:-20000} hi
+        hi=$(awk '{print $1 - 200}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32568)
+        for k in $(shuf -i 0-$(((hi - lo) / 100)) -n 40); do
+            set_ports $((lo + k * 100)); ports_free && break
         done
     else
         set_ports "$PORT_BASE"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ def slurm():
     cluster = SlurmCluster(d / "cluster", slurmd_timeout=10).start()
     yield cluster
     cluster.stop()
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
@@ -284,17 +286,19 @@ def test_seed_flow_job_by_job_gives_the_local_value(slurm, tmp_path):
     assert slurm.wait_queue_empty() == []
 
 
-def test_job_mode_failure_exit_status_and_stderr(slurm, tmp_path):
+@pytest.mark.parametrize("mode", ["allocation", "jobs"])
+def test_exit_status_stdout_and_stderr_in_both_modes(slurm, tmp_path, mode):
     flow = write_flow(tmp_path, '''
-        def bad(): return "echo oops >&2; exit 3"
-        def good(i): return f"echo {i}"
+        def bad(): return "echo half; printf 'oops\\n' >&2; exit 3"
+        def good(i): return f"echo {i}; echo note {i} >&2"
         ''', "from tk import *\ngood(1) + good(2) | bad\n")
-    inv = inventory(tmp_path, JOBS_INV)
+    inv = inventory(tmp_path, JOBS_INV if mode == "jobs" else "hosts:\n  c: {slurm: {nodes: 2}}\n")
     r = run_cli(slurm, "run", str(flow), "--hosts", str(inv), "--run-dir", "run", cwd=tmp_path)
     assert r.returncode == 1 and "exit status 3" in r.stderr and "| oops" in r.stderr, r.stderr
     recs = {x["label"]: x for x in records(tmp_path / "run")}
     assert recs["bad"]["exit_status"] == 3 and recs["good(1)"]["value"] == 1
-    assert not Path(recs["good(1)"]["stdout"]).with_suffix(".err").exists(), "an empty stderr leaves no file"
+    assert (tmp_path / recs["bad"]["stdout"]).read_text() == "half\n"
+    assert (tmp_path / recs["good(2)"]["stderr"]).read_text() == "note 2\n"
 
 
 def test_job_mode_timeout_and_ctrl_c_leave_no_job(slurm, tmp_path, shared):
@@ -366,3 +370,33 @@ def test_slurm_states_become_reasons(tmp_path, state, code, expect):
         got = getattr(o, k)
         assert (v in got) if k == "message" else got == v, (k, got)
     assert o.ref == "7_1@n3" and o.ok == (state == "COMPLETED")
+
+
+@pytest.mark.slow
+def test_job_mode_node_failure_is_submitted_again(slurm, tmp_path, shared):
+    """~30 s: Slurm takes SlurmdTimeout (10 s here) and a ping round or two to call it NODE_FAIL."""
+    os.mkfifo(shared / "on_n3")
+    write_flow(tmp_path, f'''
+        def j(i):
+            return (f'if [ "$SLURMD_NODENAME" = n3 ]; then '
+                    f'mkdir {shared}/told 2>/dev/null && echo {{i}} > {shared}/on_n3; sleep 300; fi; echo {{i}}')
+        ''', "from tk import j\n" + " + ".join(f"j({i})" for i in range(8)) + "\n")
+    inv = inventory(tmp_path, JOBS_INV)
+    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "-q", "--hosts", str(inv),
+                             "--run-dir", "run"], cwd=tmp_path, env={**slurm.env, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        with open(shared / "on_n3") as f:
+            f.readline()
+        slurm.kill_node("n3")
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        assert out.strip() == str(sum(range(8)))
+        stats = json.loads((tmp_path / "run" / "slurm" / "stats-batch.json").read_text())
+        assert stats["lost"] and all(x["state"] == "NODE_FAIL" and x["node"] == "n3" for x in stats["lost"])
+        assert all(not x["ref"].endswith("@n3") for x in records(tmp_path / "run"))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        slurm.restart_node("n3")
+    assert slurm.wait_queue_empty() == []

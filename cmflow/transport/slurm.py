@@ -35,7 +35,7 @@ from ..errors import CmflowError
 from ..hosts import Host, Inventory
 from . import ConnectionLost, JobSpec, Outcome
 from .output import StreamedOutput
-from .ssh import _drain, _kill, _pump
+from .ssh import _drain, _kill
 
 CMD_TIMEOUT = 60.0        # a Slurm client call that takes longer is treated as failed
 PILOT_POLL = 60.0         # seconds between checks that the pilot allocation still runs
@@ -256,7 +256,16 @@ class Clusters:
             self.allocations[h.name] = alloc
             alloc.watch()
 
-        await asyncio.gather(*(get(h) for h in wanted))
+        # a refusal cancels the other requests: no allocation is left pending behind an error
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for h in wanted:
+                    tg.create_task(get(h))
+        except BaseExceptionGroup as eg:
+            first = eg.exceptions[0]
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         return self._expand(inv)
 
     def _expand(self, inv: Inventory) -> Inventory:
@@ -296,6 +305,15 @@ class Clusters:
 class _Slot:
     proc: asyncio.subprocess.Process
     step: str                # JOBID.STEPID of its step
+    said: bytearray          # the tail of what srun and the slot shell wrote to stderr
+    drain: asyncio.Task | None = None
+
+
+async def _keep_tail(reader: asyncio.StreamReader, tail: bytearray, limit: int = 4096) -> None:
+    """Read srun's stderr as it comes (a full pipe would stall the step), keeping its tail."""
+    while chunk := await reader.read(_CHUNK):
+        tail += chunk
+        del tail[:-limit]
 
 
 class StepTransport:
@@ -306,8 +324,7 @@ class StepTransport:
         self.alloc = alloc
         self.node = node
         self.token = "CMFLOW_" + secrets.token_hex(16)
-        self._out_marker = ("\n" + self.token + " ").encode()
-        self._err_marker = ("\n" + self.token + "\n").encode()
+        self._marker = ("\n" + self.token + " ").encode()
         self._idle: list[_Slot] = []
         self._all: set[_Slot] = set()
         self._closed = False
@@ -342,7 +359,9 @@ class StepTransport:
             if proc.returncode is None:
                 await asyncio.shield(_kill(proc))
             raise
-        slot = _Slot(proc, f"{self.alloc.job_id}.{parts[2]}")
+        assert proc.stderr
+        slot = _Slot(proc, f"{self.alloc.job_id}.{parts[2]}", bytearray())
+        slot.drain = asyncio.ensure_future(_keep_tail(proc.stderr, slot.said))
         self._all.add(slot)
         return slot
 
@@ -352,6 +371,9 @@ class StepTransport:
             wd = self.host.workdir
             target = "~" + shlex.quote(wd[1:]) if wd.startswith("~") else shlex.quote(wd)
             lines.append(f"cd {target} || {{ echo 'cmflow: cannot cd to {wd}' >&2; exit 97; }}")
+        # the job's stderr goes to a file on the node and follows its stdout on the one stream
+        lines.append('E=$(mktemp "${TMPDIR:-/tmp}/cmflow-err.XXXXXX") || exit 98')
+        lines.append('trap \'rm -f "$E"\' EXIT')
         lines.append(f"printf '%s %s %s\\n' {self.token} $$ \"$SLURM_STEP_ID\"")
         return "\n".join(lines) + "\n"
 
@@ -364,8 +386,12 @@ class StepTransport:
         start = time.time()
         proc = slot.proc
         assert proc.stdin and proc.stdout and proc.stderr
-        script = (f"sh -c {shlex.quote(spec.command)} </dev/null; printf '\\n%s %d\\n' {self.token} \"$?\"; "
-                  f"printf '\\n%s\\n' {self.token} >&2\n")
+        # One stream back, not two: srun carries a step's stdout and stderr over one TCP
+        # connection, and a second small write right after the first waits ~40 ms for
+        # the delayed ACK (Nagle). So stderr is sent after the status line, counted.
+        script = (f"sh -c {shlex.quote(spec.command)} </dev/null 2>\"$E\"; s=$?; "
+                  f"if [ -s \"$E\" ]; then n=$(wc -c <\"$E\"); printf '\\n%s %d %d\\n' {self.token} $s $n; "
+                  f"head -c $n \"$E\"; else printf '\\n%s %d 0\\n' {self.token} $s; fi\n")
         out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
         reusable = False
         try:
@@ -385,7 +411,13 @@ class StepTransport:
             return Outcome(status, 0, start, time.time(), stdout_bytes=out.close(), stderr_bytes=err.close(),
                            ref=slot.step)
         except (ConnectionLost, ConnectionError, BrokenPipeError):
-            msg = await _drain(proc)
+            await _kill(proc)
+            if slot.drain:
+                try:
+                    await asyncio.wait_for(slot.drain, 5)
+                except (asyncio.TimeoutError, ConnectionError):
+                    pass
+            msg = slot.said.decode("utf-8", "replace")
             await self.alloc.refresh()
             return Outcome(None, start=start, end=time.time(), connection_failed=True, ref=slot.step,
                            message=f"job step {slot.step} on {self.node} lost: "
@@ -403,10 +435,37 @@ class StepTransport:
                 await asyncio.shield(self._discard(slot))
 
     async def _collect(self, proc: asyncio.subprocess.Process, out: StreamedOutput, err: StreamedOutput) -> int:
-        assert proc.stdout and proc.stderr
-        status_line, _ = await asyncio.gather(_pump(proc.stdout, self._out_marker, out, want_line=True),
-                                              _pump(proc.stderr, self._err_marker, err, want_line=False))
-        return int(status_line)
+        """Copy the job's stdout up to the status line '<TOKEN> STATUS N', then N bytes of its stderr."""
+        assert proc.stdout
+        reader, marker = proc.stdout, self._marker
+        buf = b""
+        keep = len(marker) - 1
+        while True:
+            chunk = await reader.read(_CHUNK)
+            if not chunk:
+                raise ConnectionLost("step ended")
+            buf += chunk
+            i = buf.find(marker)
+            if i >= 0:
+                out.write(buf[:i])
+                rest = buf[i + len(marker):]
+                break
+            out.write(buf[:-keep])
+            buf = buf[-keep:]
+        while b"\n" not in rest:
+            more = await reader.read(_CHUNK)
+            if not more:
+                raise ConnectionLost("step ended")
+            rest += more
+        line, rest = rest.split(b"\n", 1)
+        status, size = (int(x) for x in line.split())
+        while len(rest) < size:
+            more = await reader.read(max(size - len(rest), 1))
+            if not more:
+                raise ConnectionLost("step ended")
+            rest += more
+        err.write(rest[:size])
+        return status
 
     async def _end_step(self, slot: _Slot) -> None:
         """scancel the slot's step and wait for its srun to go: nothing of the job is left on the node."""
@@ -420,6 +479,8 @@ class StepTransport:
     async def _discard(self, slot: _Slot) -> None:
         self._all.discard(slot)
         await _kill(slot.proc)
+        if slot.drain:
+            slot.drain.cancel()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -16,12 +16,14 @@ A job writes its stdout and stderr straight to the run directory, so the run
 directory must be on a file system the nodes share (it usually is: home or
 project space). A timeout runs the command under ``timeout``; Slurm's
 ``--time`` is only the backstop. Slurm's own ends of a job become reasons:
-TIMEOUT, OUT_OF_MEMORY, CANCELLED, and NODE_FAIL/PREEMPTED/BOOT_FAIL, which
-count as a lost connection so the executor retries them.
+TIMEOUT, OUT_OF_MEMORY, CANCELLED; NODE_FAIL/PREEMPTED/BOOT_FAIL are not the
+job's fault: the job is submitted again (up to 3 times, listed in the run's
+``slurm/stats-HOST.json``), then reported as a lost connection.
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import re
@@ -40,6 +42,7 @@ GATHER = 0.05             # seconds to let a burst of ready jobs join one batch
 MAX_POLL = 60.0           # back-off ceiling between sacct calls
 SUBMIT_RETRY_MAX = 60.0   # back-off ceiling when Slurm refuses a submission for a limit
 TIMEOUT_GRACE = 5         # seconds between timeout's TERM and KILL
+LOST_RETRIES = 3          # resubmissions after NODE_FAIL/PREEMPTED/BOOT_FAIL before it is reported
 _ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "RESIZING", "SUSPENDED", "CONFIGURING", "COMPLETING",
            "STAGE_OUT", "SIGNALING", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 _LOST = {"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"}   # not the job's fault: run it again
@@ -52,6 +55,7 @@ class _Job:
     id: str = ""               # Slurm's: "123" or "123_4"
     cancelled: bool = False
     submitted: float = 0.0
+    lost: int = 0              # times a node failure or preemption lost it
 
 
 @dataclass
@@ -59,8 +63,18 @@ class Stats:
     """Scheduler calls made (the benchmark prints them)."""
 
     calls: Counter = field(default_factory=Counter)
+    lost: list = field(default_factory=list)   # {"seq", "job", "state", "node"} of each resubmission
     jobs: int = 0
     batches: int = 0
+    first_submit: float = 0.0   # epoch seconds of the first and the last sbatch
+    last_submit: float = 0.0
+    opened: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict:
+        span = max(time.time() - self.opened, 1e-9)
+        return {"jobs": self.jobs, "batches": self.batches, "calls": dict(self.calls), "lost": self.lost,
+                "submit_seconds": round(self.last_submit - self.first_submit, 3),
+                "seconds": round(span, 3), "calls_per_minute": round(sum(self.calls.values()) * 60 / span, 2)}
 
 
 class JobsTransport:
@@ -81,6 +95,7 @@ class JobsTransport:
         self._batch = 0
         self._last_submit = 0.0
         self._closed = False
+        self._folder: Path | None = None    # the run directory's slurm/: batch scripts, stats.json
 
     # ------------------------------------------------------------------ jobs
     async def run(self, spec: JobSpec) -> Outcome:
@@ -159,7 +174,7 @@ class JobsTransport:
     async def _submit(self, batch: list[_Job]) -> bool:
         """One sbatch for the batch; True when Slurm refused it for a limit (try again later)."""
         self._batch += 1
-        folder = batch[0].spec.stdout.parent.parent / "slurm"
+        folder = self._folder = batch[0].spec.stdout.parent.parent / "slurm"
         folder.mkdir(exist_ok=True)
         script = folder / f"batch-{self._batch}.sh"
         write_atomic(script, self._script(batch))
@@ -174,8 +189,10 @@ class JobsTransport:
             argv.append(f"--array=0-{len(batch) - 1}")
         argv += [*self.spec.request_args(), str(script)]
         self._last_submit = time.monotonic()
+        self.stats.first_submit = self.stats.first_submit or time.time()
         rc, out, err = await slurm_cmd(*argv)
         self.stats.calls["sbatch"] += 1
+        self.stats.last_submit = time.time()
         if rc != 0:
             msg = _last_error(err)
             if re.search(r"limit|MaxSubmit|QOSMax|AssocMax|temporarily|try again|Socket timed out", msg, re.I):
@@ -241,8 +258,17 @@ class JobsTransport:
             if job is None or state in _ACTIVE or not state:
                 continue
             del self._live[jid]
-            self._finish(job, self._outcome(job, state, code, start, end, node))
             ended = True
+            if state in _LOST and job.lost < LOST_RETRIES:
+                # the node's fault, not the job's: submit it again here rather than report a
+                # lost connection, which counts against the host, and the host is the whole cluster
+                job.lost += 1
+                self.stats.lost.append({"seq": job.spec.seq, "job": jid, "state": state, "node": node})
+                job.id = ""
+                self._queue.append(job)
+                self._wake.set()
+                continue
+            self._finish(job, self._outcome(job, state, code, start, end, node))
         return ended
 
     def _outcome(self, job: _Job, state: str, code: str, start: str, end: str, node: str) -> Outcome:
@@ -301,6 +327,9 @@ class JobsTransport:
         self._queue.clear()
         if left:
             await self._cancel(left)
+        if self._folder is not None:
+            # what the run cost the scheduler, for the user and the benchmark
+            write_atomic(self._folder / f"stats-{self.host.name}.json", json.dumps(self.stats.to_json()) + "\n")
 
 
 def _epoch(stamp: str) -> float | None:
