@@ -17,10 +17,12 @@ from typing import Any, Literal, Sequence
 from . import ast
 from .compiler import compile_file, compile_flow
 from .executor import Executor, Observer, RunOptions, RunResult
+from .files.mover import FileMover
 from .hosts import Host, Inventory, load_inventory
 from .parser import parse_expr
 from .plan import Plan, job_json
 from .runlog import RunLog, new_run_id
+from .status import StatusLog
 from .tasks import TaskLoader
 from .transport import Transport
 
@@ -102,14 +104,18 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
     log = RunLog(rdir)
     shown = _observers(display, plan, inv)
+    status = StatusLog(rdir, len(plan.jobs), {h.name: h.slots for h in inv.hosts})
+    files = FileMover(rdir, options.keep_remote)
     executor = Executor(plan, inv, {h.name: make_transport(h, inv) for h in inv.hosts}, log, options,
-                        [*shown, *observers])
+                        [*shown, status, *observers], files)
     log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs]})
     result: RunResult | None = None
     try:
         async with AsyncExitStack() as stack:
             for t in executor.transports.values():
                 stack.push_async_callback(t.aclose)
+            # pushed last, so it runs first: queued work dirs go while the connections still stand
+            stack.push_async_callback(files.close)
             result = await executor.run()
     finally:
         for o in shown:
@@ -120,6 +126,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
             "jobs_run": done.jobs_run, "down_hosts": done.down_hosts,
             "failures": [{"reason": f.reason, "task": f.job.label if f.job else None, "host": f.host,
                           "exit_status": f.exit_status} for f in done.failures]})
+        status.close()
         log.close()
     return Run(result, rdir, plan)
 

@@ -4,9 +4,10 @@ Usage:
   cmflow check FLOW [--hosts=FILE]
   cmflow plan FLOW [--hosts=FILE] [--format=FMT]
   cmflow run FLOW [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N] [--halt=WHEN]
-             [--run-dir=DIR] [--format=FMT] [--quiet]
+             [--run-dir=DIR] [--format=FMT] [--quiet] [--keep-remote]
   cmflow eval EXPR [--tasks=MODULE]... [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N]
-             [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet]
+             [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet] [--keep-remote]
+  cmflow status [RUN_DIR] [--watch] [--format=FMT]
   cmflow repl [--tasks=MODULE]... [--hosts=FILE]
   cmflow hosts list [TARGET] [--hosts=FILE]
   cmflow hosts check [TARGET...] [--hosts=FILE] [--connect-timeout=SECS]
@@ -26,6 +27,9 @@ Commands:
   run           Run a flow on the inventory's hosts and print its value.
   eval          Run one expression with the tasks of the given modules.
   repl          Evaluate expressions interactively (statements stay for the session).
+  status        Per host: jobs staging, running, fetching, done, failed; bytes
+                sent and fetched; ETA; failed jobs and why. Reads a run
+                directory (default: the latest under ./runs), running or ended.
   hosts list    Show the inventory as the executor sees it.
   hosts check   Connect to every host at once: reachable, CPUs and load, or why not.
   hosts trust   Fetch host keys with ssh-keyscan, show fingerprints, add to known_hosts.
@@ -35,7 +39,7 @@ Commands:
 Options:
   --hosts=FILE            Inventory (default: ./hosts.yaml, $CMFLOW_HOSTS,
                           ~/.cmflow/hosts.yaml, else this machine).
-  --format=FMT            plan: text, json or dot; run/eval: text or json;
+  --format=FMT            plan: text, json or dot; run/eval/status: text or json;
                           data ls: table or json [default: text].
   -j N, --jobs=N          Run at most N jobs at once across all hosts.
   --timeout=SECS          Kill a job (its whole process tree) after SECS.
@@ -45,6 +49,9 @@ Options:
                           [default: never].
   --run-dir=DIR           Where to keep job output and logs [default: runs/<id>].
   -q, --quiet             Print only the flow's value.
+  --keep-remote           Keep every job's work directory on its host (a failed
+                          job's is always kept, and its path shown).
+  --watch                 Refresh the status every second until the run ends.
   --tasks=MODULE          A task module (name or file.py) for eval and repl.
   --on=TARGET             Hosts for exec: a host, group, label or node[1-4] [default: all].
   --connect-timeout=SECS  Give up connecting after SECS [default: 10].
@@ -137,7 +144,7 @@ def _run(args: dict, plan: Any, inv: Any) -> int:
     if fmt not in ("text", "json"):
         raise UsageError(f"--format for run must be text or json, not {fmt!r}")
     options = RunOptions(jobs=_int(args, "--jobs", 1), timeout=_seconds(args, "--timeout"),
-                         retries=_int(args, "--retries") or 0, halt=halt)
+                         retries=_int(args, "--retries") or 0, halt=halt, keep_remote=args["--keep-remote"])
     run_dir = None if args["--run-dir"] in (None, "runs/<id>") else args["--run-dir"]
     display = "quiet" if args["--quiet"] else "auto"
     run = api.run_sync(plan, inv, options, run_dir, display)
@@ -175,6 +182,10 @@ def dispatch(args: dict) -> int:
         from . import hostcmds
 
         return hostcmds.exec_command(args)
+    if args["status"]:
+        from . import status
+
+        return status.show(args["RUN_DIR"], args["--format"], args["--watch"])
     if args["data"]:
         from .data import cli as data_cli
 

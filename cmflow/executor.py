@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
+from .files.mover import FileMover, Moved, safe_name
 from .hosts import Inventory
 from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
 from .runlog import JobRecord, RunLog
@@ -34,6 +35,7 @@ class RunOptions:
     timeout: float | None = None     # default per-job timeout, seconds
     retries: int = 0                 # default re-runs after a command failure
     halt: Halt = "never"
+    keep_remote: bool = False        # keep every job's work directory on its host
 
 
 @dataclass(frozen=True)
@@ -117,8 +119,10 @@ def _describe(node: PlanNode, filename: str) -> str:
 
 class Executor:
     def __init__(self, plan: Plan, inventory: Inventory, transports: Mapping[str, Transport], log: RunLog,
-                 options: RunOptions = RunOptions(), observers: Sequence[Observer] = ()):
+                 options: RunOptions = RunOptions(), observers: Sequence[Observer] = (),
+                 files: FileMover | None = None):
         self.plan = plan
+        self.files = files   # data movement for jobs that declare inputs or outputs
         self.inventory = inventory
         self.transports = transports
         self.log = log
@@ -252,6 +256,13 @@ class Executor:
         for o in self.observers:
             getattr(o, name)(*args)
 
+    def _emit_optional(self, name: str, *args: Any) -> None:
+        """An event not every observer listens to (job_files: staging, running, fetching)."""
+        for o in self.observers:
+            fn = getattr(o, name, None)
+            if fn is not None:
+                fn(*args)
+
     async def _job(self, job: Job) -> Result:
         retries = job.options.retries if job.options.retries is not None else self.options.retries
         timeout = job.options.timeout if job.options.timeout is not None else self.options.timeout
@@ -273,8 +284,13 @@ class Executor:
             out, err = self.log.paths(job.id, attempt)
             self._emit("job_started", job, host, attempt)
             started = time.time()
+            moved: Moved | None = None
             try:
-                outcome = await self.transports[host].run(JobSpec(job.id, job.command, out, err, timeout))
+                spec = JobSpec(job.id, job.command, out, err, timeout)
+                if job.files:
+                    outcome, moved = await self._with_files(job, host, attempt, spec)
+                else:
+                    outcome = await self.transports[host].run(spec)
             except asyncio.CancelledError:
                 # killed by halt now or a signal: the log still says so
                 self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
@@ -283,7 +299,7 @@ class Executor:
             finally:
                 self.scheduler.release(host)
             self.jobs_run += 1
-            result = self._result_of(job, host, outcome, out, err)
+            result = self._result_of(job, host, outcome, out, err, moved)
             final = True
             if outcome.connection_failed:
                 conn_failures += 1
@@ -298,25 +314,44 @@ class Executor:
                 if isinstance(result, Failure):
                     command_failures += 1
                     final = command_failures > retries
-            self._record(job, host, attempt, outcome, out, err, result, final)
+            self._record(job, host, attempt, outcome, out, err, result, final, moved)
             if final or isinstance(result, Ok):
                 return result if isinstance(result, Ok) else self._fail(result)
             if outcome.connection_failed and conn_failures > 1:
                 # backoff between reconnect attempts; failover needs none
                 await asyncio.sleep(min(0.2 * 2 ** (conn_failures - 2), 5.0))
 
-    def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path) -> Result:
+    async def _with_files(self, job: Job, host: str, attempt: int, spec: JobSpec) -> tuple[Outcome, Moved]:
+        """Stage inputs, run in a work directory, fetch outputs verified (cmflow/files)."""
+        if self.files is None:
+            self.files = FileMover(self.log.dir)
+
+        def emit(state: str, sent: int = 0, fetched: int = 0) -> None:
+            self._emit_optional("job_files", job, host, attempt, state, sent, fetched)
+
+        assert job.files is not None
+        return await self.files.attempt(self.transports[host], spec, job.files, f"{job.id}-{safe_name(job.task)}",
+                                        emit)
+
+    def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path,
+                   moved: Moved | None = None) -> Result:
         def failure(reason: str) -> Failure:
+            if moved is not None and moved.kept:
+                reason += f" (work dir kept: {moved.kept})"
             return Failure(reason, job, host, outcome.exit_status, _tail(err) if outcome.stderr_bytes else "")
 
         if outcome.connection_failed:
             return failure(f"connection failed: {outcome.message}")
+        if moved is not None and moved.failure:
+            return failure(moved.failure)
         if outcome.timed_out:
             return failure(f"timed out after {outcome.end - outcome.start:.1f}s")
         if outcome.exit_status is None:
             return failure(f"killed by signal {outcome.signal}")
         if outcome.exit_status != 0:
             return failure(f"exit status {outcome.exit_status}")
+        if moved is not None and moved.files is not None:
+            return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))
@@ -325,13 +360,14 @@ class Executor:
                            f"{type(e).__name__}: {e}")
 
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
-                result: Result, final: bool) -> None:
+                result: Result, final: bool, moved: Moved | None = None) -> None:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "")
+            result.reason if isinstance(result, Failure) else "",
+            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0)
         self.log.record(rec)
         self._emit("job_ended", rec, final, isinstance(result, Ok))
 

@@ -40,6 +40,8 @@ class JobRecord:
     stdout_bytes: int = 0
     value: Any = None
     error: str = ""
+    bytes_sent: int = 0        # inputs staged to the host (cmflow/files)
+    bytes_fetched: int = 0     # outputs fetched from it, verified
 
     @property
     def runtime(self) -> float:
@@ -91,7 +93,8 @@ class RunLog:
         exitval = rec.exit_status if rec.exit_status is not None else (255 if rec.connection_failed else -1)
         # GNU parallel puts the command on one line; so must we
         command = rec.command.replace("\n", " ").replace("\t", " ")
-        self._joblog.write(f"{rec.seq}\t{rec.host}\t{rec.start:.3f}\t{rec.runtime:.3f}\t0\t{rec.stdout_bytes}\t"
+        self._joblog.write(f"{rec.seq}\t{rec.host}\t{rec.start:.3f}\t{rec.runtime:.3f}\t{rec.bytes_sent}\t"
+                           f"{rec.stdout_bytes + rec.bytes_fetched}\t"
                            f"{exitval}\t{rec.signal}\t{command}\n")
         self._joblog.flush()
         doc = {f: getattr(rec, f) for f in _FIELDS}   # not asdict(): it deep-copies every value
