@@ -294,7 +294,7 @@ class Executor:
             except asyncio.CancelledError:
                 # killed by halt now or a signal: the log still says so
                 self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True)
+                             Failure("cancelled", job, host), True, killed=True)
                 raise
             finally:
                 self.scheduler.release(host)
@@ -314,7 +314,7 @@ class Executor:
                 if isinstance(result, Failure):
                     command_failures += 1
                     final = command_failures > retries
-            self._record(job, host, attempt, outcome, out, err, result, final, moved)
+            self._record(job, host, attempt, outcome, out, err, result, final, moved=moved)
             if final or isinstance(result, Ok):
                 return result if isinstance(result, Ok) else self._fail(result)
             if outcome.connection_failed and conn_failures > 1:
@@ -360,15 +360,16 @@ class Executor:
                            f"{type(e).__name__}: {e}")
 
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
-                result: Result, final: bool, moved: Moved | None = None) -> None:
+                result: Result, final: bool, killed: bool = False, moved: Moved | None = None) -> None:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "",
+            result.reason if isinstance(result, Failure) else "", killed,
             moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0)
-        self.log.record(rec)
+        # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
+        self.log.record(rec, final or isinstance(result, Ok))
         self._emit("job_ended", rec, final, isinstance(result, Ok))
 
     def _fail(self, failure: Failure) -> Failure:
