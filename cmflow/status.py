@@ -39,6 +39,9 @@ class StatusLog:
     def job_started(self, job: Any, host: str, attempt: int) -> None:
         self._write({"e": "start", "job": job.id, "host": host, "attempt": attempt, "files": bool(job.files)})
 
+    def job_cached(self, job: Any) -> None:
+        self._write({"e": "cached", "job": job.id, "label": job.label})
+
     def job_files(self, job: Any, host: str, attempt: int, state: str, sent: int, fetched: int) -> None:
         self._write({"e": "files", "job": job.id, "host": host, "attempt": attempt, "state": state,
                      "sent": sent, "fetched": fetched})
@@ -79,6 +82,7 @@ class Status:
     waiting: int
     done: int
     failed: int
+    cached: int
     elapsed: float
     eta: float | None
     hosts: dict[str, HostStatus] = field(default_factory=dict)
@@ -119,7 +123,7 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
                 for name, slots in ev.get("hosts", {}).items():
                     hosts[name] = HostStatus(slots=slots)
                 continue
-            host = hosts.setdefault(ev.get("host", "?"), HostStatus())
+            host = hosts.setdefault(ev["host"], HostStatus()) if "host" in ev else HostStatus()
             key = (ev.get("job"), ev.get("attempt"))
             if kind == "start":
                 live[key] = (ev["host"], "staging" if ev.get("files") else "running", 0, 0)
@@ -137,6 +141,9 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
                         host.failed += 1
                 else:
                     host.retried += 1
+            elif kind == "cached":   # reused from an earlier run (--resume): done, on no host
+                ended[ev["job"]] = {**ev, "ok": True, "cached": True}
+                continue
             elif kind == "down":
                 host.down = ev.get("reason", "down")
     for name, state, sent, fetched in live.values():
@@ -158,8 +165,9 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
         eta = elapsed / len(ended) * remaining
     failures = [{"job": e["job"], "task": e.get("label"), "host": e.get("host"), "reason": e.get("error")}
                 for e in ended.values() if not e.get("ok")]
+    cached = sum(1 for e in ended.values() if e.get("cached"))
     return Status(str(run_dir), finished, summary.get("ok") if summary else None, total, waiting, done, failed,
-                  round(elapsed, 3), round(eta, 1) if eta is not None else None, hosts, failures)
+                  cached, round(elapsed, 3), round(eta, 1) if eta is not None else None, hosts, failures)
 
 
 def _summary(run_dir: Path) -> dict | None:
@@ -180,7 +188,8 @@ def human_bytes(n: int) -> str:
 def render_text(st: Status) -> str:
     state = ("finished " + ("ok" if st.ok else "with failures")) if st.finished else "running"
     eta = f", ETA {st.eta:.0f}s" if st.eta is not None else ""
-    lines = [f"{st.run_dir}: {state}, {st.done}/{st.total} done, {st.failed} failed, {st.waiting} waiting, "
+    reused = f" ({st.cached} reused)" if st.cached else ""
+    lines = [f"{st.run_dir}: {state}, {st.done}/{st.total} done{reused}, {st.failed} failed, {st.waiting} waiting, "
              f"{st.elapsed:.1f}s{eta}"]
     head = ("host", "slots", "staging", "running", "fetching", "done", "failed", "sent", "fetched")
     rows = [head]
