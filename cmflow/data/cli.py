@@ -32,12 +32,15 @@ def shorten(text: str, width: int) -> str:
     return text[:head] + "…" + text[-tail:]
 
 
-def table(records: list[Record], width: int) -> str:
+def table(records: list[Record], width: int, short: bool = False) -> str:
+    modified = 10 if short else 19     # a narrow terminal drops the time of day before it cuts names
     cols = [("NAME", lambda r: r.name), ("SIZE", lambda r: human_size(r.size)),
-            ("SERVICE", lambda r: r.service), ("MODIFIED", lambda r: r.modified[:19].replace("T", " ")),
+            ("SERVICE", lambda r: r.service), ("MODIFIED", lambda r: r.modified[:modified].replace("T", " ")),
             ("POLICY", lambda r: r.policy), ("URL", lambda r: r.url)]
     rows = [[c[0] for c in cols]] + [[str(f(r)) for _, f in cols] for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(cols))]
+    if not short and sum(widths[:-1]) + 2 * len(cols) + 12 > width:
+        return table(records, width, short=True)
     # the URL gets what is left of the terminal; then the name, if still too wide
     url = len(cols) - 1
     fixed = sum(widths[:url]) + 2 * url
