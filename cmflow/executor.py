@@ -371,12 +371,14 @@ class Executor:
             return failure(f"connection failed: {outcome.message}")
         if moved is not None and moved.failure:
             return failure(moved.failure)
+        # a transport may say more (Slurm: "OUT_OF_MEMORY", "walltime limit")
+        more = f" ({outcome.message})" if outcome.message else ""
         if outcome.timed_out:
-            return failure(f"timed out after {outcome.end - outcome.start:.1f}s")
+            return failure(f"timed out after {outcome.end - outcome.start:.1f}s{more}")
         if outcome.exit_status is None:
-            return failure(f"killed by signal {outcome.signal}")
+            return failure(f"killed by signal {outcome.signal}{more}")
         if outcome.exit_status != 0:
-            return failure(f"exit status {outcome.exit_status}")
+            return failure(f"exit status {outcome.exit_status}{more}")
         if moved is not None and moved.files is not None:
             return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
         try:
@@ -432,7 +434,7 @@ class Executor:
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "", killed,
+            result.reason if isinstance(result, Failure) else "", killed, outcome.ref,
             moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0)
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
         self.log.record(rec, final or isinstance(result, Ok))

@@ -52,6 +52,7 @@ class JobRecord:
     value: Any = None
     error: str = ""
     killed: bool = False   # we killed it (halt now, Ctrl-C); timed_out says so for timeouts
+    ref: str = ""          # Slurm's id of the attempt (JOBID.STEP, JOBID_TASK), if it ran under Slurm
     bytes_sent: int = 0        # inputs staged to the host (cmflow/files)
     bytes_fetched: int = 0     # outputs fetched from it, verified
 
