@@ -100,7 +100,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
                display: Display = "quiet", observers: Sequence[Observer] = ()) -> Run:
     """Run a compiled plan. Cancel the calling task to stop it: every job is killed, the log flushed."""
     rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
-    log = RunLog(rdir)
+    log = RunLog(rdir, {h.name for h in inv.hosts if h.local})
     shown = _observers(display, plan, inv)
     executor = Executor(plan, inv, {h.name: make_transport(h, inv) for h in inv.hosts}, log, options,
                         [*shown, *observers])
@@ -120,6 +120,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
             "jobs_run": done.jobs_run, "down_hosts": done.down_hosts,
             "failures": [{"reason": f.reason, "task": f.job.label if f.job else None, "host": f.host,
                           "exit_status": f.exit_status} for f in done.failures]})
+        log.finish((j.id, j.command) for j in plan.jobs)
         log.close()
     return Run(result, rdir, plan)
 

@@ -17,6 +17,10 @@ Usage:
   cmflow data get NAME [DEST] [--force] [--config=FILE]
   cmflow data del NAME [--config=FILE]
   cmflow data services [--config=FILE]
+  cmflow vm up N [--name=PREFIX] [--provider=P] [--box=BOX | --image=IMAGE] [--cpus=C] [--memory=MB]
+             [--dir=DIR]
+  cmflow vm (status | ssh-config | halt) [--name=PREFIX] [--dir=DIR]
+  cmflow vm destroy [--name=PREFIX] [--dir=DIR] [--yes]
   cmflow (-h | --help)
   cmflow --version
 
@@ -31,6 +35,12 @@ Commands:
   hosts trust   Fetch host keys with ssh-keyscan, show fingerprints, add to known_hosts.
   exec          Run one command on every host of a target at once; merge equal outputs.
   data          Store files in a storage service and keep a record of each in a database.
+  vm up         Start N machines with Vagrant (again with a larger N: add nodes); they
+                are hosts at once: DIR/hosts.yaml, host keys pinned, checking strict.
+  vm status     Each node's state, address and slots.
+  vm ssh-config The nodes' ssh settings (strict, pinned keys), for plain `ssh -F`.
+  vm halt       Stop the machines; `vm up` starts them again.
+  vm destroy    Remove the machines and everything `vm up` wrote in DIR.
 
 Options:
   --hosts=FILE            Inventory (default: ./hosts.yaml, $CMFLOW_HOSTS,
@@ -48,9 +58,18 @@ Options:
   --tasks=MODULE          A task module (name or file.py) for eval and repl.
   --on=TARGET             Hosts for exec: a host, group, label or node[1-4] [default: all].
   --connect-timeout=SECS  Give up connecting after SECS [default: 10].
-  --yes                   Trust the fetched keys without asking.
+  --yes                   Trust the fetched keys / destroy the VMs without asking.
   --service=NAME          Storage service (default: the config's default).
-  --name=NAME             Record name for the file (default: its file name).
+  --name=NAME             data add: record name (default: its file name);
+                          vm: node name prefix, nodes NAME1..NAMEN (default: vm).
+  --provider=P            Vagrant provider: docker, virtualbox or libvirt
+                          (default: $VAGRANT_DEFAULT_PROVIDER, else virtualbox).
+  --box=BOX               Box for virtualbox/libvirt (e.g. debian/bookworm64).
+  --image=IMAGE           Image for docker (with sshd and a 'vagrant' user).
+  --cpus=C                CPUs per VM (also its slots; default: what it has).
+  --memory=MB             Memory per VM in MB.
+  --dir=DIR               Where the Vagrantfile, state and inventory live
+                          (default: ./.cmflow/vm/NAME).
   --force                 Replace an existing record or local file.
   --config=FILE           Data config (default: $CMFLOW_DATA_CONFIG,
                           ~/.cmflow/data.yaml, else local folders).
@@ -175,6 +194,10 @@ def dispatch(args: dict) -> int:
         from . import hostcmds
 
         return hostcmds.exec_command(args)
+    if args["vm"]:
+        from .vm import cli as vm_cli
+
+        return vm_cli.dispatch(args)
     if args["data"]:
         from .data import cli as data_cli
 

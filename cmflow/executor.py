@@ -395,7 +395,7 @@ class Executor:
             self.scheduler.release(host)
             if isinstance(e, asyncio.CancelledError):
                 self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True)
+                             Failure("cancelled", job, host), True, killed=True)
             raise
         self.jobs_run += 1
         result = self._result_of(job, host, outcome, out, err)
@@ -448,14 +448,15 @@ class Executor:
                            f"{type(e).__name__}: {e}")
 
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
-                result: Result, final: bool) -> None:
+                result: Result, final: bool, killed: bool = False) -> None:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "")
-        self.log.record(rec)
+            result.reason if isinstance(result, Failure) else "", killed)
+        # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
+        self.log.record(rec, final or isinstance(result, Ok))
         self._emit("job_ended", rec, final, isinstance(result, Ok))
 
     def _fail(self, failure: Failure) -> Failure:
