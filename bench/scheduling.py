@@ -8,8 +8,8 @@ alternating, so each sees the same machine and its own peak RSS:
 
   cmflow  Executor.run of a plan `t(0) | t(1) | ... | t(N-1)` (built in
           memory, the parser is not measured), one slot per host; the run
-          log is the real one writing to a temp folder (--log file), or left
-          out (--log none) to see the scheduler alone.
+          log and the journal are the real ones writing to a temp folder
+          (--log file), or left out (--log none) to see the scheduler alone.
   peer    the smallest O(1) dispatcher asyncio allows: one worker coroutine
           per host slot popping job numbers off one deque, no bookkeeping.
 
@@ -68,6 +68,7 @@ class SimTransport:
 def one_cmflow(jobs: int, nhosts: int, log: str) -> dict:
     from cmflow.executor import Executor, RunOptions
     from cmflow.hosts import Host, Inventory
+    from cmflow.journal import Journal
     from cmflow.plan import Job, JobRef, Plan, PPar
     from cmflow.runlog import RunLog
     from cmflow.tasks import DEFAULT_OPTIONS
@@ -77,13 +78,16 @@ def one_cmflow(jobs: int, nhosts: int, log: str) -> dict:
     plan = Plan(PPar(tuple(JobRef(j) for j in plan_jobs)), plan_jobs, "bench")
     with tempfile.TemporaryDirectory(prefix="cmflow-sched-") as d:
         runlog = RunLog(Path(d)) if log == "file" else _NullLog()
-        ex = Executor(plan, inv, {h.name: SimTransport(h) for h in inv.hosts}, runlog, RunOptions())
+        journal = Journal(Path(d)) if log == "file" else None
+        ex = Executor(plan, inv, {h.name: SimTransport(h) for h in inv.hosts}, runlog, RunOptions(), journal=journal)
         gc.collect()
         before = rss()
         t0 = time.perf_counter()
         result = asyncio.run(ex.run())
         wall = time.perf_counter() - t0
         runlog.close()
+        if journal is not None:
+            journal.close()
         assert result.ok and len(result.value) == jobs, result.failures[:3]
     return {"wall": wall, "bytes_per_job": (peak_rss() - before) / jobs}
 
@@ -94,7 +98,7 @@ class _NullLog:
     def paths(self, seq, attempt):
         return Path("/dev/null"), Path("/dev/null")
 
-    def record(self, rec) -> None:
+    def record(self, rec, final=True) -> None:
         pass
 
     def close(self) -> None:

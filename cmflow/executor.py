@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
-from .hosts import Inventory
+from .hosts import Host, Inventory
+from .journal import Journal, KeyParts, Keys, job_inputs
 from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
+from .resume import ResumeIndex, adopt
 from .runlog import JobRecord, RunLog
 from .scheduler import Closed, Eligible, Request, Scheduler
 from .transport import JobSpec, Outcome, Transport
@@ -34,6 +36,7 @@ class RunOptions:
     timeout: float | None = None     # default per-job timeout, seconds
     retries: int = 0                 # default re-runs after a command failure
     halt: Halt = "never"
+    deep: bool = False               # keys hash input files' content, not size and mtime
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ Result = Ok | Failure
 
 
 class Observer(Protocol):
+    def job_cached(self, job: Job) -> None: ...
     def job_started(self, job: Job, host: str, attempt: int) -> None: ...
     def job_ended(self, record: JobRecord, final: bool, ok: bool) -> None: ...
     def host_down(self, host: str, reason: str) -> None: ...
@@ -68,6 +72,7 @@ class RunResult:
     halted: bool = False
     cancelled: bool = False
     jobs_run: int = 0
+    jobs_cached: int = 0
     down_hosts: list[str] = field(default_factory=list)
 
 
@@ -122,7 +127,7 @@ class _JobRun(Request):
     exists only for an attempt that holds a slot.
     """
 
-    __slots__ = ("ex", "job", "future", "attempt", "command_failures", "conn_failures", "avoid")
+    __slots__ = ("ex", "job", "future", "attempt", "command_failures", "conn_failures", "avoid", "ready", "keyed")
 
     def __init__(self, ex: "Executor", job: Job, future: asyncio.Future):
         super().__init__()
@@ -131,10 +136,12 @@ class _JobRun(Request):
         self.future = future
         self.attempt = self.command_failures = self.conn_failures = 0
         self.avoid: frozenset[str] = frozenset()
+        self.ready = 0.0                                  # when it asked for a slot first
+        self.keyed: tuple[KeyParts, str] | None = None    # its resume key, once known
 
     def granted(self, host: str) -> None:
         assert self.ex._tg is not None
-        self.ex._tg.create_task(self.ex._attempt(self, host))
+        self.ex._tg.create_task(self.ex._slot(self, host))
 
     def refused(self, error: Exception) -> None:
         job = self.job
@@ -150,7 +157,8 @@ class _JobRun(Request):
 
 class Executor:
     def __init__(self, plan: Plan, inventory: Inventory, transports: Mapping[str, Transport], log: RunLog,
-                 options: RunOptions = RunOptions(), observers: Sequence[Observer] = ()):
+                 options: RunOptions = RunOptions(), observers: Sequence[Observer] = (),
+                 journal: Journal | None = None, resume: ResumeIndex | None = None):
         self.plan = plan
         self.inventory = inventory
         self.transports = transports
@@ -160,7 +168,7 @@ class Executor:
         self.scheduler = Scheduler(inventory.hosts, options.jobs)
         self._jobs: dict[int, asyncio.Future[Result]] = {}    # job id -> its result (memo)
         self._nodes: dict[Any, asyncio.Future[Result]] = {}   # id(node) -> its result (memo)
-        self._targets: dict[str | None, Eligible | str] = {}  # target -> its class, or why it has none
+        self._targets: dict[str | None, tuple[Eligible, tuple[Host, ...]] | str] = {}  # target -> class, hosts
         self._tg: asyncio.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: asyncio.Future | None = None
@@ -169,6 +177,10 @@ class Executor:
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
         self.jobs_run = 0
+        self.jobs_cached = 0
+        self.journal = journal
+        self.resume = resume
+        self.keys = Keys(options.deep)
 
     # ---------------------------------------------------------------- driver
     async def run(self) -> RunResult:
@@ -197,7 +209,8 @@ class Executor:
             failures.append(result)
         ok = isinstance(result, Ok) and not failures
         return RunResult(ok, result.value if isinstance(result, Ok) else None, failures,
-                         halted or self.scheduler.closed, False, self.jobs_run, sorted(self.scheduler.down))
+                         halted or self.scheduler.closed, False, self.jobs_run, self.jobs_cached,
+                         sorted(self.scheduler.down))
 
     def _future(self) -> asyncio.Future[Result]:
         assert self._loop is not None
@@ -356,29 +369,64 @@ class Executor:
         for o in self.observers:
             getattr(o, name)(*args)
 
-    def _eligible(self, target: str | None) -> Eligible | str:
-        """The scheduler class of a target, resolved once per distinct target; or why it has none."""
-        c = self._targets.get(target)
-        if c is None:
+    def _target(self, target: str | None) -> tuple[Eligible, tuple[Host, ...]] | str:
+        """The scheduler class and hosts of a target, resolved once per distinct target; or why it has none."""
+        got = self._targets.get(target)
+        if got is None:
             try:
-                c = self.scheduler.eligible(h.name for h in self.inventory.resolve(target))
+                hosts = self.inventory.resolve(target)
+                got = (self.scheduler.eligible(h.name for h in hosts), hosts)
             except KeyError as e:
-                c = f"unknown host {e}"
-            self._targets[target] = c
-        return c
+                got = f"unknown host {e}"
+            self._targets[target] = got
+        return got
 
     def _submit(self, job: Job) -> asyncio.Future[Result]:
         """Queue a job for a slot; its future gets the final result (after any retries)."""
         fut = self._jobs[job.id] = self._future()
-        eligible = self._eligible(job.target)
-        if isinstance(eligible, str):
-            fut.set_result(self._fail(Failure(eligible, job)))
-        else:
-            self.scheduler.request(_JobRun(self, job, fut), eligible)
+        target = self._target(job.target)
+        if isinstance(target, str):
+            fut.set_result(self._fail(Failure(target, job)))
+            return fut
+        run = _JobRun(self, job, fut)
+        if self.resume is not None:
+            parts = self.keys.parts(job, target[1], job_inputs(job))
+            key = parts.key()
+            reused = self._reuse(job, parts, key)
+            if reused is not None:
+                fut.set_result(reused)
+                return fut
+            run.keyed = (parts, key)
+        run.ready = time.time()
+        self.scheduler.request(run, target[0])
         return fut
 
-    async def _attempt(self, run: _JobRun, host: str) -> None:
-        """One attempt of a job on the slot it was granted; then its result, or a new request."""
+    async def _slot(self, run: _JobRun | None, host: str) -> None:
+        """A granted slot's worker: runs its job, then the oldest waiting job that may use the slot,
+        until none does (so a Task is made per busy slot, not per job)."""
+        while run is not None:
+            again = await self._attempt(run, host)
+            # the halt policy closed the scheduler before this point if the job failed for good
+            following = self.scheduler.handoff(host)
+            if again is not None:
+                self._retry(run, again)
+            run = following
+
+    def _retry(self, run: _JobRun, backoff: float) -> None:
+        assert run.base is not None
+        if not backoff:
+            self.scheduler.request(run, run.base, run.avoid)
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(backoff)
+            self.scheduler.request(run, run.base, run.avoid)   # type: ignore[arg-type]
+        assert self._tg is not None
+        self._tg.create_task(later())
+
+    async def _attempt(self, run: _JobRun, host: str) -> float | None:
+        """One attempt of a job on a slot it holds. Returns None when the job has its result,
+        else the backoff before it asks for a slot again."""
         job = run.job
         timeout = job.options.timeout if job.options.timeout is not None else self.options.timeout
         run.attempt += 1
@@ -386,6 +434,15 @@ class Executor:
         out, err = self.log.paths(job.id, attempt)
         self._emit("job_started", job, host, attempt)
         started = time.time()
+        keyed = None
+        if self.journal is not None:
+            if run.keyed is None:   # computed this late so a pending job does not hold it
+                target = self._target(job.target)
+                assert not isinstance(target, str)
+                parts = self.keys.parts(job, target[1], job_inputs(job))
+                run.keyed = (parts, parts.key())
+            keyed = (*run.keyed, run.ready)
+            self.journal.started(job.id, keyed[1], host, attempt, run.ready, started)
         try:
             outcome = await self.transports[host].run(JobSpec(job.id, job.command, out, err, timeout))
         except BaseException as e:
@@ -395,7 +452,7 @@ class Executor:
             self.scheduler.release(host)
             if isinstance(e, asyncio.CancelledError):
                 self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True, killed=True)
+                             Failure("cancelled", job, host), True, killed=True, keyed=keyed)
             raise
         self.jobs_run += 1
         result = self._result_of(job, host, outcome, out, err)
@@ -411,22 +468,20 @@ class Executor:
                 run.command_failures += 1
                 retries = job.options.retries if job.options.retries is not None else self.options.retries
                 final = run.command_failures > retries
-        self._record(job, host, attempt, outcome, out, err, result, final)
+        self._record(job, host, attempt, outcome, out, err, result, final, keyed=keyed)
         if final and isinstance(result, Failure):
             result = self._fail(result)   # the halt policy closes the scheduler before the slot is handed on
         if outcome.connection_failed and self._conn_failures[host] >= HOST_DOWN_AFTER \
                 and host not in self.scheduler.down:
             self.scheduler.mark_down(host)
             self._emit("host_down", host, outcome.message)
-        self.scheduler.release(host)
         if final or isinstance(result, Ok):
             run.future.set_result(result)
-            return
+            return None
         if outcome.connection_failed and run.conn_failures > 1:
             # backoff between reconnect attempts; failover needs none
-            await asyncio.sleep(min(0.2 * 2 ** (run.conn_failures - 2), 5.0))
-        assert run.base is not None
-        self.scheduler.request(run, run.base, run.avoid)
+            return min(0.2 * 2 ** (run.conn_failures - 2), 5.0)
+        return 0.0
 
     def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path) -> Result:
         def failure(reason: str) -> Failure:
@@ -447,8 +502,42 @@ class Executor:
             return failure(f"cannot read its value ({job.options.parse if isinstance(job.options.parse, str) else 'parse'}): "
                            f"{type(e).__name__}: {e}")
 
+    def _reuse(self, job: Job, parts: KeyParts, key: str) -> Result | None:
+        """The earlier run's result for this key, adopted into this run; None if the job must run."""
+        assert self.resume is not None
+        decision = self.resume.decide(job, parts, key, has_outputs=bool(getattr(job, "outputs", ())))
+        if not decision.cached or decision.entry is None:
+            return None
+        doc = decision.entry.doc
+        out, err = self.log.paths(job.id, 0)
+        try:
+            out_p, err_p = adopt(decision.entry, self.log.dir, out, err)
+            value = read_value(out_p.read_bytes().decode("utf-8", "replace") if out_p else "", job.options.parse)
+        except Exception:   # noqa: BLE001 - a vanished file or a parse= that now fails: run it instead
+            return None
+        if self.journal is not None:
+            # the reused result becomes this run's own, so a resume of this run finds it too
+            self.journal.cached({
+                "seq": job.id, "key": key, "parts": parts.to_json(), "task": job.task, "label": job.label,
+                "where": job.where, "host": doc.get("host"), "attempt": doc.get("attempt"),
+                "start": doc.get("start"), "end": doc.get("end"), "ok": True,
+                "stdout": f"{out_p.parent.name}/{out_p.name}" if out_p else "",
+                "stderr": f"{err_p.parent.name}/{err_p.name}" if err_p else "",
+                "stdout_bytes": doc.get("stdout_bytes", 0), "stderr_bytes": doc.get("stderr_bytes", 0),
+                "from": str(decision.entry.run_dir), "from_seq": doc.get("seq")})
+        # the joblog and jobs.jsonl show it as the earlier run ran it, with attempt 0 meaning "reused":
+        # GNU parallel's --resume-failed must skip it as well
+        self.log.record(JobRecord(
+            job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, str(doc.get("host", "")), 0,
+            float(doc.get("start") or 0), float(doc.get("end") or 0), 0, 0, False, False, job.command,
+            str(out_p or ""), str(err_p or ""), int(doc.get("stdout_bytes") or 0), value))
+        self.jobs_cached += 1
+        self._emit("job_cached", job)
+        return Ok(value)
+
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
-                result: Result, final: bool, killed: bool = False) -> None:
+                result: Result, final: bool, killed: bool = False,
+                keyed: tuple[KeyParts, str, float] | None = None) -> None:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
@@ -457,6 +546,17 @@ class Executor:
             result.reason if isinstance(result, Failure) else "", killed)
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
         self.log.record(rec, final or isinstance(result, Ok))
+        if self.journal is not None and keyed is not None:
+            parts, key, ready = keyed
+            self.journal.ended({
+                "seq": job.id, "key": key, "parts": parts.to_json(), "task": job.task, "label": job.label,
+                "where": job.where, "host": host, "attempt": attempt, "ready": round(ready, 6),
+                "start": round(outcome.start, 6), "end": round(outcome.end, 6), "ok": isinstance(result, Ok),
+                "final": final, "exit": outcome.exit_status, "signal": outcome.signal,
+                "timed_out": outcome.timed_out, "connection_failed": outcome.connection_failed,
+                "error": rec.error, "stdout": f"jobs/{out.name}" if outcome.stdout_bytes else "",
+                "stderr": f"jobs/{err.name}" if outcome.stderr_bytes else "",
+                "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes})
         self._emit("job_ended", rec, final, isinstance(result, Ok))
 
     def _fail(self, failure: Failure) -> Failure:

@@ -84,10 +84,11 @@ class _FutureRequest(Request):
 class Eligible:
     """An eligibility class: a set of hosts, its FIFO of requests, its free hosts."""
 
-    __slots__ = ("names", "waiters", "free", "queued", "alive")
+    __slots__ = ("names", "members", "waiters", "free", "queued", "alive")
 
     def __init__(self, names: tuple[str, ...]):
         self.names = names
+        self.members = frozenset(names)
         self.waiters: deque[Request] = deque()
         self.free: deque[str] = deque()     # hosts that had a free slot when offered; each at most once
         self.queued: set[str] = set()       # which hosts are in self.free
@@ -224,16 +225,40 @@ class Scheduler:
             # the global cap held everyone back: any class may be served now
             self._dispatch(list(self._active) if capped else classes)
 
+    def handoff(self, name: str) -> Request | None:
+        """A job on host ``name`` ended: return the oldest request that may use this very slot, which
+        keeps it (the caller runs that job next), or release the slot and return None."""
+        if self.closed or name in self.down:
+            self.release(name)
+            return None
+        if self._global_free <= 0:
+            # the cap is what holds requests back: the oldest one anywhere that could run now,
+            # on this slot or on a free one, is next
+            best = self._oldest(list(self._active), name)
+        else:
+            best = self._oldest(self._classes_of[name], name)
+        if best is None or name not in best.members:
+            self.release(name)   # hands the slot (or the cap's share) to whoever may use it
+            return None
+        return best.waiters.popleft()
+
+    def _oldest(self, classes: Iterable[Eligible], holding: str | None) -> Eligible | None:
+        """The class whose head request is the oldest that could be granted (``holding``: a slot that is
+        about to be free counts as free)."""
+        best: Eligible | None = None
+        best_seq = 0
+        for c in classes:
+            head = c.head()
+            if head is None:
+                self._active.pop(c, None)
+            elif (best is None or head.seq < best_seq) and \
+                    ((holding is not None and holding in c.members) or self._has_free(c)):
+                best, best_seq = c, head.seq
+        return best
+
     def _dispatch(self, classes: Iterable[Eligible]) -> None:
         while self._global_free > 0:
-            best: Eligible | None = None
-            best_seq = 0
-            for c in classes:
-                head = c.head()
-                if head is None:
-                    self._active.pop(c, None)
-                elif (best is None or head.seq < best_seq) and self._has_free(c):
-                    best, best_seq = c, head.seq
+            best = self._oldest(classes, None)
             if best is None:
                 return
             req = best.waiters.popleft()
