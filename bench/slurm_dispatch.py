@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import flow_of, measure, report
+from _common import Sample, flow_of, measure
 from slurmcluster import SlurmCluster, have_slurm
 
 
@@ -82,6 +82,14 @@ def cmflow_jobs(cluster: SlurmCluster, work: Path, flow: Path, inv: Path) -> dic
     stats["seconds"] = wall   # the whole command, start-up included
     stats["calls_per_minute"] = sum(stats["calls"].values()) * 60 / wall
     return stats
+
+
+def report(name: str, jobs: int, samples: list[Sample]) -> float:
+    med = sorted(samples, key=lambda x: x.wall)[len(samples) // 2]
+    print(f"{name:<34} median {med.wall:6.2f} s  {jobs / med.wall:7.0f} jobs/s   walls "
+          f"{', '.join(f'{x.wall:.2f}' for x in samples)}   CPU/job (client side, getrusage) "
+          f"{1000 * med.client_cpu / jobs:5.1f} ms")
+    return jobs / med.wall
 
 
 def show(name: str, jobs: int, runs: list[dict]) -> None:

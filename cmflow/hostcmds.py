@@ -55,6 +55,8 @@ def list_hosts(inv: Inventory, target: str | None = None) -> int:
     for h in hosts:
         addr = "local" if h.local else (f"{h.user + '@' if h.user else ''}{h.hostname}"
                                         f"{':' + str(h.port) if h.port else ''}")
+        if h.slurm:
+            addr = f"slurm:{h.slurm.submit}" + (f":{h.slurm.partition}" if h.slurm.partition else "")
         rows.append((h.name, addr, str(h.slots), ",".join(h.labels) or "-", ",".join(groups[h.name]) or "-"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -78,6 +80,11 @@ _PROBE = "nproc 2>/dev/null || getconf _NPROCESSORS_ONLN; cut -d' ' -f1-3 /proc/
 
 
 async def probe(host: Host, ssh_config: str | None, timeout: float) -> HostStatus:
+    if host.slurm:
+        from .transport.slurm import probe_cluster
+
+        ok, status, cpus = await probe_cluster(host, timeout)
+        return HostStatus(host.name, ok, status, cpus)
     if host.local:
         argv = ["/bin/sh", "-c", _PROBE]
     else:
@@ -145,8 +152,8 @@ def _ssh_settings(host: Host, ssh_config: str | None) -> dict[str, str]:
 def trust_hosts(inv: Inventory, names: Sequence[str], yes: bool) -> int:
     status = 0
     for host in _resolve(inv, list(names)):
-        if host.local:
-            print(f"{host.name}: local host, nothing to trust")
+        if host.local or host.slurm:
+            print(f"{host.name}: {'Slurm' if host.slurm else 'local'} host, nothing to trust")
             continue
         s = _ssh_settings(host, inv.ssh_config)
         real, port = s.get("hostname", host.hostname), s.get("port", "22")
@@ -217,6 +224,8 @@ async def run_everywhere(inv: Inventory, hosts: Sequence[Host], command: str, ti
 
     with tempfile.TemporaryDirectory(prefix="cmflow-exec-") as tmp:
         async def one(i: int, host: Host) -> HostOutput:
+            if host.slurm:
+                return HostOutput(host.name, None, "", "exec does not reach Slurm hosts: run the command in a flow")
             t = LocalTransport(host) if host.local else SshTransport(host, inv.ssh_config, connect_timeout)
             out, err = Path(tmp) / f"{i}.out", Path(tmp) / f"{i}.err"
             try:

@@ -66,6 +66,40 @@ def records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "jobs.jsonl").read_text().splitlines()]
 
 
+def start_run(cluster: SlurmCluster, cwd: Path, *args: str) -> subprocess.Popen:
+    """`cmflow run ARGS` in the background, talking to the test cluster."""
+    return subprocess.Popen([sys.executable, "-m", "cmflow", "run", *args], cwd=cwd,
+                            env={**cluster.env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def crash_node_mid_run(cluster: SlurmCluster, d: Path, shared: Path, node: str, inv_text: str, n: int) -> list:
+    """Run n jobs; the ones that land on `node` hang there; once one does, the node crashes.
+
+    The run must still give the right sum; returns its records. The node is back after."""
+    os.mkfifo(shared / "on_node")
+    # the first job on the node (mkdir is atomic) tells the test
+    write_flow(d, f'''
+        def j(i):
+            return (f'if [ "$SLURMD_NODENAME" = {node} ]; then '
+                    f'mkdir {shared}/told 2>/dev/null && echo {{i}} > {shared}/on_node; sleep 300; fi; echo {{i}}')
+        ''', "from tk import j\n" + " + ".join(f"j({i})" for i in range(n)) + "\n")
+    proc = start_run(cluster, d, "f.flow", "-q", "--hosts", str(inventory(d, inv_text)), "--run-dir", "run")
+    try:
+        with open(shared / "on_node") as f:
+            f.readline()
+        cluster.kill_node(node)
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        assert out.strip() == str(sum(range(n)))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        cluster.restart_node(node)
+    assert cluster.wait_queue_empty() == []
+    return records(d / "run")
+
+
 def run_cli(cluster: SlurmCluster, *args: str, cwd: Path, env: dict | None = None, timeout: float = 180):
     return cmflow(*args, cwd=cwd, env={"SLURM_CONF": str(cluster.conf), **(env or {})}, timeout=timeout)
 
@@ -108,6 +142,23 @@ def test_bad_slurm_settings_from_the_cli_exit_2(tmp_path):
     inv = inventory(tmp_path, "hosts:\n  c: {slurm: {nodes: -1}}\n")
     r = cmflow("run", SEED, "--hosts", str(inv), cwd=tmp_path)
     assert r.returncode == 2 and "hosts.c.slurm.nodes" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_hosts_list_and_check_show_slurm_hosts(slurm, tmp_path):
+    inv = inventory(tmp_path, """
+        hosts:
+          cluster: {slurm: {nodes: 4, partition: debug}}
+          nowhere: {slurm: {partition: nope, submit: jobs}}
+        """)
+    r = run_cli(slurm, "hosts", "list", "--hosts", str(inv), cwd=tmp_path)
+    assert r.returncode == 0 and "slurm:allocation:debug" in r.stdout and "slurm:jobs:nope" in r.stdout
+    r = cmflow("hosts", "check", "--hosts", str(inv), cwd=tmp_path, env={"SLURM_CONF": str(slurm.conf)})
+    assert r.returncode == 1, r.stdout + r.stderr
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
+    assert "partition debug up" in lines["cluster"] and " 8 " in lines["cluster"]
+    assert "no partition nope" in lines["nowhere"]
+    r = run_cli(slurm, "exec", "true", "--hosts", str(inv), cwd=tmp_path)
+    assert r.returncode != 0 and "exec does not reach Slurm hosts" in r.stdout + r.stderr
 
 
 # ------------------------------------------------------------ allocation mode
@@ -200,9 +251,7 @@ def test_ctrl_c_leaves_no_job_or_step(slurm, tmp_path, shared):
         def long(i): return f"echo {{i}} > {shared}/started; exec sleep 300"
         ''', "from tk import long\nlong(1) | long(2) | long(3)\n")
     inv = inventory(tmp_path, "hosts:\n  cluster: {slurm: {nodes: 2}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "--hosts", str(inv), "--run-dir", "run"],
-                            cwd=tmp_path, env={**slurm.env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_run(slurm, tmp_path, "f.flow", "--hosts", str(inv), "--run-dir", "run")
     with open(shared / "started") as f:   # blocks until a job runs in its step
         f.readline()
     assert any("step" in q for q in slurm.queue())
@@ -215,34 +264,11 @@ def test_ctrl_c_leaves_no_job_or_step(slurm, tmp_path, shared):
 @pytest.mark.slow
 def test_killed_slurmd_fails_over_to_other_nodes(slurm, tmp_path, shared):
     """~30 s: Slurm takes SlurmdTimeout (10 s here) and a ping round or two to see the node die."""
-    os.mkfifo(shared / "on_n2")
-    # a job that lands on n2 hangs there; the first one (mkdir is atomic) tells the test
-    write_flow(tmp_path, f'''
-        def j(i):
-            return (f'if [ "$SLURMD_NODENAME" = n2 ]; then '
-                    f'mkdir {shared}/told 2>/dev/null && echo {{i}} > {shared}/on_n2; sleep 300; fi; echo {{i}}')
-        ''', "from tk import j\n" + " + ".join(f"j({i})" for i in range(24)) + "\n")
-    inv = inventory(tmp_path, "hosts:\n  cluster: {slurm: {nodes: 4}}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "-q", "--hosts", str(inv),
-                             "--run-dir", "run"], cwd=tmp_path, env={**slurm.env, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        with open(shared / "on_n2") as f:
-            f.readline()
-        slurm.kill_node("n2")
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err
-        assert out.strip() == str(sum(range(24)))
-        recs = records(tmp_path / "run")
-        lost = [x for x in recs if x["host"] == "cluster/n2" and x["connection_failed"]]
-        assert lost, "no job was lost on n2"
-        done = {x["seq"]: x["host"] for x in recs if x["exit_status"] == 0}
-        assert len(done) == 24 and all(done[x["seq"]] != "cluster/n2" for x in lost)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        slurm.restart_node("n2")
-    assert slurm.wait_queue_empty() == []
+    recs = crash_node_mid_run(slurm, tmp_path, shared, "n2", "hosts:\n  cluster: {slurm: {nodes: 4}}\n", 24)
+    lost = [x for x in recs if x["host"] == "cluster/n2" and x["connection_failed"]]
+    assert lost, "no job was lost on n2"
+    done = {x["seq"]: x["host"] for x in recs if x["exit_status"] == 0}
+    assert len(done) == 24 and all(done[x["seq"]] != "cluster/n2" for x in lost)
 
 
 def test_cmflow_run_inside_an_sbatch_script_uses_that_allocation(slurm, tmp_path):
@@ -316,9 +342,7 @@ def test_job_mode_timeout_and_ctrl_c_leave_no_job(slurm, tmp_path, shared):
 
     os.mkfifo(shared / "started")
     (tmp_path / "g.flow").write_text("from tk import long\nlong(1) | long(2) | long(3)\n")
-    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "g.flow", "--hosts", str(inv), "--run-dir",
-                             "run2"], cwd=tmp_path, env={**slurm.env, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_run(slurm, tmp_path, "g.flow", "--hosts", str(inv), "--run-dir", "run2")
     with open(shared / "started") as f:   # a batch job is running
         f.readline()
     proc.send_signal(2)
@@ -332,9 +356,7 @@ def test_job_cancelled_by_someone_else_says_so(slurm, tmp_path, shared):
     write_flow(tmp_path, f'def long(): return "echo $SLURM_JOB_ID > {shared}/started; exec sleep 300"\n',
                "from tk import long\nlong\n")
     inv = inventory(tmp_path, JOBS_INV)
-    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "--hosts", str(inv), "--run-dir",
-                             "run"], cwd=tmp_path, env={**slurm.env, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_run(slurm, tmp_path, "f.flow", "--hosts", str(inv), "--run-dir", "run")
     with open(shared / "started") as f:
         job = f.readline().strip()
     slurm.run("scancel", job)
@@ -375,28 +397,7 @@ def test_slurm_states_become_reasons(tmp_path, state, code, expect):
 @pytest.mark.slow
 def test_job_mode_node_failure_is_submitted_again(slurm, tmp_path, shared):
     """~30 s: Slurm takes SlurmdTimeout (10 s here) and a ping round or two to call it NODE_FAIL."""
-    os.mkfifo(shared / "on_n3")
-    write_flow(tmp_path, f'''
-        def j(i):
-            return (f'if [ "$SLURMD_NODENAME" = n3 ]; then '
-                    f'mkdir {shared}/told 2>/dev/null && echo {{i}} > {shared}/on_n3; sleep 300; fi; echo {{i}}')
-        ''', "from tk import j\n" + " + ".join(f"j({i})" for i in range(8)) + "\n")
-    inv = inventory(tmp_path, JOBS_INV)
-    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "-q", "--hosts", str(inv),
-                             "--run-dir", "run"], cwd=tmp_path, env={**slurm.env, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        with open(shared / "on_n3") as f:
-            f.readline()
-        slurm.kill_node("n3")
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, err
-        assert out.strip() == str(sum(range(8)))
-        stats = json.loads((tmp_path / "run" / "slurm" / "stats-batch.json").read_text())
-        assert stats["lost"] and all(x["state"] == "NODE_FAIL" and x["node"] == "n3" for x in stats["lost"])
-        assert all(not x["ref"].endswith("@n3") for x in records(tmp_path / "run"))
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        slurm.restart_node("n3")
-    assert slurm.wait_queue_empty() == []
+    recs = crash_node_mid_run(slurm, tmp_path, shared, "n3", JOBS_INV, 8)
+    stats = json.loads((tmp_path / "run" / "slurm" / "stats-batch.json").read_text())
+    assert stats["lost"] and all(x["state"] == "NODE_FAIL" and x["node"] == "n3" for x in stats["lost"])
+    assert all(not x["ref"].endswith("@n3") for x in recs)

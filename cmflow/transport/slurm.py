@@ -494,3 +494,29 @@ class StepTransport:
                 pass
             await self._discard(slot)
         self._idle.clear()
+
+
+async def probe_cluster(host: Host, timeout: float = 10) -> tuple[bool, str, str]:
+    """For `cmflow hosts check`: (answers, what sinfo says, CPUs) of a Slurm host's partition."""
+    spec = host.slurm
+    assert spec is not None
+    argv = ["sinfo", "-h", "-o", "%a %t %D %C"] + ([f"--partition={spec.partition}"] if spec.partition else [])
+    try:
+        rc, out, err = await slurm_cmd(*argv, timeout=timeout)
+    except SlurmError as e:
+        return False, str(e), "-"
+    if rc != 0:
+        return False, f"Slurm: {_last_error(err)}", "-"
+    states: dict[str, int] = {}
+    cpus = 0
+    up = set()
+    for line in out.splitlines():
+        avail, state, count, alloc_idle_other_total = line.split()
+        up.add(avail)
+        states[state] = states.get(state, 0) + int(count)
+        cpus += int(alloc_idle_other_total.split("/")[-1])
+    if not states:
+        return False, f"Slurm: no partition {spec.partition or '(default)'}", "-"
+    nodes = ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
+    return "up" in up, f"Slurm {spec.submit}: partition {spec.partition or '(default)'} {'/'.join(sorted(up))}, " \
+                       f"nodes {nodes}", str(cpus)
