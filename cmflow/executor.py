@@ -274,7 +274,8 @@ class Executor:
             self._emit("job_started", job, host, attempt)
             started = time.time()
             try:
-                outcome = await self.transports[host].run(JobSpec(job.id, job.command, out, err, timeout))
+                outcome = await self.transports[host].run(JobSpec(job.id, job.command, out, err, timeout,
+                                                                    job.options.detach))
             except asyncio.CancelledError:
                 # killed by halt now or a signal: the log still says so
                 self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,

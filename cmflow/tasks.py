@@ -26,6 +26,7 @@ class TaskOptions:
     hosts: str | None = None
     timeout: float | None = None
     retries: int | None = None
+    detach: bool = False      # leave processes the job started running after it ends (daemons)
 
 
 DEFAULT_OPTIONS = TaskOptions()
@@ -33,10 +34,12 @@ _ATTR = "__cmflow_task__"
 
 
 def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "auto", hosts: str | None = None,
-         timeout: float | None = None, retries: int | None = None):
+         timeout: float | None = None, retries: int | None = None, detach: bool = False):
     """Mark a def as a cmflow task and set its options.
 
     Usable bare (``@task``) or with options (``@task(parse="lines", timeout=60)``).
+    ``detach=True`` lets processes the job leaves behind run on after it ends
+    (they are still killed on timeout or cancellation; see docs/processes.md).
     The function is returned unchanged apart from one attribute.
     """
     if isinstance(parse, str) and parse not in PARSERS:
@@ -45,7 +48,9 @@ def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "aut
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     if retries is not None and (not isinstance(retries, int) or retries < 0):
         raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
-    options = TaskOptions(parse, hosts, timeout, retries)
+    if not isinstance(detach, bool):
+        raise ValueError(f"detach must be True or False, not {detach!r}")
+    options = TaskOptions(parse, hosts, timeout, retries, detach)
 
     def mark(f: Callable) -> Callable:
         setattr(f, _ATTR, options)
