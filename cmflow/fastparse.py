@@ -14,12 +14,11 @@ on generated flows and on random text.
 """
 from __future__ import annotations
 
-import ast as pyast
 import re
 from bisect import bisect_left
 
 from . import ast
-from .parser_common import def_name
+from .parser_common import MAX_NESTING, decode_string, def_name
 
 _S = r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
 _N = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -42,6 +41,11 @@ _ARG = re.compile(rf"""[ \t]*(?:(?P<num>[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\
 _KEYWORDS = frozenset({"import", "from", "as", "True", "False", "None"})
 _LITERALS = {"True": True, "False": False, "None": None}
 _BINARY = frozenset({";", "|", "+"})
+# The reference parser counts ( and [ together against MAX_NESTING; this path
+# bounds each kind to half (a call's own '(' included), so whatever it accepts,
+# the reference accepts too: deeper text falls back and gets the reference's error.
+_MAX_PARENS = MAX_NESTING // 2 - 1
+_MAX_LISTS = MAX_NESTING // 2
 
 
 class Fallback(Exception):
@@ -207,6 +211,8 @@ class _Parser:
                 tok = toks[i]
                 kind = tok[0]
             if kind == "op" and tok[1] == "(":
+                if len(stack) >= _MAX_PARENS:
+                    raise Fallback()
                 stack.append((seq_items, par_items, sum_items, seq_start, par_start, sum_start, op,
                               self.pos(tok[2])))
                 seq_items, par_items, sum_items = [], [], []
@@ -237,7 +243,7 @@ class _Parser:
                 if tok[0] == "at":
                     text = tok[1][1:].lstrip(" \t")
                     if text[0] in "\"'":
-                        target = pyast.literal_eval(text)
+                        target = decode_string(text)
                     elif text in _KEYWORDS:
                         raise Fallback()
                     else:
@@ -297,8 +303,10 @@ def _arguments(text: str) -> tuple[tuple, tuple]:
     args: list = []
     kwargs: list = []
 
+    depth = 0
+
     def literal() -> object:
-        nonlocal i
+        nonlocal i, depth
         if i >= len(toks):
             raise Fallback()
         kind, val = toks[i]
@@ -306,10 +314,13 @@ def _arguments(text: str) -> tuple[tuple, tuple]:
         if kind == "num":
             return _number(val)
         if kind == "str":
-            return pyast.literal_eval(val)
+            return decode_string(val)
         if kind == "name" and val in _LITERALS:
             return _LITERALS[val]
         if kind == "op" and val == "[":
+            depth += 1
+            if depth > _MAX_LISTS:
+                raise Fallback()
             items = []
             while not (i < len(toks) and toks[i] == ("op", "]")):
                 items.append(literal())
@@ -318,6 +329,7 @@ def _arguments(text: str) -> tuple[tuple, tuple]:
                 elif not (i < len(toks) and toks[i] == ("op", "]")):
                     raise Fallback()
             i += 1
+            depth -= 1
             return tuple(items)
         raise Fallback()
 
@@ -337,13 +349,6 @@ def _arguments(text: str) -> tuple[tuple, tuple]:
                 raise Fallback()
             i += 1
     return tuple(args), tuple(kwargs)
-
-
-def _number(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
 
 
 def _number(text: str) -> int | float:

@@ -93,7 +93,7 @@ def test_syntax_errors_are_positioned(text, where, message):
 names = st.sampled_from(["a", "b", "c", "t.x", "run_1"])
 literals = st.recursive(
     st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False, width=32),
-              st.text(max_size=8), st.booleans(), st.none()),
+              st.text(st.characters(blacklist_characters="\0"), max_size=8), st.booleans(), st.none()),
     lambda inner: st.lists(inner, max_size=3).map(tuple), max_leaves=6)
 calls = st.builds(lambda nm, args, kw: A.Call(A.Name(tuple(nm.split("."))), tuple(args), tuple(kw.items())),
                   names, st.lists(literals, max_size=3),
