@@ -25,6 +25,7 @@ from typing import Any
 
 from ..hosts import Host
 from . import ConnectionLost, JobSpec, Outcome
+from .framing import _kill
 from .output import StreamedOutput
 
 SERVER_CODE = (Path(__file__).with_name("server.py")).read_bytes()
@@ -202,15 +203,6 @@ async def _uncancellable(coro: Any) -> None:
             return
     if not task.cancelled():
         task.exception()   # retrieved: a dead session here is not news
-
-
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
-        await proc.wait()
 
 
 async def _close(proc: asyncio.subprocess.Process) -> None:

@@ -29,7 +29,8 @@ from typing import Any
 
 from ..hosts import Host
 from . import ConnectionLost, tmpdirs
-from .slots import Slot, SlotTransport, _kill, boot_argv
+from .framing import _drain, _kill, _pump  # noqa: F401  (slurm.py's step slots use them)
+from .slots import Slot, SlotTransport, boot_argv
 
 SESSIONS_PER_MASTER = 8
 CONNECT_TIMEOUT = 10
