@@ -27,6 +27,9 @@ from .scheduler import Closed, NoHost, Scheduler
 from .transport import JobSpec, Outcome, Transport
 
 Halt = Literal["never", "soon", "now"]
+# A stdout larger than this is not read into a value (parse "auto"/"text"): the value is
+# {"stdout_file": PATH, "bytes": N}, and the output is read from that file (docs/processes.md).
+VALUE_LIMIT = 1 << 20
 HOST_DOWN_AFTER = 3   # consecutive connection failures before a host is marked down
 
 
@@ -341,6 +344,9 @@ class Executor:
             return failure(f"killed by signal {outcome.signal}{more}")
         if outcome.exit_status != 0:
             return failure(f"exit status {outcome.exit_status}{more}")
+        if outcome.stdout_bytes > VALUE_LIMIT and job.options.parse in ("auto", "text"):
+            # stored once, in its file: records, summary and sums get a reference, not a copy
+            return Ok({"stdout_file": str(out), "bytes": outcome.stdout_bytes})
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))
