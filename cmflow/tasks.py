@@ -26,7 +26,8 @@ class TaskOptions:
     hosts: str | None = None
     timeout: float | None = None
     retries: int | None = None
-    detach: bool = False      # leave processes the job started running after it ends (daemons)
+    files: Any = None        # a cmflow.files.Command with no command: inputs/outputs of every call
+    detach: bool = False     # leave processes the job started running after it ends (daemons)
 
 
 DEFAULT_OPTIONS = TaskOptions()
@@ -34,10 +35,13 @@ _ATTR = "__cmflow_task__"
 
 
 def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "auto", hosts: str | None = None,
-         timeout: float | None = None, retries: int | None = None, detach: bool = False):
+         timeout: float | None = None, retries: int | None = None, inputs: Any = (), outputs: Any = (),
+         detach: bool = False):
     """Mark a def as a cmflow task and set its options.
 
     Usable bare (``@task``) or with options (``@task(parse="lines", timeout=60)``).
+    ``inputs`` and ``outputs`` are files every call of the task reads and writes
+    (as in ``command()``), added to those its command declares.
     ``detach=True`` lets processes the job leaves behind run on after it ends
     (they are still killed on timeout or cancellation; see docs/processes.md).
     The function is returned unchanged apart from one attribute.
@@ -48,9 +52,14 @@ def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "aut
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     if retries is not None and (not isinstance(retries, int) or retries < 0):
         raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+    files = None
+    if inputs or outputs:
+        from .files.spec import command
+
+        files = command("", inputs, outputs)
     if not isinstance(detach, bool):
         raise ValueError(f"detach must be True or False, not {detach!r}")
-    options = TaskOptions(parse, hosts, timeout, retries, detach)
+    options = TaskOptions(parse, hosts, timeout, retries, files, detach)
 
     def mark(f: Callable) -> Callable:
         setattr(f, _ATTR, options)

@@ -28,7 +28,7 @@ from collections import Counter
 from typing import Any
 
 from ..hosts import Host
-from . import ConnectionLost, tmpdirs
+from . import ConnectionLost, Helper, tmpdirs
 from .framing import _drain, _kill, _pump  # noqa: F401  (slurm.py's step slots use them)
 from .slots import Slot, SlotTransport, boot_argv
 
@@ -86,6 +86,7 @@ class SshTransport(SlotTransport):
         self._paths: list[str] = []
         self._sessions: Counter[int] = Counter()
         self._master_lock = asyncio.Lock()   # one new connection at a time per host (MaxStartups)
+        self._helper_lock: asyncio.Lock | None = None
 
     # ------------------------------------------------------------ connections
     def _new_control_path(self, index: int) -> str:
@@ -180,6 +181,39 @@ class SshTransport(SlotTransport):
             self._sessions[slot.tag[0]] -= 1
         await super()._discard(slot)
 
+    # ---------------------------------------------------------------- helpers
+    async def exec(self, script: str, stdin: int | None = None, stdout: int | None = None) -> Helper:
+        """Run a short ``sh`` script on the host over an existing master (no new authentication).
+
+        For data movement (cmflow/files): ``stdin``/``stdout`` may be file descriptors, so a file
+        streams through the session without passing through Python. One helper at a time per
+        host: a master carries 8 slot sessions and one helper (MaxSessions 10).
+        """
+        if self._helper_lock is None:
+            self._helper_lock = asyncio.Lock()
+        async with self._helper_lock:
+            try:
+                path = await self._master(0)
+            except ConnectionLost as e:
+                return Helper(None, b"", str(e))
+            proc = await asyncio.create_subprocess_exec(
+                *self.base, *self._mux(path), self.host.hostname, f"sh -c {shlex.quote(script)}",
+                stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            try:
+                out, err = await proc.communicate()
+            except BaseException:
+                await asyncio.shield(_kill(proc))
+                raise
+            text = err.decode("utf-8", "replace")
+            if proc.returncode == 255:   # ssh's own failure: the session or the master is gone
+                self._forget_master(0, path)
+                return Helper(None, out or b"", classify_ssh_error(text, self.host) if text.strip()
+                              else f"session to {self.host.name} lost")
+            return Helper(proc.returncode, out or b"", text)
+
+    # ------------------------------------------------------------------ close
     async def aclose(self) -> None:
         await super().aclose()
         await asyncio.gather(*(self._exit_master(p) for p in self._paths if os.path.exists(p)))
