@@ -271,3 +271,27 @@ def test_data_inputs_and_published_outputs(tmp_path, monkeypatch):
     run = run_flow(flow)
     (failure,) = run.result.failures
     assert "data:missing.csv" in failure.reason
+
+
+def test_live_display_shows_staging_and_fetching(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from cmflow.progress import LiveProgress
+
+    flow = project(tmp_path, TASKS, "from tk import analyse\nanalyse(1) | analyse(2)\n")
+    plan, inv = api.load(str(flow), inv=local_inv(tmp_path))
+    live = LiveProgress(2, inv, stream=io.StringIO())
+    try:
+        j1, j2 = plan.jobs
+        live.job_started(j1, "here", 1)
+        live.job_started(j2, "here", 1)
+        live.job_files(j1, "here", 1, "staging", 0, 0)
+        live.job_files(j2, "here", 1, "fetching", 100, 0)
+        out = io.StringIO()
+        Console(file=out, width=120).print(live._render())
+        text = out.getvalue()
+        assert "1 staging" in text and "1 fetching" in text and "0 running" in text and "↑↓··" in text
+    finally:
+        live.close()
