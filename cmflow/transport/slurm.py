@@ -35,7 +35,7 @@ from ..errors import CmflowError
 from ..hosts import Host, Inventory
 from . import ConnectionLost, JobSpec, Outcome
 from .output import StreamedOutput
-from .ssh import _drain, _kill
+from .framing import _drain, _kill
 
 CMD_TIMEOUT = 60.0        # a Slurm client call that takes longer is treated as failed
 PILOT_POLL = 60.0         # seconds between checks that the pilot allocation still runs
