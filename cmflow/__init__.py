@@ -1,5 +1,5 @@
 """cmflow: run many shell jobs on many machines from one short expression."""
-from .tasks import task
+from .tasks import local, task
 
 __version__ = "0.1.0"
-__all__ = ["task", "__version__"]
+__all__ = ["task", "local", "__version__"]

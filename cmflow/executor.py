@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
+from . import values
 from .hosts import Inventory
-from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
+from .plan import Deferred, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum, fill
 from .runlog import JobRecord, RunLog
 from .scheduler import Closed, NoHost, Scheduler
+from .tasks import user_frames
 from .transport import JobSpec, Outcome, Transport
 
 Halt = Literal["never", "soon", "now"]
@@ -112,6 +114,8 @@ def _tail(path: Path, lines: int = 5, limit: int = 4096) -> str:
 def _describe(node: PlanNode, filename: str) -> str:
     if isinstance(node, JobRef):
         return f"{node.job.label} at {filename}:{node.pos.line}:{node.pos.column}"
+    if isinstance(node, (Deferred, Local)):
+        return f"{node.label} at {node.where}"
     return f"the expression at {filename}:{node.pos.line}:{node.pos.column}"
 
 
@@ -131,6 +135,7 @@ class Executor:
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
         self.jobs_run = 0
+        self._next_job_id = len(plan.jobs)   # deferred jobs are numbered after the plan's
 
     # ---------------------------------------------------------------- driver
     async def run(self) -> RunResult:
@@ -175,6 +180,10 @@ class Executor:
                 return self._spawn(id(node), lambda: self._par(node))
             case PSum():
                 return self._spawn(id(node), lambda: self._sum(node))
+            case Deferred():
+                return self._spawn(id(node), lambda: self._deferred(node))
+            case Local():
+                return self._spawn(id(node), lambda: self._local(node))
         raise TypeError(node)
 
     # ------------------------------------------------------------ structure
@@ -190,9 +199,9 @@ class Executor:
                 return Failure(result.reason, result.job, cause=False)
         return result
 
-    async def _completions(self, node: PPar | PSum):
+    async def _completions(self, items: tuple[PlanNode, ...]):
         """(index, result) pairs in the order the operands finish."""
-        tasks = [self._eval(item) for item in node.items]
+        tasks = [self._eval(item) for item in items]
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i, t in enumerate(tasks):
             t.add_done_callback(lambda _t, i=i: queue.put_nowait(i))
@@ -202,7 +211,7 @@ class Executor:
 
     async def _par(self, node: PPar) -> Result:
         values: list[Any] = [None] * len(node.items)
-        async for i, r in self._completions(node):
+        async for i, r in self._completions(node.items):
             if isinstance(r, Failure):
                 return Failure(r.reason, r.job, cause=False)
             values[i] = r.value
@@ -214,7 +223,7 @@ class Executor:
         # left-to-right fold whatever order the operands finish in.
         starts: dict[int, tuple[int, Any]] = {}   # start index -> (end index, value)
         ends: dict[int, int] = {}                 # end index -> start index
-        async for i, r in self._completions(node):
+        async for i, r in self._completions(node.items):
             if isinstance(r, Failure):
                 return Failure(r.reason, r.job, cause=False)
             lo, hi, value = i, i, r.value
@@ -235,6 +244,13 @@ class Executor:
         return Ok(starts[0][1])
 
     def _add(self, node: PSum, left: Any, lspan: tuple[int, int], right: Any, rspan: tuple[int, int]) -> Any:
+        if node.fn is not None:   # fold(f, ...): the user's step, which may raise anything
+            try:
+                return node.fn(left, right)
+            except Exception as e:
+                return self._fail(Failure(f"{node.fn_name}({_short(left)}, {_short(right)}) in fold at "
+                                          f"{self.plan.filename}:{node.pos.line}:{node.pos.column} raised "
+                                          f"{type(e).__name__}: {e}" + _frames(e)))
         try:
             return left + right
         except TypeError:
@@ -246,6 +262,51 @@ class Executor:
             failure = Failure(f"cannot add {side(lspan, left)} and {side(rspan, right)}")
             self._failures.append(failure)
             return failure
+
+    # --------------------------------------------------- run-time arguments
+    async def _inputs(self, node: Deferred | Local) -> list[Any] | Failure:
+        """The values of a call's run-time arguments, evaluated at once (as ``|``)."""
+        got: list[Any] = [None] * len(node.inputs)
+        async for i, r in self._completions(node.inputs):
+            if isinstance(r, Failure):
+                # the call is skipped, not failed: the failure is the argument's
+                return Failure(f"{node.label} at {node.where} skipped: {r.reason}", r.job, cause=False)
+            got[i] = r.value
+        return got
+
+    async def _deferred(self, node: Deferred) -> Result:
+        got = await self._inputs(node)
+        if isinstance(got, Failure):
+            return got
+        args, kwargs = fill(node, got)
+        # memoised on the values: report(x) runs once per distinct value of x
+        key = ("call", id(node.fn), values.memo_key([args, kwargs]), node.target)
+        return await self._spawn(key, lambda: self._build_and_run(node, args, kwargs))
+
+    async def _build_and_run(self, node: Deferred, args: list[Any], kwargs: dict[str, Any]) -> Result:
+        self._next_job_id += 1
+        job = Job(self._next_job_id, node.task, tuple(args), tuple(kwargs.items()), node.target, "",
+                  node.options, node.filename, node.pos)
+        try:
+            command = node.fn(*args, **kwargs)
+        except Exception as e:
+            return self._fail(Failure(f"task '{node.task}' raised {type(e).__name__}: {e}" + _frames(e), job))
+        if not isinstance(command, str):
+            return self._fail(Failure(f"task '{node.task}' returned {type(command).__name__}, "
+                                      "not a command string", job))
+        return await self._job(Job(job.id, job.task, job.args, job.kwargs, job.target, command, job.options,
+                                   job.filename, job.pos))
+
+    async def _local(self, node: Local) -> Result:
+        got = await self._inputs(node)
+        if isinstance(got, Failure):
+            return got
+        args, kwargs = fill(node, got)
+        try:
+            return Ok(node.fn(*args, **kwargs))
+        except Exception as e:
+            return self._fail(Failure(f"{node.label} at {node.where} raised {type(e).__name__}: {e}"
+                                      + _frames(e, "the function's own frames")))
 
     # ------------------------------------------------------------------ jobs
     def _emit(self, name: str, *args: Any) -> None:
@@ -343,6 +404,11 @@ class Executor:
         elif self.options.halt == "soon":
             self.scheduler.close()
         return failure
+
+
+def _frames(exc: BaseException, heading: str = "the task's own frames") -> str:
+    lines = user_frames(exc, heading)
+    return "\n" + "\n".join(lines) if lines else ""
 
 
 def _short(value: Any, limit: int = 40) -> str:
