@@ -7,6 +7,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+_SHOWN = 100   # characters of a source line shown under an error
+
+
+def short(value: object, limit: int = 60) -> str:
+    """repr of a value for a message, cut to about limit characters: errors stay one line.
+
+    Walks no more of the value than it prints, so a huge (or alias-bombed) value is cheap.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxstring = r.maxother = limit
+    r.maxlist = r.maxdict = r.maxtuple = r.maxset = 4
+    r.maxlevel = 3
+    text = r.repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
 
 class CmflowError(Exception):
     """Base of every error that is the user's to fix."""
@@ -32,9 +49,14 @@ class Diagnostic:
         parts = [head]
         if self.source_line:
             text = self.source_line.rstrip("\n").expandtabs(1)
-            parts.append(f"    {text}")
             caret_at = max(self.column - 1, 0)
-            width = max(1, min(self.width, max(1, len(text) - caret_at)))
+            width = max(1, min(self.width, max(1, len(text) - caret_at), _SHOWN // 2))
+            if len(text) > _SHOWN:
+                # a window around the caret: an error in a huge line stays a few lines long
+                start = max(0, min(caret_at - _SHOWN // 2, len(text) - _SHOWN))
+                text = ("…" if start else "") + text[start:start + _SHOWN] + ("…" if start + _SHOWN < len(text) else "")
+                caret_at = caret_at - start + (1 if start else 0)
+            parts.append(f"    {text}")
             parts.append("    " + " " * caret_at + "^" * width)
         parts.extend(self.notes)
         return "\n".join(parts)

@@ -14,12 +14,11 @@ on generated flows and on random text.
 """
 from __future__ import annotations
 
-import ast as pyast
 import re
 from bisect import bisect_left
 
 from . import ast
-from .parser_common import def_name
+from .parser_common import MAX_NESTING, decode_string, def_name
 
 _S = r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
 _N = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -47,6 +46,11 @@ _KEYWORDS = frozenset({"import", "from", "as", "True", "False", "None", "for", "
 _TARGET = re.compile(_T)
 _LITERALS = {"True": True, "False": False, "None": None}
 _BINARY = frozenset({";", "|", "+"})
+# The reference parser counts ( and [ together against MAX_NESTING; this path
+# bounds each kind to half (a call's own '(' included), so whatever it accepts,
+# the reference accepts too: deeper text falls back and gets the reference's error.
+_MAX_PARENS = MAX_NESTING // 2 - 1
+_MAX_LISTS = MAX_NESTING // 2
 
 
 class Fallback(Exception):
@@ -93,6 +97,7 @@ class _Parser:
         self.newlines = [m.start() for m in re.finditer("\n", text)]
         self.calls: dict[str, tuple[tuple[str, ...], tuple, tuple]] = {}   # call text -> parsed, per parse
         self.refs: dict[str, tuple[str, ...]] = {}
+        self.depth = 0     # brackets open around the call being read (enclosing calls and groups)
 
     def pos(self, offset: int) -> ast.Pos:
         line = bisect_left(self.newlines, offset)      # newlines before offset
@@ -214,6 +219,8 @@ class _Parser:
                 tok = toks[i]
                 kind = tok[0]
             if kind == "op" and tok[1] == "(":
+                if len(stack) + self.depth >= _MAX_PARENS:
+                    raise Fallback()
                 stack.append((seq_items, par_items, sum_items, seq_start, par_start, sum_start, op,
                               self.pos(tok[2])))
                 seq_items, par_items, sum_items = [], [], []
@@ -223,12 +230,12 @@ class _Parser:
                 continue
             if kind == "call":
                 val = tok[1]
-                parsed = self.calls.get(val)
+                parsed = self.calls.get(val) if not self.depth else None
                 offset = tok[2]      # self.pos(offset), inline: this runs once per reference
                 line = bisect_left(newlines, offset)
                 start = Pos(line + 1, offset - (newlines[line - 1] + 1 if line else 0) + 1)
                 if parsed is None:
-                    node: ast.Expr = self.call_token(tok, start)
+                    node: ast.Expr = self.call_token(tok, start, len(stack))
                 else:
                     node = ast.Call(ast.Name(parsed[0], start), parsed[1], parsed[2], start)
             elif kind == "ref":
@@ -238,7 +245,9 @@ class _Parser:
                 if nxt[0] == "op" and nxt[1] == "(":
                     # a call whose arguments hold brackets: f(g(1)), par(x for ...)
                     self.i = i + 2
+                    self.depth += len(stack)
                     node = self.arglist(name, start)
+                    self.depth -= len(stack)
                     i = self.i - 1
                 else:
                     node = name
@@ -251,7 +260,7 @@ class _Parser:
                 if tok[0] == "at":
                     text = tok[1][1:].lstrip(" \t")
                     if text[0] in "\"'":
-                        target = pyast.literal_eval(text)
+                        target = decode_string(text)
                     elif text in _KEYWORDS:
                         raise Fallback()
                     else:
@@ -294,16 +303,24 @@ class _Parser:
                 node, start = result, paren_start
 
     # ------------------------------------------------------- calls, generators
-    def call_token(self, tok: _Tok, start: ast.Pos) -> ast.Call | ast.Gen:
+    def call_token(self, tok: _Tok, start: ast.Pos, groups: int = 0) -> ast.Call | ast.Gen:
         """A one-line call token: literal arguments are parsed once per distinct text;
-        anything else (names, operators) by the general argument parser on its tokens."""
+        anything else (names, operators) by the general argument parser on its tokens.
+        ``groups``: brackets of the expression being read that are open around it."""
         val = tok[1]
         paren = val.index("(")
         try:
-            args, kwargs = _arguments(val[paren + 1:-1])
+            # groups + self.depth <= _MAX_PARENS - 1, so the lists of calls in brackets fit too
+            args, kwargs = _arguments(val[paren + 1:-1], _MAX_LISTS - self.depth)
         except Fallback:
-            return self.sub_arglist(tok, start, paren)
-        parsed = self.calls[val] = (self.parts(val[:paren]), args, kwargs)
+            self.depth += groups
+            try:
+                return self.sub_arglist(tok, start, paren)
+            finally:
+                self.depth -= groups
+        parsed = (self.parts(val[:paren]), args, kwargs)
+        if not self.depth:    # parsed under the full nesting budget: reusable anywhere
+            self.calls[val] = parsed
         return ast.Call(ast.Name(parsed[0], start), args, kwargs, start)
 
     def sub_arglist(self, tok: _Tok, start: ast.Pos, paren: int) -> ast.Call | ast.Gen:
@@ -330,6 +347,15 @@ class _Parser:
 
     def arglist(self, name: ast.Name, start: ast.Pos) -> ast.Call | ast.Gen:
         """Arguments after '(' up to and including ')'; a generator if 'for' follows the first."""
+        self.depth += 1
+        if self.depth >= _MAX_PARENS:
+            raise Fallback()
+        try:
+            return self._arglist(name, start)
+        finally:
+            self.depth -= 1
+
+    def _arglist(self, name: ast.Name, start: ast.Pos) -> ast.Call | ast.Gen:
         args: list = []
         kwargs: list = []
         toks = self.toks
@@ -379,15 +405,19 @@ class _Parser:
         if kind == "num":
             return _number(val)
         if kind == "str":
-            return pyast.literal_eval(val)
+            return decode_string(val)
         if kind == "ref" and val in _LITERALS:
             return _LITERALS[val]
         if kind == "op" and val == "[":
             items = []
+            self.depth += 1
+            if self.depth >= _MAX_PARENS:
+                raise Fallback()
             while True:
                 tok = self.skip_nl()
                 if tok[0] == "op" and tok[1] == "]":
                     self.i += 1
+                    self.depth -= 1
                     return tuple(items)
                 items.append(self.literal())
                 tok = self.skip_nl()
@@ -431,7 +461,7 @@ class _Parser:
         if kind == "call" and val.startswith("hosts("):
             text = val[6:-1].strip(" \t")
             if text[:1] in ("'", '"'):
-                target = pyast.literal_eval(text)
+                target = decode_string(text)
             elif _TARGET.fullmatch(text) and text not in _KEYWORDS:
                 target = text
             else:
@@ -454,7 +484,7 @@ class _Parser:
         return self.literal()
 
 
-def _arguments(text: str) -> tuple[tuple, tuple]:
+def _arguments(text: str, max_lists: int = _MAX_LISTS) -> tuple[tuple, tuple]:
     """Literal arguments of a one-line call: positional, then keyword."""
     toks: list[tuple[str, str]] = []
     pos, n = 0, len(text)
@@ -471,8 +501,10 @@ def _arguments(text: str) -> tuple[tuple, tuple]:
     args: list = []
     kwargs: list = []
 
+    depth = 0
+
     def literal() -> object:
-        nonlocal i
+        nonlocal i, depth
         if i >= len(toks):
             raise Fallback()
         kind, val = toks[i]
@@ -480,10 +512,13 @@ def _arguments(text: str) -> tuple[tuple, tuple]:
         if kind == "num":
             return _number(val)
         if kind == "str":
-            return pyast.literal_eval(val)
+            return decode_string(val)
         if kind == "name" and val in _LITERALS:
             return _LITERALS[val]
         if kind == "op" and val == "[":
+            depth += 1
+            if depth > max_lists:
+                raise Fallback()
             items = []
             while not (i < len(toks) and toks[i] == ("op", "]")):
                 items.append(literal())
@@ -492,6 +527,7 @@ def _arguments(text: str) -> tuple[tuple, tuple]:
                 elif not (i < len(toks) and toks[i] == ("op", "]")):
                     raise Fallback()
             i += 1
+            depth -= 1
             return tuple(items)
         raise Fallback()
 

@@ -7,7 +7,6 @@ start-up time a well-formed flow does not need to pay.
 """
 from __future__ import annotations
 
-import ast as pyast
 import functools
 from importlib.resources import files
 from typing import Iterator
@@ -17,7 +16,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from . import ast
 from .errors import Diagnostic, FlowError
-from .parser_common import def_name
+from .parser_common import MAX_NESTING, BadString, decode_string, def_name
 
 # After these tokens a newline continues the statement (a binary operator or a
 # separator inside an argument list is waiting for its right-hand side).
@@ -35,8 +34,27 @@ _TOKEN_NAMES = {
 }
 
 
+class _TooDeep(Exception):
+    def __init__(self, tok: Token):
+        self.tok = tok
+
+
+class _BadLiteral(Exception):
+    """A string token that does not decode, with the token (for its position)."""
+
+    def __init__(self, tok: Token, error: BadString):
+        self.tok, self.error = tok, error
+
+
+def _decode(tok: Token) -> str:
+    try:
+        return decode_string(str(tok))
+    except BadString as e:
+        raise _BadLiteral(tok, e) from None
+
+
 class _Postlex:
-    """Drops newlines inside brackets and after a binary operator."""
+    """Drops newlines inside brackets and after a binary operator; bounds nesting."""
 
     always_accept: tuple[str, ...] = ("_NL",)
 
@@ -49,6 +67,8 @@ class _Postlex:
                     continue
             elif tok.type in _OPEN:
                 depth += 1
+                if depth > MAX_NESTING:
+                    raise _TooDeep(tok)
             elif tok.type in _CLOSE:
                 depth = max(depth - 1, 0)
             prev = tok.type
@@ -108,7 +128,7 @@ class _ToAst(Transformer):
 
     def target(self, meta, children):
         tok = children[0]
-        return pyast.literal_eval(tok) if tok.type == "STRING" else str(tok)
+        return _decode(tok) if tok.type == "STRING" else str(tok)
 
     def ref(self, meta, children):
         return children[0]
@@ -149,7 +169,7 @@ class _ToAst(Transformer):
             return float(text)
 
     def string(self, meta, children):
-        return pyast.literal_eval(str(children[0]))
+        return _decode(children[0])
 
     def true(self, meta, _):
         return True
@@ -197,11 +217,20 @@ def parse(text: str, filename: str = "<flow>") -> ast.Flow:
         stmts = _ToAst().transform(tree)
     except UnexpectedInput as e:
         raise FlowError([_syntax_diag(e, text, lines, filename)]) from None
+    except _TooDeep as e:
+        raise FlowError([Diagnostic(filename, e.tok.line, e.tok.column,
+                                    f"brackets nested too deeply (the limit is {MAX_NESTING})",
+                                    _line(lines, e.tok.line))]) from None
     except VisitError as e:
-        if isinstance(e.orig_exc, _PositionalAfterKeyword):
-            m = e.orig_exc.meta
+        orig = e.orig_exc
+        if isinstance(orig, _PositionalAfterKeyword):
+            m = orig.meta
             raise FlowError([Diagnostic(filename, m.line, m.column, "positional argument after keyword argument",
                                         _line(lines, m.line))]) from None
+        if isinstance(orig, _BadLiteral):
+            t, err = orig.tok, orig.error
+            raise FlowError([Diagnostic(filename, t.line, t.column + err.offset, f"bad string: {err.message}",
+                                        _line(lines, t.line), err.width)]) from None
         raise
     return ast.Flow(stmts, filename)
 

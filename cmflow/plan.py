@@ -237,7 +237,8 @@ def render_text(plan: Plan) -> str:
                 seen.add(job.id)
                 lines.append(f"{pad}#{job.id} {job.label}{again}")
                 if not again:
-                    lines.append(f"{pad}    $ {job.command}")
+                    # continuation lines of a multi-line command stay under its first
+                    lines.append(f"{pad}    $ " + job.command.rstrip("\n").replace("\n", f"\n{pad}      "))
             case Deferred():
                 lines.append(f"{pad}{node.label}  (deferred: the def is called when its inputs have values)")
                 for item in node.inputs:
@@ -306,36 +307,9 @@ def render_json(plan: Plan) -> str:
 
 
 def render_dot(plan: Plan) -> str:
-    out = ["digraph plan {", "  rankdir=LR;", '  node [fontname="monospace"];']
-    for job in plan.jobs:
-        out.append(f"  j{job.id} [shape=box,label={json.dumps(job.label + chr(10) + job.command[:60])}];")
-    ids: dict[int, str] = {}
+    from .plan_dot import render_dot as dot    # its own module: layout, escaping, collapsing
 
-    def go(node: PlanNode) -> str:
-        if isinstance(node, JobRef):
-            return f"j{node.job.id}"
-        if id(node) in ids:
-            return ids[id(node)]
-        name = f"n{len(ids)}"
-        ids[id(node)] = name
-        if isinstance(node, (Deferred, Local)):
-            shape = "box,style=dashed" if isinstance(node, Deferred) else "ellipse"
-            out.append(f"  {name} [shape={shape},label={json.dumps(node.label)}];")
-            for item in node.inputs:
-                out.append(f"  {go(item)} -> {name};")
-            return name
-        op = node.fn_name if isinstance(node, PSum) and node.fn else {PSeq: ";", PPar: "|", PSum: "+"}[type(node)]
-        out.append(f"  {name} [shape=circle,label={json.dumps(op)}];")
-        for i, item in enumerate(node.items):
-            child = go(item)
-            attr = f' [label="{i + 1}"]' if isinstance(node, PSeq) else ""
-            out.append(f"  {name} -> {child}{attr};")
-        return name
-
-    if plan.root is not None:
-        go(plan.root)
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return dot(plan)
 
 
 RENDERERS = {"text": render_text, "json": render_json, "dot": render_dot}

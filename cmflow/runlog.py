@@ -3,6 +3,17 @@
 Lines are written as jobs end and flushed at once, so a run that is killed
 leaves a truthful log of everything that finished. Whole files (the plan, the
 summary) are written to a temp file and renamed into place.
+
+The joblog is byte for byte what GNU parallel's ``--joblog`` writes (its
+``print_joblog``), because users hand it to ``parallel --retry-failed`` and
+``--resume-failed``: one line per job, for its final attempt (every attempt is
+in jobs.jsonl); newlines in the command as NUL bytes, tabs kept (parallel reads
+the command as "the rest of the line"); ``%10.3f`` run time truncated to the
+millisecond; ``:`` as the host of a local job; a job killed by us (timeout,
+halt, Ctrl-C) as Exitval -1 with the signal sent, a job that died of a signal
+on its own as Exitval 0 with that signal. A job that never started gets a line
+too (start 0, Exitval -1): without one ``--retry-failed`` runs an empty command
+in its place and calls it done.
 """
 from __future__ import annotations
 
@@ -13,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -40,6 +51,7 @@ class JobRecord:
     stdout_bytes: int = 0
     value: Any = None
     error: str = ""
+    killed: bool = False   # we killed it (halt now, Ctrl-C); timed_out says so for timeouts
 
     @property
     def runtime(self) -> float:
@@ -71,8 +83,11 @@ def write_atomic(path: Path, text: str) -> None:
 class RunLog:
     """Owns one run directory. Not thread-safe; the executor's loop is its only writer."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, local_hosts: frozenset[str] | set[str] = frozenset()):
         self.dir = run_dir
+        self.local_hosts = frozenset(local_hosts)
+        self._pending: dict[int, JobRecord] = {}   # a job's last attempt while more may follow
+        self._logged: set[int] = set()
         self.jobs_dir = run_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         # a run directory used again: outputs of the earlier run must not pass for this one's
@@ -87,13 +102,14 @@ class RunLog:
         stem = self.jobs_dir / f"{seq}.{attempt}"
         return Path(f"{stem}.out"), Path(f"{stem}.err")
 
-    def record(self, rec: JobRecord) -> None:
-        exitval = rec.exit_status if rec.exit_status is not None else (255 if rec.connection_failed else -1)
-        # GNU parallel puts the command on one line; so must we
-        command = rec.command.replace("\n", " ").replace("\t", " ")
-        self._joblog.write(f"{rec.seq}\t{rec.host}\t{rec.start:.3f}\t{rec.runtime:.3f}\t0\t{rec.stdout_bytes}\t"
-                           f"{exitval}\t{rec.signal}\t{command}\n")
-        self._joblog.flush()
+    def record(self, rec: JobRecord, final: bool = True) -> None:
+        """One attempt: always a jobs.jsonl record; a joblog line when it is the job's last attempt."""
+        if final:
+            self._pending.pop(rec.seq, None)
+            self._write_joblog(joblog_line(rec, rec.host in self.local_hosts))
+            self._logged.add(rec.seq)
+        else:
+            self._pending[rec.seq] = rec
         doc = {f: getattr(rec, f) for f in _FIELDS}   # not asdict(): it deep-copies every value
         doc["runtime"] = round(rec.runtime, 6)
         try:
@@ -104,6 +120,23 @@ class RunLog:
         self._records.write(line + "\n")
         self._records.flush()
 
+    def _write_joblog(self, line: str) -> None:
+        self._joblog.write(line)
+        self._joblog.flush()
+
+    def finish(self, jobs: Iterable[tuple[int, str]]) -> None:
+        """At the end of a run: a line for each (seq, command) that has none yet.
+
+        A job cut off between attempts gets its last attempt's line; one that never started a line of its own.
+        """
+        for seq, command in jobs:
+            if seq in self._logged:
+                continue
+            rec = self._pending.pop(seq, None)
+            self._write_joblog(joblog_line(rec, rec.host in self.local_hosts) if rec else
+                               _joblog_join(seq, ":", "0.000", 0.0, 0, -1, 0, command))
+            self._logged.add(seq)
+
     def write_json(self, name: str, doc: Any) -> None:
         write_atomic(self.dir / name, json.dumps(doc, indent=2, default=repr) + "\n")
 
@@ -113,8 +146,35 @@ class RunLog:
                 f.close()
 
 
+def joblog_line(rec: JobRecord, local: bool) -> str:
+    """A job's line exactly as GNU parallel's print_joblog writes it."""
+    if rec.connection_failed:
+        exitval, sig = 255, 0                        # parallel's status for an ssh that failed
+    elif rec.timed_out or rec.killed:
+        exitval, sig = -1, rec.signal or 15          # parallel's kill(): -1, then the signal that ended it
+    elif rec.exit_status is None:
+        exitval, sig = 0, rec.signal                 # died of a signal: wait status >> 8 is 0
+    else:
+        exitval, sig = rec.exit_status, rec.signal
+    return _joblog_join(rec.seq, ":" if local else rec.host, f"{rec.start:.3f}", rec.runtime, rec.stdout_bytes,
+                        exitval, sig, rec.command)
+
+
+def _joblog_join(seq: int, host: str, start: str, runtime: float, received: int, exitval: int, sig: int,
+                 command: str) -> str:
+    # parallel truncates the run time to the millisecond, then pads it to 10 columns
+    runtime_ms = int(runtime * 1000) / 1000
+    return (f"{seq}\t{host}\t{start}\t{runtime_ms:10.3f}\t0\t{received}\t{exitval}\t{sig}\t"
+            f"{command.replace(chr(10), chr(0))}\n")
+
+
 def read_joblog(path: Path) -> list[dict[str, str]]:
-    """Parse a joblog the way GNU parallel's own tools do: TAB-separated, header first."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    """Parse a joblog the way GNU parallel does: TAB-separated, header first, the command is the rest of the
+    line with NUL standing for newline. Only \\n ends a line (str.splitlines would also split at \\x1c, \\x85...)."""
+    lines = path.read_text(encoding="utf-8").split("\n")
     header = lines[0].split("\t")
-    return [dict(zip(header, line.split("\t", len(header) - 1))) for line in lines[1:] if line]
+    rows = [dict(zip(header, line.split("\t", len(header) - 1))) for line in lines[1:] if line]
+    for row in rows:
+        if "Command" in row:
+            row["Command"] = row["Command"].replace("\0", "\n")
+    return rows

@@ -64,3 +64,18 @@ def sshd_hosts():
     yield hosts
     hosts.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+def need_tool(command: str, package: str) -> str:
+    """The path of a real tool a test checks cmflow against (GNU parallel, dot, clush...).
+
+    Missing on a developer's machine: the test is skipped, saying what to install.
+    Missing in CI (.ci/run installs it): the test fails, so a broken install cannot pass as green.
+    """
+    path = shutil.which(command)
+    if path is None:
+        message = f"{command} not installed (install {package}; .ci/run does)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -47,10 +47,12 @@ ROUNDING = 0.0011
 
 
 def peak_per_host(joblog: Path, by=lambda host: host) -> dict[str, int]:
+    """From jobs.jsonl beside the joblog: it names local hosts (the joblog says ':' as parallel does)."""
     events = []
-    for row in read_joblog(joblog):
-        start, runtime = float(row["Starttime"]), float(row["JobRuntime"])
-        events += [(start, 1, by(row["Host"])), (start + runtime - ROUNDING, -1, by(row["Host"]))]
+    for line in (joblog.parent / "jobs.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        start, end = round(r["start"], 3), round(r["end"], 3)
+        events += [(start, 1, by(r["host"])), (end - ROUNDING, -1, by(r["host"]))]
     peak: dict[str, int] = {}
     cur: dict[str, int] = {}
     for _, delta, host in sorted(events, key=lambda e: (e[0], e[1])):
@@ -187,8 +189,11 @@ def test_retries(flowdir):
         def flaky(): return "if [ -e {d}/once ]; then echo 7; else touch {d}/once; exit 1; fi"
         ''', "from tk import *\nflaky\n", retries=1)
     assert run.result.ok and run.result.value == 7
+    # the joblog has the job's final attempt, as GNU parallel's; jobs.jsonl has every attempt
     rows = read_joblog(run.run_dir / "joblog")
-    assert [r["Exitval"] for r in rows] == ["1", "0"]
+    assert [r["Exitval"] for r in rows] == ["0"]
+    records = [json.loads(line) for line in (run.run_dir / "jobs.jsonl").read_text().splitlines()]
+    assert [(r["attempt"], r["exit_status"]) for r in records] == [(1, 1), (2, 0)]
 
 
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -1,6 +1,7 @@
 """The ssh transport against real sshd daemons on loopback (see sshhosts.py)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -217,11 +218,12 @@ def test_failover_when_a_host_dies_mid_run(tmp_path, shared):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
         assert out.strip() == str(sum(range(30)))
-        rows = read_joblog(tmp_path / "run" / "joblog")
-        lost = [r for r in rows if r["Host"] == "h2" and r["Exitval"] == "255"]
+        records = [json.loads(line) for line in (tmp_path / "run" / "jobs.jsonl").read_text().splitlines()]
+        lost = [r for r in records if r["host"] == "h2" and r["connection_failed"]]
         assert lost, "no job was lost on h2"
+        rows = read_joblog(tmp_path / "run" / "joblog")   # one line per job: its final, good attempt
         done = {r["Seq"]: r["Host"] for r in rows if r["Exitval"] == "0"}
-        assert len(done) == 30
-        assert all(done[r["Seq"]] in ("h1", "h3") for r in lost)
+        assert len(done) == 30 == len(rows)
+        assert all(done[str(r["seq"])] in ("h1", "h3") for r in lost)
     finally:
         hosts.stop()
