@@ -376,3 +376,30 @@ def test_repl_plan_shows_the_expansion(flowdir, tmp_path):
     out = s.handle(":plan par(sq(i) for i in range(3))")
     assert "3 jobs" in out and "sq(0)" in out and "sq(2)" in out
     assert s.handle("twice(sq(3))\n") == "18"
+
+
+# ------------------------------------------------------------ over real ssh
+
+def test_broadcast_runs_once_on_every_host_of_a_group_over_ssh(sshd_hosts, flowdir):
+    inv = parse_inventory(textwrap.dedent(f"""\
+        ssh_config: {sshd_hosts.ssh_config}
+        defaults: {{slots: 2}}
+        hosts:
+          h1: {{env: {{WHO: one}}}}
+          h2: {{env: {{WHO: two}}}}
+          h3: {{env: {{WHO: three}}}}
+        groups:
+          workers: [h3, h1]
+        """), str(flowdir.path / "inv.yaml"))
+    flowdir("bc.py", 'def setup():\n    return "echo $WHO"\n\ndef work(i):\n    return f"echo {i}"\n')
+    flowdir("f.flow", "from bc import setup, work\npar(setup @ h for h in hosts(workers)); "
+                      "sum(work(i) @ workers for i in range(4))\n")
+    plan, _ = api.load(str(flowdir.path / "f.flow"), inv=inv)
+    assert [j.label for j in plan.jobs][:2] == ["setup @ h3", "setup @ h1"]
+    run = api.run_sync(plan, inv, RunOptions(), flowdir.path / "run")
+    assert run.result.ok, run.result.failures
+    assert run.result.value == 6
+    rows = [json.loads(line) for line in (run.run_dir / "jobs.jsonl").read_text().splitlines()]
+    setups = sorted((r["host"], r["value"]) for r in rows if r["task"] == "setup")
+    assert setups == [("h1", "one"), ("h3", "three")]
+    assert {r["host"] for r in rows if r["task"] == "work"} <= {"h1", "h3"}
