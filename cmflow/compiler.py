@@ -522,7 +522,8 @@ class _Compiler:
             command = self._command(fn, name, args, kwargs, pos)
             if command is None:
                 return None
-            job = Job(len(self.jobs) + 1, name.dotted, args, kwargs, target, command, options, self.filename, pos)
+            job = Job(len(self.jobs) + 1, name.dotted, args, kwargs, target, command, options, self.filename, pos,
+                      fn)
             self.jobs[key] = job
         ref = self.job_refs.get(job.id)
         if ref is None:

@@ -142,6 +142,7 @@ class Executor:
         self._conn_failures: Counter[str] = Counter()
         self.jobs_run = 0
         self._next_job_id = len(plan.jobs)   # deferred jobs are numbered after the plan's
+        self._static: dict[tuple, Job] | None = None
         self.jobs_cached = 0
         self.journal = journal
         self.resume = resume
@@ -290,9 +291,20 @@ class Executor:
         if isinstance(got, Failure):
             return got
         args, kwargs = fill(node, got)
-        # memoised on the values: report(x) runs once per distinct value of x
+        # memoised on the values: report(x) runs once per distinct value of x, and not
+        # again if the plan already has that very call (twice(sq(3)) and twice(9))
         key = ("call", id(node.fn), values.memo_key([args, kwargs]), node.target)
+        static = self._static_calls().get(key)
+        if static is not None:
+            return await self._spawn(("job", static.id), lambda: self._job(static))
         return await self._spawn(key, lambda: self._build_and_run(node, args, kwargs))
+
+    def _static_calls(self) -> dict[tuple, Job]:
+        """The plan's jobs by the key a deferred call with the same values would have (made once, lazily)."""
+        if self._static is None:
+            self._static = {("call", id(j.fn), values.memo_key([list(j.args), dict(j.kwargs)]), j.target): j
+                            for j in self.plan.jobs if j.fn is not None}
+        return self._static
 
     async def _build_and_run(self, node: Deferred, args: list[Any], kwargs: dict[str, Any]) -> Result:
         self._next_job_id += 1
@@ -306,7 +318,7 @@ class Executor:
             return self._fail(Failure(f"task '{node.task}' returned {type(command).__name__}, "
                                       "not a command string", job))
         return await self._job(Job(job.id, job.task, job.args, job.kwargs, job.target, command, job.options,
-                                   job.filename, job.pos))
+                                   job.filename, job.pos, node.fn))
 
     async def _local(self, node: Local) -> Result:
         got = await self._inputs(node)

@@ -29,6 +29,7 @@ class Job:
     options: TaskOptions = field(compare=False)
     filename: str = field(default="<flow>", compare=False)
     pos: Pos = field(default=Pos(), compare=False)
+    fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)   # the def that built it
 
     @property
     def label(self) -> str:
@@ -145,7 +146,9 @@ _OPS = {PSeq: "; ", PPar: " | ", PSum: " + "}
 
 
 def expr_text(node: PlanNode, outer: int = 0, limit: int = 60) -> str:
-    """A plan node as flow text with every name and loop variable resolved: ``a | sq(3)``."""
+    """A plan node as flow text with every name and loop variable resolved: ``a | sq(3)``.
+
+    Long lists keep their ends: ``s(1) | s(2) | ... | s(8)`` (8 items)."""
     match node:
         case JobRef(job):
             text = job.label
@@ -154,14 +157,16 @@ def expr_text(node: PlanNode, outer: int = 0, limit: int = 60) -> str:
         case PSum(items, _, fn) if fn is not None:
             text = f"fold({node.fn_name}, {expr_text(PPar(items), 0, limit)})"
         case PSeq(items) | PPar(items) | PSum(items):
-            prec = _PREC[type(node)]
-            text = _OPS[type(node)].join(expr_text(i, prec + 1, limit) for i in items) if items else \
-                {PSeq: "seq()", PPar: "par()", PSum: "sum()"}[type(node)]
+            prec, op = _PREC[type(node)], _OPS[type(node)]
+            parts = [expr_text(i, prec + 1, limit) for i in items]
+            text = op.join(parts) if items else {PSeq: "seq()", PPar: "par()", PSum: "sum()"}[type(node)]
+            if len(text) > limit and len(parts) > 3:
+                text = f"{parts[0]}{op}{parts[1]}{op}...{op}{parts[-1]}"
             if prec < outer and len(items) > 1:
                 text = f"({text})"
         case _:
             raise TypeError(node)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text
 
 
 @dataclass(frozen=True)

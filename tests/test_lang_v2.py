@@ -260,6 +260,11 @@ def test_memoisation_includes_run_time_values(flowdir):
     assert run.result.ok and run.result.value == 18 + 18 + 8 and run.result.jobs_run == 5
 
 
+def test_a_deferred_call_equal_to_a_planned_one_runs_once(flowdir):
+    run = run_in(flowdir, "from tk import sq, twice\ntwice(9) ; twice(sq(3))\n")
+    assert run.result.ok and run.result.value == 18 and run.result.jobs_run == 2
+
+
 def test_values_of_lists_and_sub_flows_pass_in(flowdir):
     run = run_in(flowdir, "from tk import *\nx = a | b\nreport(x, title=\"n\") | report(par(sq(i) for i in range(4)))\n")
     assert run.result.ok and run.result.value == ["n:2", "r:4"]
@@ -403,3 +408,21 @@ def test_broadcast_runs_once_on_every_host_of_a_group_over_ssh(sshd_hosts, flowd
     setups = sorted((r["host"], r["value"]) for r in rows if r["task"] == "setup")
     assert setups == [("h1", "one"), ("h3", "three")]
     assert {r["host"] for r in rows if r["task"] == "work"} <= {"h1", "h3"}
+
+
+# ------------------------------------------------------------------ examples
+
+@pytest.mark.parametrize("name,check", [
+    ("sweep", lambda v: v == 9590),
+    ("broadcast", lambda v: v == sum(sum(range(i, 101, i)) for i in range(1, 9))),
+    ("pi_mean", lambda v: abs(v - 3.1416) < 0.01),
+    ("report", lambda v: v.startswith("8 parts, hits per part ")),
+])
+def test_example_flows_run(name, check, tmp_path):
+    from conftest import ROOT
+
+    inv = local_inv(slots=4)
+    plan, _ = api.load(str(ROOT / "flows" / f"{name}.flow"), inv=inv)
+    run = api.run_sync(plan, inv, RunOptions(), tmp_path / "run")
+    assert run.result.ok, run.result.failures
+    assert check(run.result.value), run.result.value

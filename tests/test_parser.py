@@ -132,7 +132,7 @@ clauses = st.builds(A.For, st.lists(loop_names, min_size=1, max_size=2).map(tupl
 
 def _v2(inner):
     """v2 forms: calls with expression arguments, generators."""
-    args = st.one_of(st.integers(-5, 5), st.text(max_size=3), inner)
+    args = st.one_of(st.integers(-5, 5), st.text(st.characters(blacklist_characters="\0"), max_size=3), inner)
     return st.one_of(
         st.builds(lambda nm, a, kw: A.Call(A.Name(tuple(nm.split("."))), tuple(a), tuple(kw.items())),
                   names, st.lists(args, max_size=3), st.dictionaries(st.sampled_from(["k", "n"]), args, max_size=2)),
