@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Union
 
 from . import values
 from .ast import Pos
+from .files.spec import JobFiles
 from .tasks import TaskOptions
 
 
@@ -29,6 +30,7 @@ class Job:
     options: TaskOptions = field(compare=False)
     filename: str = field(default="<flow>", compare=False)
     pos: Pos = field(default=Pos(), compare=False)
+    files: JobFiles | None = field(default=None, compare=False)   # inputs to stage, outputs to fetch
     fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)   # the def that built it
 
     @property
@@ -244,6 +246,11 @@ def render_text(plan: Plan) -> str:
                 if not again:
                     # continuation lines of a multi-line command stay under its first
                     lines.append(f"{pad}    $ " + job.command.rstrip("\n").replace("\n", f"\n{pad}      "))
+                    if job.files:
+                        lines.extend(f"{pad}    < {i.dest}" + (f" (from {i.source})" if i.source != i.dest else "")
+                                     for i in job.files.inputs)
+                        lines.extend(f"{pad}    > {o.pattern}" + (f" (publish data:{o.publish})" if o.publish else "")
+                                     for o in job.files.outputs)
             case Deferred():
                 lines.append(f"{pad}{node.label}  (deferred: the def is called when its inputs have values)")
                 for item in node.inputs:
@@ -291,8 +298,13 @@ def _slot_json(arg: Any) -> Any:
 
 
 def job_json(job: Job) -> dict:
-    return {"id": job.id, "task": job.task, "args": _jsonable(job.args), "kwargs": dict(_jsonable(job.kwargs)),
-            "target": job.target, "command": job.command, "where": job.where}
+    doc = {"id": job.id, "task": job.task, "args": _jsonable(job.args), "kwargs": dict(_jsonable(job.kwargs)),
+           "target": job.target, "command": job.command, "where": job.where}
+    if job.files:
+        doc["inputs"] = [{"source": i.source, "dest": i.dest} for i in job.files.inputs]
+        doc["outputs"] = [{"pattern": o.pattern, **({"publish": o.publish} if o.publish else {})}
+                          for o in job.files.outputs]
+    return doc
 
 
 def _jsonable(value):
