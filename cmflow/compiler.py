@@ -330,7 +330,8 @@ class _Compiler:
             self.error(pos, f"bad arguments for task '{name.dotted}': {why}", len(name.dotted))
             return None
         return Deferred(fn, name.dotted, tuple(_to_python(a) for a in args),
-                        tuple((k, _to_python(v)) for k, v in kwargs), inputs, target, options, self.filename, pos)
+                        tuple((k, _to_python(v)) for k, v in kwargs), inputs, target, options, self.filename, pos,
+                        str(self.loader.flow_dir))
 
     # ----------------------------------------------------- built-in forms
     def _form(self, form: "_Builtin", node: ast.Call, target: str | None) -> PlanNode | None:

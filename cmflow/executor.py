@@ -20,6 +20,8 @@ from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequenc
 
 from . import values
 from .files.mover import FileMover, Moved, safe_name
+from .files.runtime import job_files, stage_arguments
+from .files.spec import Command, SpecError
 from .files.value import Files
 from .hosts import Host, Inventory
 from .journal import Journal, KeyParts, Keys, job_inputs
@@ -432,19 +434,29 @@ class Executor:
         return self._static
 
     def _build_and_submit(self, node: Deferred, args: list[Any], kwargs: dict[str, Any]) -> asyncio.Future[Result]:
-        """Call the def with the values to build the command, then queue the job as any other."""
+        """Call the def with the values to build the command, then queue the job as any other.
+
+        Files values among the arguments become the job's inputs; the def sees the names
+        they get in its work directory (cmflow/files/runtime.py)."""
         self._next_job_id += 1
+        args, kwargs, staged = stage_arguments(args, kwargs)
         job = Job(self._next_job_id, node.task, tuple(args), tuple(kwargs.items()), node.target, "",
                   node.options, node.filename, node.pos, None, node.fn)
         try:
-            command = node.fn(*args, **kwargs)
+            built = node.fn(*args, **kwargs)
         except Exception as e:
             failure = Failure(f"task '{node.task}' raised {type(e).__name__}: {e}" + _frames(e), job)
         else:
-            if isinstance(command, str):
-                return self._submit(Job(job.id, job.task, job.args, job.kwargs, job.target, command, job.options,
-                                        job.filename, job.pos, None, node.fn))
-            failure = Failure(f"task '{node.task}' returned {type(command).__name__}, not a command string", job)
+            if isinstance(built, (str, Command)):
+                try:
+                    command, files = job_files(built, node.options, Path(node.base), staged)
+                except SpecError as e:
+                    failure = Failure(f"task '{node.task}': {e}", job)
+                else:
+                    return self._submit(Job(job.id, job.task, job.args, job.kwargs, job.target, command,
+                                            job.options, job.filename, job.pos, files, node.fn))
+            else:
+                failure = Failure(f"task '{node.task}' returned {type(built).__name__}, not a command string", job)
         fut = self._future()
         fut.set_result(self._fail(failure))
         return fut

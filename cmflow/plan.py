@@ -93,6 +93,7 @@ class Deferred:
     options: TaskOptions = field(repr=False)
     filename: str = "<flow>"
     pos: Pos = Pos()
+    base: str = "."          # the flow's folder: relative input paths a def declares at run time start here
 
     @property
     def label(self) -> str:

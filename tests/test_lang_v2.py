@@ -426,3 +426,18 @@ def test_example_flows_run(name, check, tmp_path):
     run = api.run_sync(plan, inv, RunOptions(), tmp_path / "run")
     assert run.result.ok, run.result.failures
     assert check(run.result.value), run.result.value
+
+
+def test_files_values_pass_into_a_deferred_task(flowdir):
+    flowdir("ft.py", textwrap.dedent('''
+        from cmflow import command
+
+        def part(i):
+            return command(f"echo {i} > out{i}.txt", outputs=[f"out{i}.txt"])
+
+        def merge(files):
+            return f"cat {' '.join(files)}"
+        '''))
+    run = run_in(flowdir, "from ft import part, merge\nmerge(sum(part(i) for i in range(1, 4)))\n")
+    assert run.result.ok, run.result.failures
+    assert run.result.value.split() == ["1", "2", "3"]
