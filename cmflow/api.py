@@ -24,7 +24,7 @@ from .errors import UsageError
 from .hosts import Host, Inventory, load_inventory
 from .journal import Journal
 from .parser import parse_expr
-from .plan import Plan, _node_json, job_json
+from .plan import Plan
 from .resume import ResumeIndex
 from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
 from .runlog import RunLog, new_run_id
@@ -162,8 +162,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
         "options": {"jobs": options.jobs, "timeout": options.timeout, "retries": options.retries,
                     "halt": options.halt, "deep": options.deep}})
     _write_hosts(log, inv)
-    log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs],
-                                 "root": _node_json(plan.root) if plan.root is not None else None})
+    log.write_plan(plan)
     point_latest(rdir)
     result: RunResult | None = None
     shown: list[Any] = []

@@ -9,6 +9,7 @@ Cancellation reaches each transport, which kills its job's process tree.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import signal
@@ -155,6 +156,19 @@ class _JobRun(Request):
             self.future.set_result(result)
 
 
+class _Then:
+    """A done-callback: fn(i, result). A slotted object, not a closure: one waits for every pending job."""
+
+    __slots__ = ("ex", "fn", "i")
+
+    def __init__(self, ex: "Executor", fn: Callable[[int, Result], None], i: int):
+        self.ex, self.fn, self.i = ex, fn, i
+
+    def __call__(self, fut: asyncio.Future[Result]) -> None:
+        if not fut.cancelled():
+            self.ex._guarded(self.fn, self.i, fut.result())
+
+
 class Executor:
     def __init__(self, plan: Plan, inventory: Inventory, transports: Mapping[str, Transport], log: RunLog,
                  options: RunOptions = RunOptions(), observers: Sequence[Observer] = (),
@@ -173,6 +187,7 @@ class Executor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: asyncio.Future | None = None
         self._depth = 0
+        self._context: contextvars.Context | None = None
         self._halt_now = asyncio.Event()
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
@@ -190,6 +205,7 @@ class Executor:
         halted = False
         self._loop = asyncio.get_running_loop()
         self._fatal = self._loop.create_future()
+        self._context = contextvars.copy_context()   # one for every callback, not a copy each
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -262,12 +278,9 @@ class Executor:
                 return self._memo(node, self._sum)
         raise TypeError(node)
 
-    def _then(self, fut: asyncio.Future[Result], fn: Callable[..., None], *args: Any) -> None:
-        """Call fn(*args, result) when fut has its result (not if it was cancelled: the run is ending)."""
-        def done(f: asyncio.Future[Result]) -> None:
-            if not f.cancelled():
-                self._guarded(fn, *args, f.result())
-        fut.add_done_callback(done)
+    def _then(self, fut: asyncio.Future[Result], fn: Callable[[int, Result], None], i: int) -> None:
+        """Call fn(i, result) when fut has its result (not if it was cancelled: the run is ending)."""
+        fut.add_done_callback(_Then(self, fn, i), context=self._context)
 
     # ------------------------------------------------------------ structure
     def _seq(self, node: PSeq, out: asyncio.Future[Result]) -> None:

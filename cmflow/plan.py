@@ -14,7 +14,7 @@ from .ast import Pos, unparse_literal
 from .tasks import TaskOptions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: a plan may hold a million of them
 class Job:
     id: int
     task: str
@@ -38,7 +38,7 @@ class Job:
         return f"{self.filename}:{self.pos.line}:{self.pos.column}"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class JobRef:
     job: Job
     pos: Pos = Pos()
