@@ -91,6 +91,9 @@ class SshdHosts:
             return pwd.getpwuid(os.getuid()).pw_name  # a non-root sshd can only log in its own user
         remove_stale_users()
         home = self.base / "home"
+        # the home exists before the user does: another run's remove_stale_users() takes a
+        # user without a home for a dead run's and deletes it
+        home.mkdir(parents=True, exist_ok=True)
         user = USER_PREFIX + secrets.token_hex(4)
         # -p '*': no password but not locked; with UsePAM no a locked account cannot log in at all
         subprocess.run(["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-p", "*", user], check=True)
