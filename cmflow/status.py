@@ -158,6 +158,7 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     done = sum(1 for e in ended.values() if e.get("ok"))
     failed = len(ended) - done
     waiting = 0 if finished else max(total - len(ended) - len({k[0] for k in live}), 0)
+    total = max(total, len(ended) + len({k[0] for k in live}))   # a deferred call equal to a planned job
     remaining = total - len(ended)
     eta = None
     if not finished and ended and remaining > 0:
