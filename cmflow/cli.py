@@ -271,7 +271,9 @@ def dispatch(args: dict) -> int:
         if args["plan"] and args["--resume"]:
             return _plan_resume(args, plan, inv)
         if args["check"]:
-            print(f"{args['FLOW']}: ok, {len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''}")
+            deferred = plan.deferred()
+            more = f" + {deferred} deferred" if deferred else ""
+            print(f"{args['FLOW']}: ok, {len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''}{more}")
             return 0
         from .plan import RENDERERS
 
