@@ -48,6 +48,7 @@ class RunOptions:
     halt: Halt = "never"
     deep: bool = False               # keys hash input files' content, not size and mtime
     keep_remote: bool = False        # keep every job's work directory on its host
+    fanout: int = 64                 # ssh connections being opened at once, across all hosts
 
 
 @dataclass(frozen=True)
@@ -438,7 +439,7 @@ class Executor:
                 static = self._static_calls().get(key)
                 fut = self._nodes[key] = self._eval(JobRef(static)) if static is not None else \
                     self._build_and_submit(node, args, kwargs)
-            self._then(fut, out.set_result)
+            self._then(fut, lambda _i, r: out.set_result(r), 0)   # _then passes (index, result)
 
         self._inputs(node, out, ready)
 
