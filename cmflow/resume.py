@@ -119,6 +119,9 @@ class ResumeIndex:
             if path not in before:
                 return f"input {path} is new"
             if before[path] != fp:
+                if before[path].startswith("sha256:") != fp.startswith("sha256:"):
+                    now = "by content (--deep)" if fp.startswith("sha256:") else "by size and mtime"
+                    return f"input {path} compared {now} now, not as before"
                 return f"input {path} changed"
         for path in before:
             if path not in dict(parts.inputs):

@@ -238,3 +238,39 @@ def test_resume_usage_errors(tmp_path):
     assert none.returncode == 2 and "no earlier run of f.flow" in none.stderr
     bad = cmflow("plan", "f.flow", "--resume", "nowhere", cwd=tmp_path)
     assert bad.returncode == 2 and "nowhere is not a run directory" in bad.stderr
+
+
+def cached_lines(plan_text: str) -> int:
+    return sum(line.endswith("  cached") for line in plan_text.splitlines())
+
+
+def test_a_changed_input_file_reruns_exactly_its_jobs(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha\n")
+    (tmp_path / "b.txt").write_text("beta\n")
+    (tmp_path / "tk.py").write_text(
+        "from cmflow import command\n"
+        "def up(name):\n"
+        "    return command(f'tr a-z A-Z < {name} > out.txt; wc -c < {name}', inputs=[name], outputs=['out.txt'])\n")
+    (tmp_path / "f.flow").write_text('from tk import up\nup("a.txt") + up("b.txt")\n')
+    first = cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "b.txt").write_text("beta, longer\n")
+    plan = cmflow("plan", "f.flow", "--resume", "r1", cwd=tmp_path)
+    assert f"runs: input {tmp_path / 'b.txt'} changed" in plan.stdout and cached_lines(plan.stdout) == 1
+    second = cmflow("run", "f.flow", "--resume", "r1", "--run-dir", "r2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "cached #1" in second.stderr and "ok #2" in second.stderr
+    outputs = sorted((tmp_path / "r2" / "results").rglob("out.txt"))
+    assert [p.read_text() for p in outputs] == ["ALPHA\n", "BETA, LONGER\n"]
+    # deep: same size and mtime put back, different content: only --deep sees it
+    switched = cmflow("plan", "f.flow", "--resume=deep", "r2", cwd=tmp_path)
+    assert "compared by content (--deep) now, not as before" in switched.stdout
+    deep_run = cmflow("run", "f.flow", "-q", "--resume", "r2", "--deep", "--run-dir", "r3", cwd=tmp_path)
+    assert deep_run.returncode == 0, deep_run.stderr
+    st = (tmp_path / "a.txt").stat()
+    (tmp_path / "a.txt").write_text("gamma\n")
+    os.utime(tmp_path / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    shallow = cmflow("plan", "f.flow", "--resume", "r2", cwd=tmp_path)
+    assert cached_lines(shallow.stdout) == 2
+    deep = cmflow("plan", "f.flow", "--resume=deep", "r3", cwd=tmp_path)
+    assert cached_lines(deep.stdout) == 1 and f"#1 up(\"a.txt\")  runs: input {tmp_path / 'a.txt'} changed" in deep.stdout
