@@ -55,10 +55,16 @@ def start_run(cwd: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def kill_after(proc: subprocess.Popen, counter: Path, more: int, timeout: float = 60) -> bool:
-    """SIGKILL proc once the counter has grown by `more` lines; False if the run ended first."""
-    target = len(lines(counter)) + more
+def kill_after(proc: subprocess.Popen, run_dir: Path, counter: Path, more: int, timeout: float = 60) -> bool:
+    """SIGKILL proc once its run has begun (its journal exists: jobs still finishing from an earlier
+    kill must not trigger this one) and the counter has grown by `more` lines; False if it ended first."""
     deadline = time.monotonic() + timeout
+    while proc.poll() is None and not (run_dir / "journal.jsonl").exists():
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the run did not start")
+        time.sleep(0.01)
+    target = len(lines(counter)) + more
     while proc.poll() is None and len(lines(counter)) < target:
         if time.monotonic() > deadline:
             proc.kill()
@@ -82,7 +88,7 @@ def kill_and_resume(d: Path, counter: Path, hosts: list[str], kills: int = 5, se
         run_dir = d / "runs" / f"k{k}"
         resume = ["--resume", str(prev)] if prev else []
         proc = start_run(d, *hosts, "--run-dir", str(run_dir), *resume)
-        killed = kill_after(proc, counter, rng.randint(1, 8))
+        killed = kill_after(proc, run_dir, counter, rng.randint(1, 8))
         if killed:
             slack += in_flight(run_dir)
         prev = run_dir
@@ -274,3 +280,15 @@ def test_a_changed_input_file_reruns_exactly_its_jobs(tmp_path):
     assert cached_lines(shallow.stdout) == 2
     deep = cmflow("plan", "f.flow", "--resume=deep", "r3", cwd=tmp_path)
     assert cached_lines(deep.stdout) == 1 and f"#1 up(\"a.txt\")  runs: input {tmp_path / 'a.txt'} changed" in deep.stdout
+
+
+def test_a_resume_killed_early_keeps_the_results_it_had_not_adopted_yet(tmp_path):
+    counter = tmp_path / "counter"
+    write_flow(tmp_path, counter, n=4, sleep=0)
+    assert cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path).returncode == 0
+    # r2 resumed r1 and died before adopting anything: only its run.json says where it came from
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "run.json").write_text(json.dumps({"resumed_from": str(tmp_path / "r1"), "started": 1}))
+    done = cmflow("run", "f.flow", "-q", "--resume", "r2", "--run-dir", "r3", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "10", done.stderr
+    assert summary(tmp_path / "r3")["jobs_cached"] == 4 and len(lines(counter)) == 4
