@@ -9,6 +9,7 @@ Cancellation reaches each transport, which kills its job's process tree.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import signal
@@ -29,6 +30,9 @@ from .scheduler import Closed, Eligible, Request, Scheduler
 from .transport import JobSpec, Outcome, Transport
 
 Halt = Literal["never", "soon", "now"]
+# A stdout larger than this is not read into a value (parse "auto"/"text"): the value is
+# {"stdout_file": PATH, "bytes": N}, and the output is read from that file (README).
+VALUE_LIMIT = 1 << 20
 HOST_DOWN_AFTER = 3   # consecutive connection failures before a host is marked down
 
 
@@ -158,6 +162,19 @@ class _JobRun(Request):
             self.future.set_result(result)
 
 
+class _Then:
+    """A done-callback: fn(i, result). A slotted object, not a closure: one waits for every pending job."""
+
+    __slots__ = ("ex", "fn", "i")
+
+    def __init__(self, ex: "Executor", fn: Callable[[int, Result], None], i: int):
+        self.ex, self.fn, self.i = ex, fn, i
+
+    def __call__(self, fut: asyncio.Future[Result]) -> None:
+        if not fut.cancelled():
+            self.ex._guarded(self.fn, self.i, fut.result())
+
+
 class Executor:
     def __init__(self, plan: Plan, inventory: Inventory, transports: Mapping[str, Transport], log: RunLog,
                  options: RunOptions = RunOptions(), observers: Sequence[Observer] = (),
@@ -177,6 +194,7 @@ class Executor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: asyncio.Future | None = None
         self._depth = 0
+        self._context: contextvars.Context | None = None
         self._halt_now = asyncio.Event()
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
@@ -195,6 +213,7 @@ class Executor:
         halted = False
         self._loop = asyncio.get_running_loop()
         self._fatal = self._loop.create_future()
+        self._context = contextvars.copy_context()   # one for every callback, not a copy each
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -267,12 +286,9 @@ class Executor:
                 return self._memo(node, self._sum)
         raise TypeError(node)
 
-    def _then(self, fut: asyncio.Future[Result], fn: Callable[..., None], *args: Any) -> None:
-        """Call fn(*args, result) when fut has its result (not if it was cancelled: the run is ending)."""
-        def done(f: asyncio.Future[Result]) -> None:
-            if not f.cancelled():
-                self._guarded(fn, *args, f.result())
-        fut.add_done_callback(done)
+    def _then(self, fut: asyncio.Future[Result], fn: Callable[[int, Result], None], i: int) -> None:
+        """Call fn(i, result) when fut has its result (not if it was cancelled: the run is ending)."""
+        fut.add_done_callback(_Then(self, fn, i), context=self._context)
 
     # ------------------------------------------------------------ structure
     def _seq(self, node: PSeq, out: asyncio.Future[Result]) -> None:
@@ -457,7 +473,7 @@ class Executor:
             self.journal.started(job.id, keyed[1], host, attempt, run.ready, started)
         moved: Moved | None = None
         try:
-            spec = JobSpec(job.id, job.command, out, err, timeout)
+            spec = JobSpec(job.id, job.command, out, err, timeout, job.options.detach)
             if job.files:
                 outcome, moved = await self._with_files(job, host, attempt, spec)
             else:
@@ -540,6 +556,9 @@ class Executor:
             return failure(f"exit status {outcome.exit_status}{more}")
         if moved is not None and moved.files is not None:
             return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
+        if outcome.stdout_bytes > VALUE_LIMIT and job.options.parse in ("auto", "text"):
+            # stored once, in its file: records, summary and sums get a reference, not a copy
+            return Ok({"stdout_file": str(out), "bytes": outcome.stdout_bytes})
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))

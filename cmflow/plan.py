@@ -15,7 +15,7 @@ from .files.spec import JobFiles
 from .tasks import TaskOptions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: a plan may hold a million of them
 class Job:
     id: int
     task: str
@@ -40,7 +40,7 @@ class Job:
         return f"{self.filename}:{self.pos.line}:{self.pos.column}"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class JobRef:
     job: Job
     pos: Pos = Pos()
