@@ -292,3 +292,21 @@ def test_a_resume_killed_early_keeps_the_results_it_had_not_adopted_yet(tmp_path
     done = cmflow("run", "f.flow", "-q", "--resume", "r2", "--run-dir", "r3", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout.strip() == "10", done.stderr
     assert summary(tmp_path / "r3")["jobs_cached"] == 4 and len(lines(counter)) == 4
+
+
+def test_an_edited_argument_reruns_its_dependants_too(tmp_path):
+    """`twice(sq(3))`: twice takes sq's value, so editing sq's argument re-runs both; `other` stays cached."""
+    counter = tmp_path / "count"
+    (tmp_path / "tk.py").write_text(
+        f'def sq(i): return f"echo sq{{i}} >> {counter}; echo $(({{i}}*{{i}}))"\n'
+        f'def twice(x): return f"echo twice{{x}} >> {counter}; echo $((2*{{x}}))"\n'
+        f'def other(): return "echo other >> {counter}; echo 1"\n')
+    (tmp_path / "f.flow").write_text("from tk import *\ntwice(sq(3)) + other\n")
+    first = cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path)
+    assert first.returncode == 0 and first.stdout.strip() == "19", first.stderr
+    assert sorted(lines(counter)) == ["other", "sq3", "twice9"]
+    (tmp_path / "f.flow").write_text("from tk import *\ntwice(sq(4)) + other\n")
+    again = cmflow("run", "f.flow", "-q", "--resume", "r1", "--run-dir", "r2", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.strip() == "33", again.stderr
+    assert lines(counter)[3:] == ["sq4", "twice16"]          # exactly the edited job and its dependant
+    assert summary(tmp_path / "r2")["jobs_cached"] == 1
