@@ -112,12 +112,14 @@ class SlurmCluster:
             if f"SLURM_CONF={self.conf}".encode() in env and f"SLURMD_NODENAME={node}".encode() in env:
                 victims.append(int(p.name))
                 victims.append(int(stat.rsplit(")", 1)[1].split()[1]))   # its slurmstepd
-        for pid in set(victims):
-            if pid > 1:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+        # all stopped first, then killed: as in a real crash, no survivor reports the others' deaths
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in set(victims):
+                if pid > 1:
+                    try:
+                        os.kill(pid, sig)
+                    except ProcessLookupError:
+                        pass
 
     def restart_node(self, node: str) -> None:
         """Start a killed node's slurmd again and wait until Slurm has it back."""
