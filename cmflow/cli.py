@@ -29,7 +29,8 @@ Commands:
   hosts list    Show the inventory as the executor sees it.
   hosts check   Connect to every host at once: reachable, CPUs and load, or why not.
   hosts trust   Fetch host keys with ssh-keyscan, show fingerprints, add to known_hosts.
-  exec          Run one command on every host of a target at once; merge equal outputs.
+  exec          Run one command on every host of a target at once; stdout gathered as
+                `clush -b` does (equal outputs, node sets folded), stderr apart.
   data          Store files in a storage service and keep a record of each in a database.
 
 Options:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -204,9 +205,10 @@ def exec_command(args: dict) -> int:
 @dataclass(frozen=True)
 class HostOutput:
     host: str
-    exit_status: int | None
-    output: str
-    error: str = ""
+    exit_status: int | None       # as a shell reports it: 128+N for a signal, 255 when ssh failed; None: timed out
+    stdout: str
+    stderr: str = ""
+    timed_out: bool = False
 
 
 async def run_everywhere(inv: Inventory, hosts: Sequence[Host], command: str, timeout: float | None,
@@ -223,39 +225,75 @@ async def run_everywhere(inv: Inventory, hosts: Sequence[Host], command: str, ti
                 o = await t.run(JobSpec(i, command, out, err, timeout))
             finally:
                 await t.aclose()
-            text = (out.read_bytes() if out.exists() else b"") + (err.read_bytes() if err.exists() else b"")
-            why = o.message if o.connection_failed else ("timed out" if o.timed_out else
-                                                          f"killed by signal {o.signal}" if o.exit_status is None
-                                                          else "")
-            return HostOutput(host.name, o.exit_status, text.decode("utf-8", "replace"), why)
+            stdout = out.read_bytes().decode("utf-8", "replace") if out.exists() else ""
+            stderr = err.read_bytes().decode("utf-8", "replace") if err.exists() else ""
+            if o.connection_failed:
+                # what clush shows for an ssh that failed: ssh's message on stderr, exit code 255
+                return HostOutput(host.name, 255, stdout, stderr + o.message + "\n")
+            if o.timed_out:
+                return HostOutput(host.name, None, stdout, stderr, timed_out=True)
+            status = o.exit_status if o.exit_status is not None else 128 + o.signal
+            return HostOutput(host.name, status, stdout, stderr)
 
         return list(await asyncio.gather(*(one(i, h) for i, h in enumerate(hosts))))
 
 
-def group_outputs(results: Sequence[HostOutput]) -> list[tuple[str, str]]:
-    """Hosts with identical output merged, as ``clush -b`` does: [(folded names, output)]."""
-    groups: dict[str, list[str]] = {}
+_SEP = "-" * 15     # ClusterShell's header rule
+
+
+def _lines(text: str) -> list[str]:
+    """Output as ClusterShell's message tree keeps it: lines, the final newline not making an empty one."""
+    if not text:
+        return []
+    return (text[:-1] if text.endswith("\n") else text).split("\n")
+
+
+def _natural(name: str) -> list:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def group_outputs(results: Sequence[HostOutput]) -> list[tuple[str, int, list[str]]]:
+    """Hosts with the same exit status and stdout merged, in ``clush -b``'s order: by exit status, then the
+    largest group first, then by first host. Timed-out hosts and empty outputs show nothing here."""
+    groups: dict[tuple[int, tuple[str, ...]], list[str]] = {}
     for r in results:
-        if r.error and r.exit_status is None and not r.output:
+        lines = _lines(r.stdout)
+        if r.timed_out or not lines:
             continue
-        groups.setdefault(r.output, []).append(r.host)
-    return [(fold_nodeset(names), text) for text, names in groups.items()]
+        groups.setdefault((r.exit_status or 0, tuple(lines)), []).append(r.host)
+    ordered = sorted(groups.items(), key=lambda g: (g[0][0], -len(g[1]), _natural(min(g[1], key=_natural))))
+    return [(fold_nodeset(names), len(names), list(lines)) for (_, lines), names in ordered]
+
+
+def format_gathered(results: Sequence[HostOutput]) -> str:
+    """stdout as ``clush -b`` prints it; an output of one line on its group's line, as ``clush -bL`` does."""
+    out = []
+    for names, count, lines in group_outputs(results):
+        if len(lines) == 1:
+            out.append(f"{names}: {lines[0]}\n")
+        else:
+            header = f"{names} ({count})" if count > 1 else names
+            out.append(f"{_SEP}\n{header}\n{_SEP}\n" + "\n".join(lines) + "\n")
+    return "".join(out)
+
+
+def format_problems(results: Sequence[HostOutput]) -> str:
+    """stderr as clush writes it: each host's lines, then exit codes and timeouts by folded node set."""
+    out = [f"{r.host}: {line}\n" for r in results for line in _lines(r.stderr)]
+    by_status: dict[int, list[str]] = {}
+    for r in results:
+        if not r.timed_out and r.exit_status:
+            by_status.setdefault(r.exit_status, []).append(r.host)
+    for status, names in sorted(by_status.items()):
+        out.append(f"cmflow: {fold_nodeset(names)}: exited with exit code {status}\n")
+    timed_out = [r.host for r in results if r.timed_out]
+    if timed_out:
+        out.append(f"cmflow: {fold_nodeset(timed_out)}: command timeout\n")
+    return "".join(out)
 
 
 def print_grouped(results: Sequence[HostOutput]) -> int:
-    for names, text in group_outputs(results):
-        lines = text.rstrip("\n").split("\n") if text else [""]
-        if len(lines) == 1:
-            print(f"{names}: {lines[0]}")
-        else:
-            print(f"---------------- {names}")
-            for line in lines:
-                print(line)
-    failed = [r for r in results if r.exit_status != 0]
-    if failed:
-        print(f"\nfailed on {len(failed)} of {len(results)} host(s):", file=sys.stderr)
-        for r in failed:
-            why = r.error or f"exit status {r.exit_status}"
-            print(f"  {r.host}: {why}", file=sys.stderr)
-    return 1 if failed else 0
-
+    sys.stdout.write(format_gathered(results))
+    sys.stdout.flush()
+    sys.stderr.write(format_problems(results))
+    return 0 if all(r.exit_status == 0 for r in results) else 1

@@ -72,6 +72,8 @@ class SshdHosts:
     hosts: list[SshdHost] = field(default_factory=list)
     user: str = ""
     cgroup: str | None = None          # a cgroup.procs file every sshd joins (benchmarks' CPU accounting)
+    prefix: str = "h"                  # hosts are named prefix + number: h1, h2... or node01... with width 2
+    width: int = 0
     _own_user: bool = False
 
     @property
@@ -115,7 +117,8 @@ class SshdHosts:
         known = []
         config = []
         for i in range(1, self.n + 1):
-            h = SshdHost(f"h{i}", free_port(), self.base / f"h{i}")
+            name = f"{self.prefix}{i:0{self.width}d}"
+            h = SshdHost(name, free_port(), self.base / name)
             h.dir.mkdir(exist_ok=True)
             hostkey = h.dir / "host_key"
             if not hostkey.exists():
@@ -144,7 +147,7 @@ MaxStartups {self.max_startups}
             known.append(f"[127.0.0.1]:{h.port} {' '.join(pub)}")
             config.append(f"Host {h.name}\n    HostName 127.0.0.1\n    Port {h.port}\n")
         self.known_hosts.write_text("\n".join(known) + "\n")
-        config.append(f"""Host h*
+        config.append(f"""Host {self.prefix}*
     User {self.user}
     IdentityFile {client}
     IdentitiesOnly yes

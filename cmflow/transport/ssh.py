@@ -221,6 +221,9 @@ class SshTransport:
             # ~ stays unquoted so the remote shell expands it
             target = "~" + shlex.quote(wd[1:]) if wd.startswith("~") else shlex.quote(wd)
             lines.append(f"cd {target} || {{ echo 'cmflow: cannot cd to {wd}' >&2; exit 97; }}")
+        # the slot shell's own stderr goes nowhere, the jobs' to fd 4: when a job is killed (timeout, halt), this
+        # shell reports "Terminated" on its stderr, which must not pass for the job's output
+        lines.append("exec 4>&2 2>/dev/null")
         lines.append(f"printf '%s %s\\n' {self.token} $$")
         return "\n".join(lines) + "\n"
 
@@ -240,8 +243,10 @@ class SshTransport:
         start = time.time()  # the job's own time starts once it has a session
         proc = slot.proc
         assert proc.stdin and proc.stdout and proc.stderr
-        script = (f"sh -c {shlex.quote(spec.command)} </dev/null; printf '\\n%s %d\\n' {self.token} \"$?\"; "
-                  f"printf '\\n%s\\n' {self.token} >&2\n")
+        # ( exec ... ): the redirections apply in the child only (on a plain command dash applies them in this
+        # shell while it waits, so its "Terminated" report would land in the job's stderr); still one fork
+        script = (f"(exec sh -c {shlex.quote(spec.command)} </dev/null 2>&4 4>&-); printf '\\n%s %d\\n' {self.token} \"$?\"; "
+                  f"printf '\\n%s\\n' {self.token} >&4\n")
         out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
         reusable = False
         try:
