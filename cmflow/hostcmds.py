@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from . import knownhosts
 from .errors import UsageError
 from .hosts import Host, Inventory, fold_nodeset, load_inventory
-from .runlog import write_atomic
+from .knownhosts import HostKey
 from .transport import JobSpec
 from .transport.ssh import classify_ssh_error, ssh_base_argv
 
@@ -44,7 +45,8 @@ def dispatch(args: dict) -> int:
         timeout = float(args["--connect-timeout"] or 10)
         return asyncio.run(check_hosts(inv, args["TARGET"], timeout))
     if args["trust"]:
-        return trust_hosts(inv, args["HOST"], args["--yes"])
+        return trust_hosts(inv, args["HOST"], args["--yes"], args["--replace"],
+                           float(args["--connect-timeout"] or 10))
     raise UsageError("unknown hosts command")
 
 
@@ -127,8 +129,15 @@ async def check_hosts(inv: Inventory, targets: Sequence[str], timeout: float) ->
 
 
 # --------------------------------------------------------------------- trust
+# ssh connects, checks the host key, then fails to log in: every way to authenticate is off
+_NO_LOGIN = ["-o", "BatchMode=yes", "-o", "PubkeyAuthentication=no", "-o", "PasswordAuthentication=no",
+             "-o", "KbdInteractiveAuthentication=no", "-o", "GSSAPIAuthentication=no",
+             "-o", "HostbasedAuthentication=no", "-o", "ControlMaster=no", "-o", "ControlPath=none",
+             "-o", "UpdateHostKeys=no", "-o", "LogLevel=ERROR"]
+
+
 def _ssh_settings(host: Host, ssh_config: str | None) -> dict[str, str]:
-    """What ssh itself would use for this host (``ssh -G``): real name, port, known_hosts file."""
+    """What ssh itself would use for this host (``ssh -G``): real name, port, alias, known_hosts, jumps."""
     argv = ssh_base_argv(host, ssh_config) + ["-G", host.hostname]
     try:
         r = subprocess.run(argv, capture_output=True, text=True)
@@ -143,53 +152,115 @@ def _ssh_settings(host: Host, ssh_config: str | None) -> dict[str, str]:
     return settings
 
 
-def trust_hosts(inv: Inventory, names: Sequence[str], yes: bool) -> int:
+def _ssh_no_login(host: Host, ssh_config: str | None, options: list[str], timeout: float
+                  ) -> subprocess.CompletedProcess:
+    """ssh to the host as the user's config says, with our options first (ssh keeps the first value given)."""
+    base = ssh_base_argv(host, ssh_config, timeout)
+    argv = [base[0], *options, *_NO_LOGIN, *base[1:], host.hostname, "true"]
+    return subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=timeout * 3 + 10)
+
+
+def fetch_host_key(host: Host, ssh_config: str | None, algorithms: str | None = None,
+                   timeout: float = 10) -> tuple[str, HostKey] | str:
+    """The key ssh is offered, and the name ssh files it under; or why it could not get one.
+
+    ssh itself connects (through the user's ProxyJump/ProxyCommand, to the HostName and Port it resolves) and
+    files the new key in an empty known_hosts of our own, unhashed: that entry's name is exactly the one ssh
+    will look up later (HostKeyAlias, or host, or [host]:port).
+    """
+    with tempfile.TemporaryDirectory(prefix="cmflow-trust-") as tmp:
+        scratch = Path(tmp) / "known_hosts"
+        options = ["-o", f"UserKnownHostsFile={scratch}", "-o", "GlobalKnownHostsFile=/dev/null",
+                   "-o", "StrictHostKeyChecking=accept-new", "-o", "HashKnownHosts=no", "-o", "CheckHostIP=no"]
+        if algorithms:
+            options += ["-o", f"HostKeyAlgorithms={algorithms}"]
+        r = _ssh_no_login(host, ssh_config, options, timeout)
+        entries = knownhosts.parse_entries(scratch.read_text()) if scratch.exists() else []
+    if not entries:
+        return r.stderr.strip() or f"ssh exited with status {r.returncode}"
+    return entries[0]
+
+
+def _host_key_accepted(host: Host, ssh_config: str | None, timeout: float) -> str:
+    """"" when ssh, with strict checking, accepts the host's key as filed now; else ssh's complaint."""
+    r = _ssh_no_login(host, ssh_config, ["-o", "StrictHostKeyChecking=yes"], timeout)
+    low = r.stderr.lower()
+    if "host key verification failed" in low or "identification has changed" in low or "is known" in low:
+        return r.stderr.strip()
+    return ""
+
+
+def trust_hosts(inv: Inventory, names: Sequence[str], yes: bool, replace: bool = False,
+                timeout: float = 10) -> int:
     status = 0
     for host in _resolve(inv, list(names)):
         if host.local:
             print(f"{host.name}: local host, nothing to trust")
             continue
-        s = _ssh_settings(host, inv.ssh_config)
-        real, port = s.get("hostname", host.hostname), s.get("port", "22")
-        known = os.path.expanduser(s.get("userknownhostsfile", "~/.ssh/known_hosts").split()[0])
-        try:
-            scan = subprocess.run(["ssh-keyscan", "-T", "5", "-p", port, real], capture_output=True, text=True)
-        except FileNotFoundError:
-            raise UsageError("ssh-keyscan not found (install openssh-client)") from None
-        keys = [line for line in scan.stdout.splitlines() if line and not line.startswith("#")]
-        if not keys:
-            print(f"{host.name}: no host keys from {real}:{port} ({scan.stderr.strip() or 'no answer'})",
-                  file=sys.stderr)
-            status = 1
-            continue
-        fp = subprocess.run(["ssh-keygen", "-lf", "-"], input="\n".join(keys) + "\n", capture_output=True, text=True)
-        print(f"{host.name} ({real}:{port}) offers:")
-        for line in fp.stdout.splitlines():
-            print(f"  {line}")
-        lookup = real if port == "22" else f"[{real}]:{port}"
-        existing = subprocess.run(["ssh-keygen", "-F", lookup, "-f", known], capture_output=True, text=True)
-        replacing = existing.returncode == 0 and existing.stdout.strip()
-        if replacing:
-            print(f"  {known} already has keys for {lookup}; they will be replaced")
-        if not yes:
-            if not sys.stdin.isatty():
-                print("  not a terminal: re-run with --yes to trust these keys", file=sys.stderr)
-                status = 1
-                continue
-            answer = input(f"Add to {known}? [y/N] ").strip().lower()
-            if answer not in ("y", "yes"):
-                print("  skipped")
-                continue
-        kept = []
-        if os.path.exists(known):
-            if replacing:
-                subprocess.run(["ssh-keygen", "-R", lookup, "-f", known], capture_output=True)
-                Path(known + ".old").unlink(missing_ok=True)
-            kept = Path(known).read_text().splitlines()
-        Path(known).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(Path(known), "\n".join(kept + keys) + "\n")
-        print(f"  added {len(keys)} key(s) to {known}")
+        status = max(status, trust_host(inv, host, yes, replace, timeout))
     return status
+
+
+def trust_host(inv: Inventory, host: Host, yes: bool, replace: bool, timeout: float) -> int:
+    s = _ssh_settings(host, inv.ssh_config)
+    real, port = s.get("hostname", host.hostname), s.get("port", "22")
+    jump = next((f"{k} {s[k]}" for k in ("proxyjump", "proxycommand") if s.get(k, "none") != "none"), "")
+    where = f"{real}:{port}" + (f" via {jump}" if jump else "")
+    user_files = [os.path.expanduser(f) for f in s.get("userknownhostsfile", "~/.ssh/known_hosts").split()]
+    global_files = [os.path.expanduser(f) for f in s.get("globalknownhostsfile", "").split()]
+    hashed = s.get("hashknownhosts", "no") == "yes"
+    name = s.get("hostkeyalias") or (real if port == "22" else f"[{real}]:{port}")
+
+    # compare like with like: ask for the key types already on file for this name, as ssh would
+    known = knownhosts.find(user_files + global_files, name)
+    types = {e.key.type for e in known}
+    got = fetch_host_key(host, inv.ssh_config, knownhosts.algorithms_for(types) if types else None, timeout)
+    if isinstance(got, str) and types and "no matching host key type" in got:
+        got = fetch_host_key(host, inv.ssh_config, None, timeout)   # it no longer offers any type on file
+    if isinstance(got, str):
+        why = classify_ssh_error(got, host) if not jump else f"{got.splitlines()[-1] if got else 'no answer'}"
+        hint = (f"; the jump ({jump}) must be reachable and trusted first: ssh to it once, or "
+                f"`cmflow hosts trust` it if it is in the inventory") if jump else ""
+        print(f"{host.name}: no host key from {where}: {why}{hint}", file=sys.stderr)
+        return 1
+    field, key = got
+    if field != name:            # ssh knows best which name it files the key under
+        name = field
+        known = knownhosts.find(user_files + global_files, name)
+    if any(e.key == key for e in known):
+        e = next(e for e in known if e.key == key)
+        print(f"{host.name}: already trusted ({key.describe()}, as {name} in {e.file}); nothing written")
+        return 0
+    print(f"{host.name} ({where}) offers {key.describe()}")
+    changed = [e for e in known if e.key.type == key.type] or known
+    if changed:
+        print(f"  host key CHANGED for {name}:")
+        for e in changed:
+            print(f"    known:   {e.key.describe()}  ({e.file}:{e.line})")
+        print(f"    offered: {key.describe()}")
+        if not replace:
+            print(f"{host.name}: refused: a changed key can mean someone is in the middle; if the host was "
+                  f"reinstalled, check the new fingerprint and run `cmflow hosts trust {host.name} --replace`",
+                  file=sys.stderr)
+            return 1
+    target = user_files[0]
+    if not yes:
+        if not sys.stdin.isatty():
+            print("  not a terminal: re-run with --yes to trust this key", file=sys.stderr)
+            return 1
+        answer = input(f"{'Replace' if changed else 'Add'} in {target}? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("  skipped")
+            return 0
+    dropped = knownhosts.replace(target, name, key, hashed)
+    print(f"  {'replaced' if dropped else 'added'} as {name}{' (hashed)' if hashed else ''} in {target}")
+    complaint = _host_key_accepted(host, inv.ssh_config, timeout)
+    if complaint:
+        # say so instead of sending the user round again: ssh reads something we do not
+        print(f"{host.name}: written, but ssh still refuses the host key: {complaint.splitlines()[-1]}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 # ---------------------------------------------------------------------- exec

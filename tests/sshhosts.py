@@ -43,6 +43,29 @@ def stop_process(proc: subprocess.Popen | None) -> None:
             proc.wait()
 
 
+def sshd_config(h: "SshdHost", keys: Path, user: str, listen: str = "127.0.0.1", max_sessions: int = 10,
+                max_startups: str = "10:30:100") -> str:
+    """A throwaway sshd: its own host key and pid file, key logins of one user only, quiet."""
+    return f"""Port {h.port}
+ListenAddress {listen}
+HostKey {h.dir / "host_key"}
+PidFile {h.dir}/sshd.pid
+AuthorizedKeysFile {keys}/client.pub
+AllowUsers {user}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+LogLevel ERROR
+MaxSessions {max_sessions}
+MaxStartups {max_startups}
+"""
+
+
 def have_sshd() -> bool:
     return os.access(SSHD, os.X_OK) and shutil.which("ssh") is not None
 
@@ -123,24 +146,8 @@ class SshdHosts:
             hostkey = h.dir / "host_key"
             if not hostkey.exists():
                 subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
-            (h.dir / "sshd_config").write_text(f"""Port {h.port}
-ListenAddress 127.0.0.1
-HostKey {hostkey}
-PidFile {h.dir}/sshd.pid
-AuthorizedKeysFile {keys}/client.pub
-AllowUsers {self.user}
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-UseDNS no
-PrintMotd no
-PrintLastLog no
-LogLevel ERROR
-MaxSessions {self.max_sessions}
-MaxStartups {self.max_startups}
-""")
+            (h.dir / "sshd_config").write_text(sshd_config(h, keys, self.user, max_sessions=self.max_sessions,
+                                                          max_startups=self.max_startups))
             self.hosts.append(h)
             self._launch(h)
             pub = (h.dir / "host_key.pub").read_text().split()[:2]

@@ -67,7 +67,7 @@ def classify_ssh_error(stderr: str, host: Host) -> str:
             "host key for" in low and "not known" in low or "remote host identification has changed" in low:
         changed = "changed" in low
         return (f"host key of {host.name} {'has CHANGED' if changed else 'is not known'}; check it, then run "
-                f"`cmflow hosts trust {host.name}`")
+                f"`cmflow hosts trust {host.name}{' --replace' if changed else ''}`")
     if "permission denied" in low:
         return f"authentication failed for {host.user + '@' if host.user else ''}{host.hostname}"
     if "timed out" in low:
