@@ -145,7 +145,7 @@ def test_unknown_host_key_is_refused_then_trusted(sshd_hosts, tmp_path):
     assert known.read_text() == ""
     r = cmflow("hosts", "trust", "h1", "--yes", "--hosts", str(inv), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "SHA256:" in r.stdout and f"added 1 key(s) to {known}" in r.stdout
+    assert "SHA256:" in r.stdout and f"added as [127.0.0.1]:{sshd_hosts.hosts[0].port} in {known}" in r.stdout
     assert known.read_text().startswith(f"[127.0.0.1]:{sshd_hosts.hosts[0].port} ssh-ed25519 ")
     r = cmflow("run", "f.flow", "--hosts", str(inv), "--run-dir", "run2", "-q", cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == "1"
