@@ -13,12 +13,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import yamlfile
+from . import slurmspec, yamlfile
 from .errors import ConfigError
 
 BUILTIN = "<built-in>"
 
-_HOST_KEYS = {"hostname", "user", "port", "identity", "slots", "labels", "env", "workdir", "local", "ssh_options"}
+_HOST_KEYS = {"hostname", "user", "port", "identity", "slots", "labels", "env", "workdir", "local", "ssh_options", "slurm"}
 _TOP_KEYS = {"defaults", "hosts", "groups", "ssh_config", "include"}
 MAX_INCLUDE_DEPTH = 8
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -39,6 +39,7 @@ class Host:
     local: bool = False
     ssh_options: tuple[str, ...] = ()
     ssh_config: str | None = None     # the ssh_config: of the inventory file that defines the host
+    slurm: slurmspec.SlurmSpec | None = None   # a Slurm cluster (see slurmspec.py), not one machine
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,14 @@ def fold_nodeset(names: Iterable[str]) -> str:
 
 
 def builtin_inventory() -> Inventory:
-    """One local host with a slot per CPU: a fresh install runs flows with no setup."""
+    """One local host with a slot per CPU: a fresh install runs flows with no setup.
+
+    Inside a Slurm allocation (``SLURM_JOB_ID``: a user's salloc, an sbatch script)
+    the allocation is the host instead: its nodes run the jobs (transport/slurm.py).
+    """
+    if os.environ.get("SLURM_JOB_ID"):
+        return Inventory((Host("slurm", "slurm", slots=1, slurm=slurmspec.SlurmSpec()),),
+                         source=f"Slurm allocation {os.environ['SLURM_JOB_ID']}")
     return Inventory((Host("localhost", "localhost", slots=os.cpu_count() or 1, local=True),), source=BUILTIN)
 
 
@@ -336,7 +344,8 @@ class _Validator:
                 self.fail(f"{path}.{key}", f"expected {expected}, got {_kind(value)}")
             return value
 
-        slots = get("slots", int, "a positive integer (jobs at once)", 1)
+        slurm = slurmspec.parse(s["slurm"], f"{path}.slurm", self.fail) if "slurm" in s else None
+        slots = get("slots", int, "a positive integer (jobs at once)", slurmspec.default_slots(slurm) if slurm else 1)
         if slots < 1:
             self.fail(f"{path}.slots", f"expected a positive integer (jobs at once), got {slots}")
         port = get("port", int, "a port number (1-65535)")
@@ -367,7 +376,7 @@ class _Validator:
             identity=os.path.expanduser(identity) if identity else None,
             labels=tuple(labels), env=tuple((k, str(v)) for k, v in env.items()),
             workdir=get("workdir", str, "a directory path"), local=get("local", bool, "true or false", False),
-            ssh_options=tuple(ssh_options),
+            ssh_options=tuple(ssh_options), slurm=slurm,
         )
 
 
