@@ -7,13 +7,12 @@ timeouts reported by exit code, not as output.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
 
-from conftest import cmflow, need_tool, world_dir
-from sshhosts import SshdHosts, have_sshd
+from conftest import cmflow, need_tool
+from sshhosts import SshdHosts
 
 
 def _clush(hosts: SshdHosts, nodes: str, command: str, *flags: str) -> subprocess.CompletedProcess:
