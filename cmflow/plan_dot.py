@@ -223,8 +223,15 @@ class _DotWriter:
                 return self.fork_join(node, items, "| at once", 'shape=circle, label="|", ordering=out',
                                       "shape=point, width=0.08", "")
             case PSum(items):
-                return self.fork_join(node, items, "+ added", "shape=point, width=0.08, ordering=out",
-                                      'shape=circle, label="+"', "ordering=in, ")
+                fn = getattr(node, "fn_name", "") or "+"      # fold(f, ...) reduces with f, in order, like +
+                return self.fork_join(node, items, "+ added" if fn == "+" else f"fold with {fn}",
+                                      "shape=point, width=0.08, ordering=out",
+                                      'shape=circle, label="+"' if fn == "+" else
+                                      f"shape=ellipse, label={dot_string(fn)}",
+                                      "ordering=in, ")
+        inputs = getattr(node, "inputs", None)
+        if inputs is not None:
+            return self.call(node, inputs)
         items = getattr(node, "items", ())          # a kind of node this renderer does not know yet
         n = self.node(f"shape=box, style=rounded, label={dot_string(type(node).__name__)}")
         self.drawn[id(node)] = n
@@ -232,6 +239,27 @@ class _DotWriter:
             entry, _ = self.draw(item)
             self.edge(n, entry)
         return n, n
+
+    def call(self, node: Any, inputs: Sequence[PlanNode]) -> tuple[str, str]:
+        """A call on run-time values (a task whose command needs them, or a local function): its inputs first,
+        then the call, so it sits right of what it waits for."""
+        ends = [self.draw(part) for part in self.groups(inputs)]
+        label = getattr(node, "label", type(node).__name__)
+        if type(node).__name__ == "Deferred":
+            n = self.node(f"shape=box, label={dot_string(f'{label}{chr(10)}$ (command built from its inputs)')}")
+        else:
+            n = self.node(f"shape=ellipse, label={dot_string(label)}")
+        self.drawn[id(node)] = n
+        if not ends:
+            return n, n
+        if len(ends) == 1:
+            self.edge(ends[0][1], n)
+            return ends[0][0], n
+        fork = self.node("shape=point, width=0.08, ordering=out")
+        for entry, exit_ in reversed(ends):
+            self.edge(fork, entry)
+            self.edge(exit_, n)
+        return fork, n
 
     def sequence(self, node: PlanNode, items: Sequence[PlanNode]) -> tuple[str, str]:
         nested = node is not self.plan.root
