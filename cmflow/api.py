@@ -156,7 +156,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     journal = Journal(rdir)
     started = time.time()
     log.write_json("run.json", {
-        "id": rdir.name, "flow": flow_id(plan), "argv": sys.argv, "cwd": os.getcwd(), "started": started,
+        "id": rdir.name, "flow": flow_id(plan), "argv": ["cmflow", *sys.argv[1:]] if sys.argv[0].endswith(("cmflow", "__main__.py")) else sys.argv, "cwd": os.getcwd(), "started": started,
         "pid": os.getpid(), "controller": socket.gethostname(), "jobs": len(plan.jobs),
         "resumed_from": str(resume) if resume is not None else None,
         "options": {"jobs": options.jobs, "timeout": options.timeout, "retries": options.retries,
@@ -200,7 +200,18 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
         log.close()
         journal.close()
         lock.release()
+        _finish(rdir, report)
     return Run(result, rdir, plan)
+
+
+def _finish(rdir: Path, report: bool) -> None:
+    """trace.tsv and report.html from the finished run directory; a bug there must not fail the run."""
+    from .report import finish_run
+
+    try:
+        finish_run(rdir, report)
+    except Exception as e:  # noqa: BLE001 - the run's own result stands; say what went wrong
+        sys.stderr.write(f"cmflow: could not write the report of {rdir}: {type(e).__name__}: {e}\n")
 
 
 def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
