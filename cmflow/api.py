@@ -21,6 +21,7 @@ from . import ast
 from .compiler import compile_file, compile_flow
 from .executor import Executor, Observer, RunOptions, RunResult
 from .errors import UsageError
+from .files.mover import FileMover
 from .hosts import Host, Inventory, load_inventory
 from .journal import Journal
 from .parser import parse_expr
@@ -28,6 +29,7 @@ from .plan import Plan, _node_json, job_json
 from .resume import ResumeIndex
 from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
 from .runlog import RunLog, new_run_id
+from .status import StatusLog
 from .tasks import TaskLoader
 from .transport import Transport
 
@@ -155,6 +157,8 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     log = RunLog(rdir, {h.name for h in inv.hosts if h.local})
     journal = Journal(rdir)
     started = time.time()
+    files = FileMover(rdir, options.keep_remote)
+    status: StatusLog | None = None
     log.write_json("run.json", {
         "id": rdir.name, "flow": flow_id(plan), "argv": ["cmflow", *sys.argv[1:]] if sys.argv[0].endswith(("cmflow", "__main__.py")) else sys.argv, "cwd": os.getcwd(), "started": started,
         "pid": os.getpid(), "controller": socket.gethostname(), "jobs": len(plan.jobs),
@@ -180,10 +184,14 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
                 inv = await clusters.open(inv)
                 _write_hosts(log, inv)
             shown = _observers(display, plan, inv)
+            status = StatusLog(rdir, len(plan.jobs), {h.name: h.slots for h in inv.hosts})
             executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters) for h in inv.hosts}, log,
-                                options, [*shown, *observers], journal=journal, resume=index)
+                                options, [*shown, status, *observers], files=files, journal=journal,
+                                resume=index)
             for t in executor.transports.values():
                 stack.push_async_callback(t.aclose)
+            # pushed last, so it runs first: queued work dirs go while the connections still stand
+            stack.push_async_callback(files.close)
             result = await executor.run()
     finally:
         for o in shown:
@@ -197,6 +205,8 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
             "failures": [{"reason": f.reason, "task": f.job.label if f.job else None, "host": f.host,
                           "exit_status": f.exit_status} for f in done.failures]})
         log.finish((j.id, j.command) for j in plan.jobs)
+        if status is not None:
+            status.close()
         log.close()
         journal.close()
         lock.release()

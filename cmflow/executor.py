@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
+from .files.mover import FileMover, Moved, safe_name
+from .files.value import Files
 from .hosts import Host, Inventory
 from .journal import Journal, KeyParts, Keys, job_inputs
 from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
@@ -37,6 +39,7 @@ class RunOptions:
     retries: int = 0                 # default re-runs after a command failure
     halt: Halt = "never"
     deep: bool = False               # keys hash input files' content, not size and mtime
+    keep_remote: bool = False        # keep every job's work directory on its host
 
 
 @dataclass(frozen=True)
@@ -158,8 +161,9 @@ class _JobRun(Request):
 class Executor:
     def __init__(self, plan: Plan, inventory: Inventory, transports: Mapping[str, Transport], log: RunLog,
                  options: RunOptions = RunOptions(), observers: Sequence[Observer] = (),
-                 journal: Journal | None = None, resume: ResumeIndex | None = None):
+                 journal: Journal | None = None, resume: ResumeIndex | None = None, files: FileMover | None = None):
         self.plan = plan
+        self.files = files   # data movement for jobs that declare inputs or outputs (cmflow/files)
         self.inventory = inventory
         self.transports = transports
         self.log = log
@@ -369,6 +373,13 @@ class Executor:
         for o in self.observers:
             getattr(o, name)(*args)
 
+    def _emit_optional(self, name: str, *args: Any) -> None:
+        """An event not every observer listens to (job_files: staging, running, fetching)."""
+        for o in self.observers:
+            fn = getattr(o, name, None)
+            if fn is not None:
+                fn(*args)
+
     def _target(self, target: str | None) -> tuple[Eligible, tuple[Host, ...]] | str:
         """The scheduler class and hosts of a target, resolved once per distinct target; or why it has none."""
         got = self._targets.get(target)
@@ -443,8 +454,13 @@ class Executor:
                 run.keyed = (parts, parts.key())
             keyed = (*run.keyed, run.ready)
             self.journal.started(job.id, keyed[1], host, attempt, run.ready, started)
+        moved: Moved | None = None
         try:
-            outcome = await self.transports[host].run(JobSpec(job.id, job.command, out, err, timeout))
+            spec = JobSpec(job.id, job.command, out, err, timeout)
+            if job.files:
+                outcome, moved = await self._with_files(job, host, attempt, spec)
+            else:
+                outcome = await self.transports[host].run(spec)
         except BaseException as e:
             # cancelled by halt now or a signal (or a transport's bug): the run is ending, so the
             # slot goes to nobody; the log still says so
@@ -455,7 +471,7 @@ class Executor:
                              Failure("cancelled", job, host), True, killed=True, keyed=keyed)
             raise
         self.jobs_run += 1
-        result = self._result_of(job, host, outcome, out, err)
+        result = self._result_of(job, host, outcome, out, err, moved)
         final = True
         if outcome.connection_failed:
             run.conn_failures += 1
@@ -468,7 +484,11 @@ class Executor:
                 run.command_failures += 1
                 retries = job.options.retries if job.options.retries is not None else self.options.retries
                 final = run.command_failures > retries
-        self._record(job, host, attempt, outcome, out, err, result, final, keyed=keyed)
+        if moved is not None and moved.outputs and self.journal is not None and keyed is not None:
+            # a verified fetch is a journal event: a resume reuses these files only if they are still whole
+            self.journal.fetched(job.id, keyed[1], [{"path": os.path.relpath(i.path, self.log.dir.resolve()),
+                                                     "size": i.size, "sha256": i.sha256} for i in moved.outputs])
+        self._record(job, host, attempt, outcome, out, err, result, final, keyed=keyed, moved=moved)
         if final and isinstance(result, Failure):
             result = self._fail(result)   # the halt policy closes the scheduler before the slot is handed on
         if outcome.connection_failed and self._conn_failures[host] >= HOST_DOWN_AFTER \
@@ -483,12 +503,29 @@ class Executor:
             return min(0.2 * 2 ** (run.conn_failures - 2), 5.0)
         return 0.0
 
-    def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path) -> Result:
+    async def _with_files(self, job: Job, host: str, attempt: int, spec: JobSpec) -> tuple[Outcome, Moved]:
+        """Stage inputs, run in a work directory, fetch outputs verified (cmflow/files)."""
+        if self.files is None:
+            self.files = FileMover(self.log.dir, self.options.keep_remote)
+
+        def emit(state: str, sent: int = 0, fetched: int = 0) -> None:
+            self._emit_optional("job_files", job, host, attempt, state, sent, fetched)
+
+        assert job.files is not None
+        return await self.files.attempt(self.transports[host], spec, job.files, f"{job.id}-{safe_name(job.task)}",
+                                        emit)
+
+    def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path,
+                   moved: Moved | None = None) -> Result:
         def failure(reason: str) -> Failure:
+            if moved is not None and moved.kept:
+                reason += f" (work dir kept: {moved.kept})"
             return Failure(reason, job, host, outcome.exit_status, _tail(err) if outcome.stderr_bytes else "")
 
         if outcome.connection_failed:
             return failure(f"connection failed: {outcome.message}")
+        if moved is not None and moved.failure:
+            return failure(moved.failure)
         # a transport may say more (Slurm: "OUT_OF_MEMORY", "walltime limit")
         more = f" ({outcome.message})" if outcome.message else ""
         if outcome.timed_out:
@@ -497,6 +534,8 @@ class Executor:
             return failure(f"killed by signal {outcome.signal}{more}")
         if outcome.exit_status != 0:
             return failure(f"exit status {outcome.exit_status}{more}")
+        if moved is not None and moved.files is not None:
+            return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))
@@ -507,14 +546,19 @@ class Executor:
     def _reuse(self, job: Job, parts: KeyParts, key: str) -> Result | None:
         """The earlier run's result for this key, adopted into this run; None if the job must run."""
         assert self.resume is not None
-        decision = self.resume.decide(job, parts, key, has_outputs=bool(getattr(job, "outputs", ())))
+        has_outputs = bool(job.files and job.files.outputs)
+        decision = self.resume.decide(job, parts, key, has_outputs=has_outputs)
         if not decision.cached or decision.entry is None:
             return None
         doc = decision.entry.doc
         out, err = self.log.paths(job.id, 0)
         try:
             out_p, err_p = adopt(decision.entry, self.log.dir, out, err)
-            value = read_value(out_p.read_bytes().decode("utf-8", "replace") if out_p else "", job.options.parse)
+            if has_outputs:   # the value of a job with outputs is its files, now adopted into this run
+                value: Any = Files(str((self.log.dir / f["path"]).resolve()) for f in decision.entry.files)
+            else:
+                value = read_value(out_p.read_bytes().decode("utf-8", "replace") if out_p else "",
+                                   job.options.parse)
         except Exception:   # noqa: BLE001 - a vanished file or a parse= that now fails: run it instead
             return None
         if self.journal is not None:
@@ -539,13 +583,14 @@ class Executor:
 
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
                 result: Result, final: bool, killed: bool = False,
-                keyed: tuple[KeyParts, str, float] | None = None) -> None:
+                keyed: tuple[KeyParts, str, float] | None = None, moved: Moved | None = None) -> None:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "", killed, outcome.ref)
+            result.reason if isinstance(result, Failure) else "", killed, outcome.ref,
+            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0)
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
         self.log.record(rec, final or isinstance(result, Ok))
         if self.journal is not None and keyed is not None:
