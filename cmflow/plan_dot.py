@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .ast import unparse_literal
-from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum, walk
+from .plan import Deferred, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum, walk
 
 LINE_CHARS = 60          # a command line is cut after this many characters
 COMMAND_LINES = 3        # and a command after this many lines
@@ -223,15 +223,13 @@ class _DotWriter:
                 return self.fork_join(node, items, "| at once", 'shape=circle, label="|", ordering=out',
                                       "shape=point, width=0.08", "")
             case PSum(items):
-                fn = getattr(node, "fn_name", "") or "+"      # fold(f, ...) reduces with f, in order, like +
-                return self.fork_join(node, items, "+ added" if fn == "+" else f"fold with {fn}",
+                op = node.fn_name if node.fn is not None else "+"     # fold(f, ...) reduces with f, in order
+                return self.fork_join(node, items, f"{op} added" if op == "+" else f"fold {op}",
                                       "shape=point, width=0.08, ordering=out",
-                                      'shape=circle, label="+"' if fn == "+" else
-                                      f"shape=ellipse, label={dot_string(fn)}",
-                                      "ordering=in, ")
-        inputs = getattr(node, "inputs", None)
-        if inputs is not None:
-            return self.call(node, inputs)
+                                      'shape=circle, label="+"' if op == "+" else
+                                      f"shape=ellipse, label={dot_string(op)}", "ordering=in, ")
+            case Deferred() | Local():
+                return self.call(node, node.inputs)
         items = getattr(node, "items", ())          # a kind of node this renderer does not know yet
         n = self.node(f"shape=box, style=rounded, label={dot_string(type(node).__name__)}")
         self.drawn[id(node)] = n
@@ -240,15 +238,14 @@ class _DotWriter:
             self.edge(n, entry)
         return n, n
 
-    def call(self, node: Any, inputs: Sequence[PlanNode]) -> tuple[str, str]:
+    def call(self, node: Deferred | Local, inputs: Sequence[PlanNode]) -> tuple[str, str]:
         """A call on run-time values (a task whose command needs them, or a local function): its inputs first,
         then the call, so it sits right of what it waits for."""
         ends = [self.draw(part) for part in self.groups(inputs)]
-        label = getattr(node, "label", type(node).__name__)
-        if type(node).__name__ == "Deferred":
-            n = self.node(f"shape=box, label={dot_string(f'{label}{chr(10)}$ (command built from its inputs)')}")
+        if isinstance(node, Deferred):
+            n = self.node(f"shape=box, style=dashed, label={dot_string(node.label + chr(10) + '(deferred)')}")
         else:
-            n = self.node(f"shape=ellipse, label={dot_string(label)}")
+            n = self.node(f"shape=box, style=rounded, label={dot_string(node.label + chr(10) + '(local)')}")
         self.drawn[id(node)] = n
         if not ends:
             return n, n
