@@ -73,7 +73,8 @@ def load_expr(expr: str, tasks: Sequence[str] = (), hosts_file: str | None = Non
     return compile_flow(flow, expr, loader=loader, **target_kw(inv)), inv
 
 
-def make_transport(host: Host, inv: Inventory, clusters: Any = None) -> Transport:
+def make_transport(host: Host, inv: Inventory, clusters: Any = None,
+                   window: asyncio.Semaphore | None = None) -> Transport:
     """The transport for a host: local for ``local: true``, Slurm for ``slurm:``, else the system ssh client."""
     if host.slurm and clusters is not None:
         return clusters.transport(host)
@@ -83,7 +84,7 @@ def make_transport(host: Host, inv: Inventory, clusters: Any = None) -> Transpor
         return LocalTransport(host)
     from .transport.ssh import SshTransport
 
-    return SshTransport(host, ssh_config=inv.ssh_config)
+    return SshTransport(host, ssh_config=inv.ssh_config, window=window)
 
 
 CLOSE_BOUND = 30.0   # seconds for closing every transport at once (each bounds its own wait too)
@@ -205,7 +206,8 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
                 _write_hosts(log, inv)
             shown = _observers(display, plan, inv)
             status = StatusLog(rdir, len(plan.jobs), {h.name: h.slots for h in inv.hosts})
-            executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters) for h in inv.hosts}, log,
+            window = asyncio.Semaphore(options.fanout)   # ssh handshakes at once, all hosts together
+            executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters, window) for h in inv.hosts}, log,
                                 options, [*shown, status, *observers], files=files, journal=journal,
                                 resume=index)
             try:

@@ -48,6 +48,7 @@ class RunOptions:
     halt: Halt = "never"
     deep: bool = False               # keys hash input files' content, not size and mtime
     keep_remote: bool = False        # keep every job's work directory on its host
+    fanout: int = 64                 # ssh connections being opened at once, across all hosts
 
 
 @dataclass(frozen=True)
