@@ -60,3 +60,19 @@ def test_cli_bad_escape_exits_2(cli, flowdir):
     f = flowdir("f.flow", 'from t import a\na("\\x0")\n')
     r = cli("check", str(f))
     assert r.returncode == 2 and "Traceback" not in r.stderr and "f.flow:2:4: error: bad string" in r.stderr
+
+
+def test_nested_calls_fast_path_stays_within_the_limit():
+    from cmflow.fastparse import Fallback, fast_parse
+
+    for depth in (10, 48, 60, 99):
+        text = "f(" * depth + "a" + ")" * depth + "\n"
+        try:
+            fast = fast_parse(text, "f")
+        except Fallback:
+            fast = None
+        ref = parse_reference(text)
+        assert fast is None or fast == ref
+    with pytest.raises(FlowError) as e:
+        parse("f(" * 101 + "a" + ")" * 101 + "\n", "f.flow")
+    assert "nested too deeply" in str(e.value)
