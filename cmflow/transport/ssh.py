@@ -159,7 +159,7 @@ class SshTransport(SlotTransport):
             proc = await asyncio.create_subprocess_exec(
                 *self.base, *self._mux(path), self.host.hostname, REMOTE_COMMAND,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, limit=1 << 16)
+                start_new_session=True, limit=1 << 20)
         except BaseException:
             self._sessions[index] -= 1
             raise
