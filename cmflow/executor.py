@@ -24,6 +24,7 @@ from .files.mover import FileMover, Moved, safe_name
 from .files.runtime import job_files, stage_arguments
 from .files.spec import Command, SpecError
 from .files.value import Files
+from . import _gc
 from .hosts import Host, Inventory
 from .journal import Journal, KeyParts, Keys, job_inputs
 from .plan import Deferred, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum, fill
@@ -218,6 +219,10 @@ class Executor:
     async def run(self) -> RunResult:
         if self.plan.root is None:
             return RunResult(True, None)
+        with _gc.relaxed():
+            return await self._run(self.plan.root)
+
+    async def _run(self, root_node: PlanNode) -> RunResult:
         result: Result | None = None
         halted = False
         self._loop = asyncio.get_running_loop()
@@ -226,7 +231,7 @@ class Executor:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                root = self._eval(self.plan.root)
+                root = self._eval(root_node)
                 halt = tg.create_task(self._halt_now.wait())
                 await asyncio.wait([root, halt, self._fatal], return_when=asyncio.FIRST_COMPLETED)
                 if self._fatal.done():

@@ -127,6 +127,12 @@ def test_broadcast_places_each_item_on_its_host(flowdir):
     assert [j.target for j in plan.jobs] == ["h1", "h2"]
 
 
+def test_hosts_of_a_loop_variable(flowdir):
+    plan = compile_in(flowdir, "from tk import show\npar(show(1) @ h for g in [\"pair\", \"gpu\"] for h in hosts(g))\n")
+    assert [j.target for j in plan.jobs] == ["h1", "h2"]   # h1 twice: the same call runs once
+    assert plan.shape() == "Par[show(1) @ h1, show(1) @ h2, show(1) @ h1]"
+
+
 def test_empty_generators(flowdir):
     plan = compile_in(flowdir, "from tk import sq\npar(sq(i) for i in range(0)) | seq(sq(i) for i in [])\n")
     assert plan.shape() == "Par[Par[], Seq[]]" and plan.jobs == ()
