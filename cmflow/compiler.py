@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from . import ast
 from ._gc import paused
-from .errors import Diagnostic, FlowError
+from .errors import Diagnostic, FlowError, short
 from .parser import parse
 from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
 from .tasks import ModuleNotFound, TaskLoader, exec_inline_def, options_of, public_tasks
@@ -162,14 +162,17 @@ class _Compiler:
         raise TypeError(node)
 
     def _check_target(self, where: str, pos: ast.Pos) -> bool:
-        if self.is_target is None or self.is_target(where):
-            return True
+        try:
+            if self.is_target is None or self.is_target(where):
+                return True
+            why = f"unknown host, group or label {short(where)}" + self._suggest(where, self.target_names)
+        except ValueError as e:      # a bad or too large node set
+            why = str(e)
         # point at the target itself, after the '@'
         line = self.lines[pos.line - 1] if 0 < pos.line <= len(self.lines) else ""
         at = line.find("@", pos.column - 1)
         col = line.find(where, at) + 1 if at >= 0 and line.find(where, at) >= 0 else pos.column
-        self.error(ast.Pos(pos.line, col), f"unknown host, group or label '{where}'"
-                   + self._suggest(where, self.target_names), len(where))
+        self.error(ast.Pos(pos.line, col), why, len(where))
         return False
 
     def _lookup(self, name: ast.Name) -> Any:

@@ -313,6 +313,8 @@ class Executor:
             return failure(f"connection failed: {outcome.message}")
         if outcome.timed_out:
             return failure(f"timed out after {outcome.end - outcome.start:.1f}s")
+        if outcome.exit_status is None and outcome.message:
+            return failure(outcome.message)     # the transport could not start it (e.g. no workdir)
         if outcome.exit_status is None:
             return failure(f"killed by signal {outcome.signal}")
         if outcome.exit_status != 0:

@@ -1,4 +1,11 @@
-"""Finding and reading the YAML files users write (inventory, data config): safe_load only."""
+"""Finding and reading the YAML files users write (inventory, data config): safe_load only.
+
+A user's YAML is read with a SafeLoader that also refuses duplicate keys (the
+second one would silently win) and bounds what a small file can expand to:
+aliases and ``<<`` merges may share values, but the document, counted as the
+tree its readers walk, holds at most ``MAX_VALUES`` values, so a 500-byte alias
+bomb is an error; mappings and lists nest at most ``MAX_DEPTH`` deep instead of gigabytes.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +14,53 @@ from typing import Any, Iterable
 import yaml
 
 from .errors import ConfigError
+
+MAX_VALUES = 100_000          # values in a document, aliases counted each time they are used
+MAX_DEPTH = 100               # nested mappings and lists
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _Refused(Exception):
+    def __init__(self, message: str, mark: Any = None):
+        super().__init__(message)
+        self.message, self.mark = message, mark
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader + duplicate keys refused + merges bounded."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._checked: set[int] = set()
+        self._merged = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _Refused(f"nested more than {MAX_DEPTH} deep", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if id(node) not in self._checked:
+            # the first flatten sees the keys as written (later ones see merged keys too)
+            self._checked.add(id(node))
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise _Refused(f"duplicate key {key!r}"[:80], key_node.start_mark)
+                seen.add(key)
+        before = len(node.value)
+        super().flatten_mapping(node)
+        self._merged += max(0, len(node.value) - before)
+        if self._merged > MAX_VALUES:
+            raise _Refused(f"'<<' merges expand to more than {MAX_VALUES} keys", node.start_mark)
 
 
 def first_file(explicit: str | None, candidates: Iterable[str | Path | None]) -> str | None:
@@ -24,13 +78,39 @@ def read_text(path: str, what: str) -> str:
         return Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(path, "", f"cannot read {what}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, "", f"{what} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                                    f"{e.start})") from None
 
 
 def load(text: str, filename: str) -> Any:
-    """yaml.safe_load, with a bad document reported as FILE: line L, column C."""
+    """Safe-load one document; a bad one is reported as FILE: line L, column C: why."""
     try:
-        return yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(filename, "", f"not valid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    except _Refused as e:
+        where = f"line {e.mark.line + 1}, column {e.mark.column + 1}: " if e.mark else ""
+        raise ConfigError(filename, "", f"{where}{e.message}") from None
+    if count_values(doc, MAX_VALUES) > MAX_VALUES:
+        raise ConfigError(filename, "", f"the document expands to more than {MAX_VALUES} values "
+                                        f"(aliases are counted each time they are used)")
+    return doc
+
+
+def count_values(doc: Any, limit: int) -> int:
+    """Values in doc walked as a tree (a shared or recursive value counts each time), up to limit + 1."""
+    n, stack = 0, [doc]
+    while stack:
+        v = stack.pop()
+        n += 1
+        if n > limit:
+            return n
+        if isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return n

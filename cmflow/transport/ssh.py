@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import secrets
 import shlex
 import shutil
@@ -78,6 +79,20 @@ def classify_ssh_error(stderr: str, host: Host) -> str:
         return f"cannot resolve host name {host.hostname}"
     last = text.splitlines()[-1] if text else "ssh exited with status 255"
     return last
+
+
+class WorkdirError(Exception):
+    """The slot shell could not enter the host's workdir: the job fails, the host is not down."""
+
+
+def workdir_word(wd: str) -> str:
+    """The workdir as one shell word: quoted, with a leading ``~`` or ``~user`` left for the shell."""
+    m = re.fullmatch(r"~([A-Za-z0-9_][A-Za-z0-9_.\-]*)?(/.*)?", wd, re.S)
+    if m is None:
+        return shlex.quote(wd)
+    rest = (m[2] or "/")[1:]
+    head = f"~{m[1]}/" if m[1] else '"$HOME"/'
+    return head + (shlex.quote(rest) if rest else "")
 
 
 def ssh_base_argv(host: Host, ssh_config: str | None, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
@@ -162,7 +177,7 @@ class SshTransport:
         # -f: fork to the background once authenticated, so our child's exit is
         # the "ready" signal; ControlPersist bounds an orphan's life if we die.
         argv = [*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}", "-o", "ControlPersist=60",
-                "-N", "-f", self.host.hostname]
+                "-N", "-f", "--", self.host.hostname]
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.DEVNULL,
@@ -187,7 +202,7 @@ class SshTransport:
             path = await self._master(index)
             init = self._init_script()
             proc = await asyncio.create_subprocess_exec(
-                *self.base, *self._mux(path), self.host.hostname, "sh",
+                *self.base, *self._mux(path), "--", self.host.hostname, "sh",
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True, limit=_CHUNK)
             assert proc.stdin and proc.stdout
@@ -197,6 +212,10 @@ class SshTransport:
             except (ConnectionError, asyncio.LimitOverrunError):
                 line = b""
             parts = line.decode("utf-8", "replace").split()
+            if len(parts) == 2 and parts[0] == self.token and parts[1] == "cd-failed":
+                why = (await _drain(proc)).strip().splitlines()
+                raise WorkdirError(f"cannot enter workdir {self.host.workdir!r} on {self.host.name}"
+                                   + (f": {why[-1][:200]}" if why else ""))
             if len(parts) != 2 or parts[0] != self.token:
                 err = await _drain(proc)
                 raise ConnectionLost(classify_ssh_error(err, self.host) if err else
@@ -217,10 +236,10 @@ class SshTransport:
         for k, v in self.host.env:
             lines.append(f"export {k}={shlex.quote(v)}")
         if self.host.workdir:
-            wd = self.host.workdir
-            # ~ stays unquoted so the remote shell expands it
-            target = "~" + shlex.quote(wd[1:]) if wd.startswith("~") else shlex.quote(wd)
-            lines.append(f"cd {target} || {{ echo 'cmflow: cannot cd to {wd}' >&2; exit 97; }}")
+            # the workdir is never a shell word of its own: only its quoted form reaches
+            # the shell; a failure is reported on the framing line, not as ssh's error
+            lines.append(f"cd -- {workdir_word(self.host.workdir)} || "
+                         f"{{ printf '%s cd-failed\\n' {self.token}; exit 97; }}")
         lines.append(f"printf '%s %s\\n' {self.token} $$")
         return "\n".join(lines) + "\n"
 
@@ -235,6 +254,8 @@ class SshTransport:
         start = time.time()
         try:
             slot = self._idle.pop() if self._idle else await self._open_slot()
+        except WorkdirError as e:
+            return Outcome(None, start=start, end=time.time(), message=str(e))
         except ConnectionLost as e:
             return Outcome(None, start=start, end=time.time(), connection_failed=True, message=str(e))
         start = time.time()  # the job's own time starts once it has a session
@@ -287,7 +308,7 @@ class SshTransport:
         return int(status_line)
 
     async def _kill_remote(self, slot: _Slot) -> None:
-        argv = [*self.base, *self._mux(slot.path), self.host.hostname,
+        argv = [*self.base, *self._mux(slot.path), "--", self.host.hostname,
                 f"sh -c {shlex.quote(KILL_SCRIPT)} cmflow-kill {slot.pid}"]
         proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                     stdout=asyncio.subprocess.DEVNULL,
@@ -319,7 +340,7 @@ class SshTransport:
         for path in self._paths:
             if os.path.exists(path):
                 proc = await asyncio.create_subprocess_exec(
-                    "ssh", "-o", f"ControlPath={path}", "-O", "exit", self.host.hostname,
+                    "ssh", "-o", f"ControlPath={path}", "-O", "exit", "--", self.host.hostname,
                     stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.DEVNULL)
                 await proc.wait()
