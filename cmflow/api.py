@@ -7,8 +7,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import socket
 import sys
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,9 +20,13 @@ from typing import Any, Literal, Sequence
 from . import ast
 from .compiler import compile_file, compile_flow
 from .executor import Executor, Observer, RunOptions, RunResult
+from .errors import UsageError
 from .hosts import Host, Inventory, load_inventory
+from .journal import Journal
 from .parser import parse_expr
-from .plan import Plan, job_json
+from .plan import Plan, _node_json, job_json
+from .resume import ResumeIndex
+from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
 from .runlog import RunLog, new_run_id
 from .tasks import TaskLoader
 from .transport import Transport
@@ -86,6 +93,28 @@ class Run:
         return 0 if self.result.ok else 1
 
 
+def flow_id(plan: Plan) -> str:
+    """How run.json names the flow, so that a resume finds the runs of the same flow file."""
+    return plan.filename if plan.filename.startswith("<") else str(Path(plan.filename).resolve())
+
+
+def resume_source(plan: Plan, run_dir: str | Path | None, root: Path = Path("runs")) -> Path:
+    """The run a resume reuses: the given directory, else the latest run of this flow under root."""
+    if run_dir is not None:
+        src = Path(run_dir)
+        if not (src / "journal.jsonl").is_file():
+            raise UsageError(f"--resume: {src} is not a run directory with a journal")
+        return src
+    src = latest_run(root, flow_id(plan))
+    if src is None:
+        raise UsageError(f"--resume: no earlier run of {plan.filename} under {root}/")
+    return src
+
+
+def _busy(e: RunBusy) -> UsageError:
+    return UsageError(f"{e}: its jobs would start twice; wait for it to end or stop it first")
+
+
 def _observers(display: Display, plan: Plan, inv: Inventory) -> list[Any]:
     from .progress import LiveProgress, PlainProgress
 
@@ -97,14 +126,42 @@ def _observers(display: Display, plan: Plan, inv: Inventory) -> list[Any]:
 
 
 async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
-               display: Display = "quiet", observers: Sequence[Observer] = ()) -> Run:
-    """Run a compiled plan. Cancel the calling task to stop it: every job is killed, the log flushed."""
+               display: Display = "quiet", observers: Sequence[Observer] = (), resume: str | Path | None = None,
+               report: bool = True) -> Run:
+    """Run a compiled plan. Cancel the calling task to stop it: every job is killed, the log flushed.
+
+    ``resume``: an earlier run directory whose OK results are reused by key (see journal.py)."""
     rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
+    index = None
+    if resume is not None:
+        src = Path(resume)
+        if src.resolve() == rdir.resolve():
+            raise UsageError(f"--resume: the resumed run needs a directory of its own, not {src} itself")
+        if is_running(src):
+            raise _busy(RunBusy(src, None))
+        index = ResumeIndex.load(src)
+    rdir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(rdir)
+    except RunBusy as e:
+        raise _busy(e) from None
     log = RunLog(rdir, {h.name for h in inv.hosts if h.local})
+    journal = Journal(rdir)
+    started = time.time()
     shown = _observers(display, plan, inv)
     executor = Executor(plan, inv, {h.name: make_transport(h, inv) for h in inv.hosts}, log, options,
-                        [*shown, *observers])
-    log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs]})
+                        [*shown, *observers], journal=journal, resume=index)
+    log.write_json("run.json", {
+        "id": rdir.name, "flow": flow_id(plan), "argv": sys.argv, "cwd": os.getcwd(), "started": started,
+        "pid": os.getpid(), "controller": socket.gethostname(), "jobs": len(plan.jobs),
+        "resumed_from": str(resume) if resume is not None else None,
+        "options": {"jobs": options.jobs, "timeout": options.timeout, "retries": options.retries,
+                    "halt": options.halt, "deep": options.deep}})
+    log.write_json("hosts.json", [{"name": h.name, "hostname": h.hostname, "slots": h.slots, "local": h.local,
+                                   "labels": list(h.labels)} for h in inv.hosts])
+    log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs],
+                                 "root": _node_json(plan.root) if plan.root is not None else None})
+    point_latest(rdir)
     result: RunResult | None = None
     try:
         async with AsyncExitStack() as stack:
@@ -114,19 +171,23 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     finally:
         for o in shown:
             o.close()
-        done = result or RunResult(False, cancelled=True, jobs_run=executor.jobs_run)
+        done = result or RunResult(False, cancelled=True, jobs_run=executor.jobs_run,
+                                   jobs_cached=executor.jobs_cached)
         log.write_json("summary.json", {
             "ok": done.ok, "value": done.value, "cancelled": result is None, "halted": done.halted,
-            "jobs_run": done.jobs_run, "down_hosts": done.down_hosts,
+            "started": started, "ended": time.time(), "jobs": len(plan.jobs),
+            "jobs_run": done.jobs_run, "jobs_cached": done.jobs_cached, "down_hosts": done.down_hosts,
             "failures": [{"reason": f.reason, "task": f.job.label if f.job else None, "host": f.host,
                           "exit_status": f.exit_status} for f in done.failures]})
         log.finish((j.id, j.command) for j in plan.jobs)
         log.close()
+        journal.close()
+        lock.release()
     return Run(result, rdir, plan)
 
 
 def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
-             display: Display = "quiet") -> Run:
+             display: Display = "quiet", resume: str | Path | None = None, report: bool = True) -> Run:
     """Run a plan on a fresh event loop; SIGINT/SIGTERM cancel it cleanly (exit 130/143)."""
 
     async def main() -> Run:
@@ -134,7 +195,7 @@ def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run
         me = asyncio.current_task()
         got: list[int] = []
         rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
-        inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display))
+        inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display, resume=resume, report=report))
 
         def on_signal(signum: int) -> None:
             if not got:

@@ -2,11 +2,14 @@
 
 Usage:
   cmflow check FLOW [--hosts=FILE]
-  cmflow plan FLOW [--hosts=FILE] [--format=FMT]
+  cmflow plan FLOW [--hosts=FILE] [--format=FMT] [--resume [RUN_DIR] [--deep]]
   cmflow run FLOW [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N] [--halt=WHEN]
-             [--run-dir=DIR] [--format=FMT] [--quiet]
+             [--run-dir=DIR] [--format=FMT] [--quiet] [--resume [RUN_DIR] [--deep]] [--no-report]
   cmflow eval EXPR [--tasks=MODULE]... [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N]
-             [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet]
+             [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet] [--no-report]
+  cmflow report [RUN_DIR] [-o FILE]
+  cmflow runs [ls] [--root=DIR] [--format=FMT]
+  cmflow runs clean [--keep=N] [--older-than=DAYS] [--root=DIR]
   cmflow repl [--tasks=MODULE]... [--hosts=FILE]
   cmflow hosts list [TARGET] [--hosts=FILE]
   cmflow hosts check [TARGET...] [--hosts=FILE] [--connect-timeout=SECS]
@@ -17,6 +20,10 @@ Usage:
   cmflow data get NAME [DEST] [--force] [--config=FILE]
   cmflow data del NAME [--config=FILE]
   cmflow data services [--config=FILE]
+  cmflow vm up N [--name=PREFIX] [--provider=P] [--box=BOX | --image=IMAGE] [--cpus=C] [--memory=MB]
+             [--dir=DIR]
+  cmflow vm (status | ssh-config | halt) [--name=PREFIX] [--dir=DIR]
+  cmflow vm destroy [--name=PREFIX] [--dir=DIR] [--yes]
   cmflow (-h | --help)
   cmflow --version
 
@@ -26,11 +33,21 @@ Commands:
   run           Run a flow on the inventory's hosts and print its value.
   eval          Run one expression with the tasks of the given modules.
   repl          Evaluate expressions interactively (statements stay for the session).
+  report        Write a run's report, one self-contained HTML file (default: the
+                latest run, into its report.html).
+  runs          List the runs under runs/ (id, flow, start, wall, jobs, state);
+                clean removes old ones (never a running one, never the newest).
   hosts list    Show the inventory as the executor sees it.
   hosts check   Connect to every host at once: reachable, CPUs and load, or why not.
   hosts trust   Fetch host keys with ssh-keyscan, show fingerprints, add to known_hosts.
   exec          Run one command on every host of a target at once; merge equal outputs.
   data          Store files in a storage service and keep a record of each in a database.
+  vm up         Start N machines with Vagrant (again with a larger N: add nodes); they
+                are hosts at once: DIR/hosts.yaml, host keys pinned, checking strict.
+  vm status     Each node's state, address and slots.
+  vm ssh-config The nodes' ssh settings (strict, pinned keys), for plain `ssh -F`.
+  vm halt       Stop the machines; `vm up` starts them again.
+  vm destroy    Remove the machines and everything `vm up` wrote in DIR.
 
 Options:
   --hosts=FILE            Inventory (default: ./hosts.yaml, $CMFLOW_HOSTS,
@@ -44,13 +61,34 @@ Options:
                           soon (start nothing new) or now (kill everything)
                           [default: never].
   --run-dir=DIR           Where to keep job output and logs [default: runs/<id>].
+  --resume                Reuse the OK results of an earlier run (RUN_DIR, default
+                          the latest run of this flow) whose invocation has the
+                          same key: task, command, arguments, placement,
+                          environment, input files. Everything else runs. With
+                          plan: which jobs are cached, and why the others run.
+  --deep                  With --resume, fingerprint input files by content
+                          (sha256), not size and mtime. Also: --resume=deep.
+  --no-report             Do not write report.html into the run directory.
+  -o FILE                 Where report writes the HTML [default: RUN_DIR/report.html].
+  --root=DIR              The folder that holds the runs [default: runs].
+  --keep=N                runs clean: keep the newest N runs.
+  --older-than=DAYS       runs clean: remove runs started more than DAYS ago.
   -q, --quiet             Print only the flow's value.
   --tasks=MODULE          A task module (name or file.py) for eval and repl.
   --on=TARGET             Hosts for exec: a host, group, label or node[1-4] [default: all].
   --connect-timeout=SECS  Give up connecting after SECS [default: 10].
-  --yes                   Trust the fetched keys without asking.
+  --yes                   Trust the fetched keys / destroy the VMs without asking.
   --service=NAME          Storage service (default: the config's default).
-  --name=NAME             Record name for the file (default: its file name).
+  --name=NAME             data add: record name (default: its file name);
+                          vm: node name prefix, nodes NAME1..NAMEN (default: vm).
+  --provider=P            Vagrant provider: docker, virtualbox or libvirt
+                          (default: $VAGRANT_DEFAULT_PROVIDER, else virtualbox).
+  --box=BOX               Box for virtualbox/libvirt (e.g. debian/bookworm64).
+  --image=IMAGE           Image for docker (with sshd and a 'vagrant' user).
+  --cpus=C                CPUs per VM (also its slots; default: what it has).
+  --memory=MB             Memory per VM in MB.
+  --dir=DIR               Where the Vagrantfile, state and inventory live
+                          (default: ./.cmflow/vm/NAME).
   --force                 Replace an existing record or local file.
   --config=FILE           Data config (default: $CMFLOW_DATA_CONFIG,
                           ~/.cmflow/data.yaml, else local folders).
@@ -64,6 +102,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from typing import Any
 
 from docopt import DocoptExit, docopt
@@ -140,14 +179,32 @@ def _run(args: dict, plan: Any, inv: Any) -> int:
                          retries=_int(args, "--retries") or 0, halt=halt)
     run_dir = None if args["--run-dir"] in (None, "runs/<id>") else args["--run-dir"]
     display = "quiet" if args["--quiet"] else "auto"
-    run = api.run_sync(plan, inv, options, run_dir, display)
+    resume = api.resume_source(plan, args["RUN_DIR"]) if args.get("--resume") else None
+    options = replace(options, deep=bool(args.get("--deep")))
+    run = api.run_sync(plan, inv, options, run_dir, display, resume=resume, report=not args["--no-report"])
     if run.result.ok:
         print(format_value(run.result.value, fmt))
     _print_failures(run)
     return run.exit_status
 
 
+def _plan_resume(args: dict, plan: Any, inv: Any) -> int:
+    from . import api
+    from .resume import ResumeIndex, explain, render_explained
+
+    fmt = args["--format"]
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format for plan --resume must be text or json, not {fmt!r}")
+    source = api.resume_source(plan, args["RUN_DIR"])
+    decisions = explain(plan, inv, ResumeIndex.load(source), bool(args["--deep"]))
+    sys.stdout.write(render_explained(plan, decisions, source, fmt))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    # --resume=deep reads as --resume --deep (docopt cannot give one option an optional value)
+    argv = sys.argv[1:] if argv is None else argv
+    argv = [a for arg in argv for a in (("--resume", "--deep") if arg == "--resume=deep" else (arg,))]
     try:
         args = docopt(__doc__, argv=argv, version=f"cmflow {__version__}")
     except DocoptExit as e:
@@ -175,12 +232,22 @@ def dispatch(args: dict) -> int:
         from . import hostcmds
 
         return hostcmds.exec_command(args)
+    if args["vm"]:
+        from .vm import cli as vm_cli
+
+        return vm_cli.dispatch(args)
     if args["data"]:
         from .data import cli as data_cli
 
         return data_cli.dispatch(args)
+    if args["report"] or args["runs"]:
+        from . import runcmds
+
+        return runcmds.dispatch(args)
     if args["check"] or args["plan"]:
-        plan, _ = api.load(args["FLOW"], args["--hosts"])
+        plan, inv = api.load(args["FLOW"], args["--hosts"])
+        if args["plan"] and args["--resume"]:
+            return _plan_resume(args, plan, inv)
         if args["check"]:
             print(f"{args['FLOW']}: ok, {len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''}")
             return 0

@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
 from .hosts import Inventory
+from .journal import Journal, KeyParts, Keys, job_inputs
 from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
+from .resume import ResumeIndex, adopt
 from .runlog import JobRecord, RunLog
 from .scheduler import Closed, NoHost, Scheduler
 from .transport import JobSpec, Outcome, Transport
@@ -34,6 +36,7 @@ class RunOptions:
     timeout: float | None = None     # default per-job timeout, seconds
     retries: int = 0                 # default re-runs after a command failure
     halt: Halt = "never"
+    deep: bool = False               # keys hash input files' content, not size and mtime
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,7 @@ Result = Ok | Failure
 
 
 class Observer(Protocol):
+    def job_cached(self, job: Job) -> None: ...
     def job_started(self, job: Job, host: str, attempt: int) -> None: ...
     def job_ended(self, record: JobRecord, final: bool, ok: bool) -> None: ...
     def host_down(self, host: str, reason: str) -> None: ...
@@ -68,6 +72,7 @@ class RunResult:
     halted: bool = False
     cancelled: bool = False
     jobs_run: int = 0
+    jobs_cached: int = 0
     down_hosts: list[str] = field(default_factory=list)
 
 
@@ -117,7 +122,8 @@ def _describe(node: PlanNode, filename: str) -> str:
 
 class Executor:
     def __init__(self, plan: Plan, inventory: Inventory, transports: Mapping[str, Transport], log: RunLog,
-                 options: RunOptions = RunOptions(), observers: Sequence[Observer] = ()):
+                 options: RunOptions = RunOptions(), observers: Sequence[Observer] = (),
+                 journal: Journal | None = None, resume: ResumeIndex | None = None):
         self.plan = plan
         self.inventory = inventory
         self.transports = transports
@@ -131,6 +137,10 @@ class Executor:
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
         self.jobs_run = 0
+        self.jobs_cached = 0
+        self.journal = journal
+        self.resume = resume
+        self.keys = Keys(options.deep)
 
     # ---------------------------------------------------------------- driver
     async def run(self) -> RunResult:
@@ -155,7 +165,8 @@ class Executor:
             failures.append(result)
         ok = isinstance(result, Ok) and not failures
         return RunResult(ok, result.value if isinstance(result, Ok) else None, failures,
-                         halted or self.scheduler.closed, False, self.jobs_run, sorted(self.scheduler.down))
+                         halted or self.scheduler.closed, False, self.jobs_run, self.jobs_cached,
+                         sorted(self.scheduler.down))
 
     def _spawn(self, key: Any, make: Callable[[], Awaitable[Result]]) -> asyncio.Task[Result]:
         task = self._tasks.get(key)
@@ -256,9 +267,17 @@ class Executor:
         retries = job.options.retries if job.options.retries is not None else self.options.retries
         timeout = job.options.timeout if job.options.timeout is not None else self.options.timeout
         try:
-            eligible = tuple(h.name for h in self.inventory.resolve(job.target))
+            hosts = self.inventory.resolve(job.target)
         except KeyError as e:
             return self._fail(Failure(f"unknown host {e}", job))
+        eligible = tuple(h.name for h in hosts)
+        parts = self.keys.parts(job, hosts, job_inputs(job))
+        key = parts.key()
+        if self.resume is not None:
+            reused = self._reuse(job, parts, key)
+            if reused is not None:
+                return reused
+        ready = time.time()
         command_failures = conn_failures = attempt = 0
         avoid: set[str] = set()
         while True:
@@ -273,12 +292,14 @@ class Executor:
             out, err = self.log.paths(job.id, attempt)
             self._emit("job_started", job, host, attempt)
             started = time.time()
+            if self.journal is not None:
+                self.journal.started(job.id, key, host, attempt, ready, started)
             try:
                 outcome = await self.transports[host].run(JobSpec(job.id, job.command, out, err, timeout))
             except asyncio.CancelledError:
                 # killed by halt now or a signal: the log still says so
                 self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True, killed=True)
+                             Failure("cancelled", job, host), True, killed=True, keyed=(parts, key, ready))
                 raise
             finally:
                 self.scheduler.release(host)
@@ -298,7 +319,7 @@ class Executor:
                 if isinstance(result, Failure):
                     command_failures += 1
                     final = command_failures > retries
-            self._record(job, host, attempt, outcome, out, err, result, final)
+            self._record(job, host, attempt, outcome, out, err, result, final, keyed=(parts, key, ready))
             if final or isinstance(result, Ok):
                 return result if isinstance(result, Ok) else self._fail(result)
             if outcome.connection_failed and conn_failures > 1:
@@ -326,8 +347,42 @@ class Executor:
             return failure(f"cannot read its value ({job.options.parse if isinstance(job.options.parse, str) else 'parse'}): "
                            f"{type(e).__name__}: {e}")
 
+    def _reuse(self, job: Job, parts: KeyParts, key: str) -> Result | None:
+        """The earlier run's result for this key, adopted into this run; None if the job must run."""
+        assert self.resume is not None
+        decision = self.resume.decide(job, parts, key, has_outputs=bool(getattr(job, "outputs", ())))
+        if not decision.cached or decision.entry is None:
+            return None
+        doc = decision.entry.doc
+        out, err = self.log.paths(job.id, 0)
+        try:
+            out_p, err_p = adopt(decision.entry, self.log.dir, out, err)
+            value = read_value(out_p.read_bytes().decode("utf-8", "replace") if out_p else "", job.options.parse)
+        except Exception:   # noqa: BLE001 - a vanished file or a parse= that now fails: run it instead
+            return None
+        if self.journal is not None:
+            # the reused result becomes this run's own, so a resume of this run finds it too
+            self.journal.cached({
+                "seq": job.id, "key": key, "parts": parts.to_json(), "task": job.task, "label": job.label,
+                "where": job.where, "host": doc.get("host"), "attempt": doc.get("attempt"),
+                "start": doc.get("start"), "end": doc.get("end"), "ok": True,
+                "stdout": f"{out_p.parent.name}/{out_p.name}" if out_p else "",
+                "stderr": f"{err_p.parent.name}/{err_p.name}" if err_p else "",
+                "stdout_bytes": doc.get("stdout_bytes", 0), "stderr_bytes": doc.get("stderr_bytes", 0),
+                "from": str(decision.entry.run_dir), "from_seq": doc.get("seq")})
+        # the joblog and jobs.jsonl show it as the earlier run ran it, with attempt 0 meaning "reused":
+        # GNU parallel's --resume-failed must skip it as well
+        self.log.record(JobRecord(
+            job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, str(doc.get("host", "")), 0,
+            float(doc.get("start") or 0), float(doc.get("end") or 0), 0, 0, False, False, job.command,
+            str(out_p or ""), str(err_p or ""), int(doc.get("stdout_bytes") or 0), value))
+        self.jobs_cached += 1
+        self._emit("job_cached", job)
+        return Ok(value)
+
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
-                result: Result, final: bool, killed: bool = False) -> None:
+                result: Result, final: bool, killed: bool = False,
+                keyed: tuple[KeyParts, str, float] | None = None) -> None:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
@@ -336,6 +391,17 @@ class Executor:
             result.reason if isinstance(result, Failure) else "", killed)
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
         self.log.record(rec, final or isinstance(result, Ok))
+        if self.journal is not None and keyed is not None:
+            parts, key, ready = keyed
+            self.journal.ended({
+                "seq": job.id, "key": key, "parts": parts.to_json(), "task": job.task, "label": job.label,
+                "where": job.where, "host": host, "attempt": attempt, "ready": round(ready, 6),
+                "start": round(outcome.start, 6), "end": round(outcome.end, 6), "ok": isinstance(result, Ok),
+                "final": final, "exit": outcome.exit_status, "signal": outcome.signal,
+                "timed_out": outcome.timed_out, "connection_failed": outcome.connection_failed,
+                "error": rec.error, "stdout": f"jobs/{out.name}" if outcome.stdout_bytes else "",
+                "stderr": f"jobs/{err.name}" if outcome.stderr_bytes else "",
+                "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes})
         self._emit("job_ended", rec, final, isinstance(result, Ok))
 
     def _fail(self, failure: Failure) -> Failure:

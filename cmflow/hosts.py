@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -18,7 +18,8 @@ from .errors import ConfigError, short
 BUILTIN = "<built-in>"
 
 _HOST_KEYS = {"hostname", "user", "port", "identity", "slots", "labels", "env", "workdir", "local", "ssh_options"}
-_TOP_KEYS = {"defaults", "hosts", "groups", "ssh_config"}
+_TOP_KEYS = {"defaults", "hosts", "groups", "ssh_config", "include"}
+MAX_INCLUDE_DEPTH = 8
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 # what ssh gets as the host: a DNS name, an alias of the user's ssh config, an IPv4
 # or IPv6 address; never anything ssh could read as an option
@@ -44,6 +45,7 @@ class Host:
     workdir: str | None = None
     local: bool = False
     ssh_options: tuple[str, ...] = ()
+    ssh_config: str | None = None     # the ssh_config: of the inventory file that defines the host
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ def load_inventory(explicit: str | None = None) -> Inventory:
     return parse_inventory(yamlfile.read_text(path, "inventory"), path)
 
 
-def parse_inventory(text: str, filename: str = "hosts.yaml") -> Inventory:
+def parse_inventory(text: str, filename: str = "hosts.yaml", _including: tuple[str, ...] = ()) -> Inventory:
     doc = yamlfile.load(text, filename)
     v = _Validator(filename)
     if doc is None:
@@ -235,9 +237,12 @@ def parse_inventory(text: str, filename: str = "hosts.yaml") -> Inventory:
     defaults = doc.get("defaults") or {}
     v.mapping(defaults, "defaults", "a mapping of host settings")
     v.known_keys(defaults, "defaults", _HOST_KEYS)
+    included = _included(doc, filename, _including)
     raw_hosts = doc.get("hosts")
     if raw_hosts is None:
-        raise ConfigError(filename, "hosts", "missing: expected a mapping from host name to settings")
+        if not included:
+            raise ConfigError(filename, "hosts", "missing: expected a mapping from host name to settings")
+        raw_hosts = {}
     v.mapping(raw_hosts, "hosts", "a mapping from host name to settings")
     hosts: dict[str, Host] = {}
     for key, settings in raw_hosts.items():
@@ -260,9 +265,26 @@ def parse_inventory(text: str, filename: str = "hosts.yaml") -> Inventory:
             if name in hosts:
                 raise ConfigError(filename, path, f"host '{name}' is defined twice")
             hosts[name] = v.host(name, merged, path)
+    ssh_config = doc.get("ssh_config")
+    if ssh_config is not None:
+        if not isinstance(ssh_config, str) or not ssh_config or _CONTROL_RE.search(ssh_config):
+            raise ConfigError(filename, "ssh_config", "expected a path to an ssh config file")
+        ssh_config = str(_relative_to(filename, os.path.expanduser(ssh_config)))
+        hosts = {n: replace(h, ssh_config=ssh_config) for n, h in hosts.items()}
+    groups: list[tuple[str, tuple[str, ...]]] = []
+    for i, sub in included:
+        for h in sub.hosts:
+            if h.name in hosts:
+                raise ConfigError(filename, f"include[{i}]", f"host '{h.name}' is defined both here and in {sub.source}")
+            hosts[h.name] = h
+        for gname, members in sub.groups:
+            if any(g == gname for g, _ in groups):
+                raise ConfigError(filename, f"include[{i}]", f"group '{gname}' is defined by two included inventories")
+            groups.append((gname, members))
     if not hosts:
         raise ConfigError(filename, "hosts", "no hosts defined")
-    groups: list[tuple[str, tuple[str, ...]]] = []
+    if len(hosts) > MAX_NODES:
+        raise ConfigError(filename, "include", f"more than {MAX_NODES} hosts in one inventory")
     raw_groups = doc.get("groups") or {}
     v.mapping(raw_groups, "groups", "a mapping from group name to a list of hosts")
     for gname, members in raw_groups.items():
@@ -275,6 +297,8 @@ def parse_inventory(text: str, filename: str = "hosts.yaml") -> Inventory:
             raise ConfigError(filename, path, "expected a list of host names")
         if gname in hosts:
             raise ConfigError(filename, path, f"'{gname}' is already a host name")
+        if any(g == gname for g, _ in groups):
+            raise ConfigError(filename, path, f"group '{gname}' is also defined by an included inventory")
         expanded: list[str] = []
         for i, m in enumerate(members):
             try:
@@ -286,12 +310,30 @@ def parse_inventory(text: str, filename: str = "hosts.yaml") -> Inventory:
             except ValueError as e:
                 raise ConfigError(filename, f"{path}[{i}]", str(e)) from None
         groups.append((str(gname), tuple(expanded)))
-    ssh_config = doc.get("ssh_config")
-    if ssh_config is not None:
-        if not isinstance(ssh_config, str) or not ssh_config or _CONTROL_RE.search(ssh_config):
-            raise ConfigError(filename, "ssh_config", "expected a path to an ssh config file")
-        ssh_config = str(_relative_to(filename, os.path.expanduser(ssh_config)))
     return Inventory(tuple(hosts.values()), tuple(groups), ssh_config, filename)
+
+
+def _included(doc: dict, filename: str, including: tuple[str, ...]) -> list[tuple[int, Inventory]]:
+    """`include: FILE` or a list of files (relative to this one): their hosts and groups join this
+    inventory, each host keeping its own file's ssh_config (e.g. the one `cmflow vm up` writes)."""
+    raw = doc.get("include")
+    if raw is None:
+        return []
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not all(isinstance(x, str) and x for x in items):
+        raise ConfigError(filename, "include", "expected an inventory file or a list of them")
+    chain = (*including, str(Path(filename).resolve()))
+    if len(chain) > MAX_INCLUDE_DEPTH:
+        raise ConfigError(filename, "include", f"includes nest deeper than {MAX_INCLUDE_DEPTH} files")
+    out = []
+    for i, item in enumerate(items):
+        path = _relative_to(filename, os.path.expanduser(item))
+        if str(path.resolve()) in chain:
+            raise ConfigError(filename, f"include[{i}]", f"{item} includes itself (through {' -> '.join(chain)})")
+        if not path.is_file():
+            raise ConfigError(filename, f"include[{i}]", f"no such inventory file: {path}")
+        out.append((i, parse_inventory(yamlfile.read_text(str(path), "inventory"), str(path), chain)))
+    return out
 
 
 def _relative_to(inventory_file: str, path: str) -> Path:

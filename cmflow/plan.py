@@ -121,7 +121,8 @@ def render_text(plan: Plan) -> str:
                 seen.add(job.id)
                 lines.append(f"{pad}#{job.id} {job.label}{again}")
                 if not again:
-                    lines.append(f"{pad}    $ {job.command}")
+                    # continuation lines of a multi-line command stay under its first
+                    lines.append(f"{pad}    $ " + job.command.rstrip("\n").replace("\n", f"\n{pad}      "))
             case PSeq(items) | PPar(items) | PSum(items):
                 lines.append(f"{pad}{type(node).__name__[1:]}")
                 for item in items:
@@ -158,30 +159,9 @@ def render_json(plan: Plan) -> str:
 
 
 def render_dot(plan: Plan) -> str:
-    out = ["digraph plan {", "  rankdir=LR;", '  node [fontname="monospace"];']
-    for job in plan.jobs:
-        out.append(f"  j{job.id} [shape=box,label={json.dumps(job.label + chr(10) + job.command[:60])}];")
-    ids: dict[int, str] = {}
+    from .plan_dot import render_dot as dot    # its own module: layout, escaping, collapsing
 
-    def go(node: PlanNode) -> str:
-        if isinstance(node, JobRef):
-            return f"j{node.job.id}"
-        if id(node) in ids:
-            return ids[id(node)]
-        name = f"n{len(ids)}"
-        ids[id(node)] = name
-        op = {PSeq: ";", PPar: "|", PSum: "+"}[type(node)]
-        out.append(f"  {name} [shape=circle,label={json.dumps(op)}];")
-        for i, item in enumerate(node.items):
-            child = go(item)
-            attr = f' [label="{i + 1}"]' if isinstance(node, PSeq) else ""
-            out.append(f"  {name} -> {child}{attr};")
-        return name
-
-    if plan.root is not None:
-        go(plan.root)
-    out.append("}")
-    return "\n".join(out) + "\n"
+    return dot(plan)
 
 
 RENDERERS = {"text": render_text, "json": render_json, "dot": render_dot}

@@ -16,11 +16,15 @@ from .runlog import JobRecord
 class _Counts:
     def __init__(self, total: int, inventory: Inventory):
         self.total = total
-        self.done = self.failed = self.running = 0
+        self.done = self.failed = self.running = self.cached = 0
         self.busy = {h.name: 0 for h in inventory.hosts}
         self.slots = {h.name: h.slots for h in inventory.hosts}
         self.down: set[str] = set()
         self.started = time.monotonic()
+
+    def cache(self) -> None:
+        self.cached += 1
+        self.done += 1
 
     def start(self, host: str) -> None:
         self.running += 1
@@ -35,9 +39,10 @@ class _Counts:
 
     def eta(self) -> str:
         elapsed = time.monotonic() - self.started
-        if not self.done or self.done >= self.total:
+        ran = self.done - self.cached    # reused results took no time: they must not speed up the ETA
+        if not ran or self.done >= self.total:
             return "-"
-        return f"{elapsed / self.done * (self.total - self.done):.0f}s"
+        return f"{elapsed / ran * (self.total - self.done):.0f}s"
 
 
 class PlainProgress:
@@ -46,6 +51,11 @@ class PlainProgress:
     def __init__(self, total: int, inventory: Inventory, stream: TextIO = sys.stderr):
         self.c = _Counts(total, inventory)
         self.stream = stream
+
+    def job_cached(self, job: Job) -> None:
+        self.c.cache()
+        self.stream.write(f"[{self.c.done}/{self.c.total}] cached #{job.id} {job.label}\n")
+        self.stream.flush()
 
     def job_started(self, job: Job, host: str, attempt: int) -> None:
         self.c.start(host)
@@ -85,7 +95,8 @@ class LiveProgress:
 
         c = self.c
         t = Table.grid(padding=(0, 2))
-        t.add_row(f"[bold]{c.done}[/]/{c.total} done", f"{c.running} running",
+        t.add_row(f"[bold]{c.done}[/]/{c.total} done" + (f" ({c.cached} cached)" if c.cached else ""),
+                  f"{c.running} running",
                   f"[red]{c.failed} failed[/]" if c.failed else "0 failed", f"ETA {c.eta()}")
         hosts = Table.grid(padding=(0, 2))
         for name, busy in list(c.busy.items())[:24]:
@@ -95,6 +106,9 @@ class LiveProgress:
         outer.add_row(t)
         outer.add_row(hosts)
         return outer
+
+    def job_cached(self, job: Job) -> None:
+        self.c.cache()
 
     def job_started(self, job: Job, host: str, attempt: int) -> None:
         self.c.start(host)

@@ -98,6 +98,7 @@ def workdir_word(wd: str) -> str:
 def ssh_base_argv(host: Host, ssh_config: str | None, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
     """ssh options for a host: the inventory's settings, never a shell; host keys stay strict."""
     argv = ["ssh"]
+    ssh_config = host.ssh_config or ssh_config     # an included inventory's hosts keep their own config
     if ssh_config:
         argv += ["-F", ssh_config]
     argv += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}",

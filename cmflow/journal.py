@@ -1,0 +1,193 @@
+"""The durable journal of a run, and the content key of an invocation.
+
+``journal.jsonl`` in the run directory gets one JSON line per event: a job
+started (``start``), an attempt ended (``end``), a job reused from an earlier
+run (``cached``), a job's output files fetched and verified (``fetched``).
+Each line goes to the kernel in one ``write()`` on an ``O_APPEND`` descriptor
+before the executor lets anything depend on the event, so a SIGKILL of cmflow
+loses only the jobs still in flight; a torn last line (power cut, full disk) is
+skipped by the reader, never fatal. No fsync per line: a crash of the whole
+machine may lose the last few seconds (the page cache), a kill of cmflow never.
+
+The key of an invocation is a sha256 over what decides its result:
+
+- the task's name as the flow refers to it (``m.a``), the command string the def
+  built (so any change to the def's output, its literal or run-time argument
+  values, shows here), and those argument values themselves;
+- the placement class (the ``@`` target or the task's ``hosts=``, never the host
+  the job happened to run on) and the environment the inventory gives hosts of
+  that class (``env:``, ``workdir:``);
+- the fingerprint of each declared input file: size and mtime (nanoseconds), or
+  with deep resume its sha256.
+
+Not in the key (docs/resume.md says so too): anything the command reads that
+is not declared (files it opens, the network, the time, programs' versions on
+the hosts), the host's own state, and the task's options (timeout, retries,
+parse: a value is re-read from the reused stdout with today's ``parse=``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from .hosts import Host
+from .plan import Job
+
+JOURNAL = "journal.jsonl"
+KEY_VERSION = "cmflow-key-1"
+
+
+# ------------------------------------------------------------------ the key
+
+@dataclass(frozen=True)
+class KeyParts:
+    """What a key is made of, kept beside it so a changed key can be explained."""
+
+    task: str
+    args: str                  # canonical JSON of positional and keyword argument values
+    command: str               # sha256 of the command string
+    placement: str
+    env: str                   # sha256 of the environments of the placement's hosts
+    inputs: tuple[tuple[str, str], ...] = ()    # (path, fingerprint)
+
+    def key(self) -> str:
+        doc = [KEY_VERSION, self.task, self.args, self.command, self.placement, self.env, list(self.inputs)]
+        return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"task": self.task, "args": self.args, "command": self.command, "placement": self.placement,
+                "env": self.env, "inputs": [list(i) for i in self.inputs]}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "KeyParts":
+        return cls(doc["task"], doc["args"], doc["command"], doc["placement"], doc["env"],
+                   tuple((p, f) for p, f in doc.get("inputs", ())))
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+class Keys:
+    """Computes invocation keys for one run; input fingerprints are cached per path for the run."""
+
+    def __init__(self, deep: bool = False):
+        self.deep = deep
+        self._fingerprints: dict[str, str] = {}
+        self._envs: dict[str | None, str] = {}   # placement -> hash of its hosts' environments
+
+    def parts(self, job: Job, hosts: Sequence[Host], inputs: Iterable[str] = ()) -> KeyParts:
+        """The key parts of a job that may run on ``hosts`` (the hosts its placement resolves to)."""
+        env = self._envs.get(job.target)
+        if env is None:
+            classes = sorted({_canonical([sorted(h.env), h.workdir]) for h in hosts})
+            env = self._envs[job.target] = _sha("\n".join(classes))
+        return KeyParts(job.task, _canonical([list(job.args), [list(kv) for kv in job.kwargs]]), _sha(job.command),
+                        job.target or "", env, tuple((p, self.fingerprint(p)) for p in inputs))
+
+    def fingerprint(self, path: str) -> str:
+        """``size:mtime_ns``, or ``sha256:HEX`` when deep; ``missing`` if it does not exist."""
+        got = self._fingerprints.get(path)
+        if got is None:
+            got = self._fingerprints[path] = _fingerprint(Path(path), self.deep)
+        return got
+
+
+def _fingerprint(path: Path, deep: bool) -> str:
+    try:
+        if path.is_dir():
+            # a folder: its files' fingerprints, in name order
+            inner = [f"{p.relative_to(path)}={_fingerprint(p, deep)}" for p in sorted(path.rglob("*")) if p.is_file()]
+            return "dir:" + _sha("\n".join(inner))
+        if deep:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            return "sha256:" + h.hexdigest()
+        st = path.stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except FileNotFoundError:
+        return "missing"
+
+
+def job_inputs(job: Job) -> tuple[str, ...]:
+    """The input files a job declares (none until jobs carry ``inputs``; the files branch adds them)."""
+    return tuple(str(p) for p in getattr(job, "inputs", ()) or ())
+
+
+# -------------------------------------------------------------- the writer
+
+class Journal:
+    """Appends events to ``journal.jsonl``; one ``write()`` per line so lines never interleave."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / JOURNAL
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # a torn line left by a killed writer must not glue onto our first line
+        if self.path.stat().st_size and not _ends_with_newline(self.path):
+            os.write(self._fd, b"\n")
+
+    def append(self, doc: dict[str, Any]) -> None:
+        try:
+            line = json.dumps(doc, separators=(",", ":"), default=repr)
+        except ValueError:   # a value JSON cannot hold (a circular structure from a parse= callable)
+            doc = {**doc, "value": repr(doc.get("value"))}
+            line = json.dumps(doc, separators=(",", ":"), default=repr)
+        data = (line + "\n").encode("utf-8", "surrogateescape")
+        while data:
+            n = os.write(self._fd, data)
+            data = data[n:]
+
+    def started(self, seq: int, key: str, host: str, attempt: int, ready: float, start: float) -> None:
+        self.append({"ev": "start", "seq": seq, "key": key, "host": host, "attempt": attempt,
+                     "ready": round(ready, 6), "start": round(start, 6)})
+
+    def ended(self, doc: dict[str, Any]) -> None:
+        self.append({"ev": "end", **doc})
+
+    def cached(self, doc: dict[str, Any]) -> None:
+        self.append({"ev": "cached", **doc})
+
+    def fetched(self, seq: int, key: str, files: Sequence[dict[str, Any]]) -> None:
+        """Outputs of a job copied back and verified: [{"path", "size", "sha256"}] relative to the run dir."""
+        self.append({"ev": "fetched", "seq": seq, "key": key, "files": list(files)})
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+# -------------------------------------------------------------- the reader
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Every event of a journal in order; a line that does not parse (a torn write) is skipped."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return   # the torn last line of a killed writer
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and "ev" in doc:
+                yield doc

@@ -1,0 +1,240 @@
+"""Resume: SIGKILL a real `cmflow run` at random moments, then finish it with --resume, locally and over ssh.
+
+Each of the 40 jobs appends its number to a counter file, then sleeps; the
+counter shows exactly which jobs ran, and how often.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cmflow.journal import Journal, read_journal
+from conftest import ROOT, cmflow
+
+N = 40
+VALUE = N * (N + 1) // 2
+
+
+def write_flow(d: Path, counter: Path, n: int = N, sleep: float = 0.3) -> Path:
+    (d / "tk.py").write_text(
+        f'def job(i):\n    return f"echo {{i}} >> {counter}; sleep {sleep}; echo {{i}}"\n')
+    flow = d / "f.flow"
+    flow.write_text("from tk import job\n" + " + ".join(f"job({i})" for i in range(1, n + 1)) + "\n")
+    return flow
+
+
+def lines(counter: Path) -> list[str]:
+    try:
+        return counter.read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def in_flight(run_dir: Path) -> int:
+    """Jobs the journal shows started and not ended: the most a kill can lose."""
+    open_: set[int] = set()
+    for ev in read_journal(run_dir / "journal.jsonl"):
+        if ev["ev"] == "start":
+            open_.add(ev["seq"])
+        elif ev["ev"] == "end":
+            open_.discard(ev["seq"])
+    return len(open_)
+
+
+def start_run(cwd: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "-q", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def kill_after(proc: subprocess.Popen, counter: Path, more: int, timeout: float = 60) -> bool:
+    """SIGKILL proc once the counter has grown by `more` lines; False if the run ended first."""
+    target = len(lines(counter)) + more
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and len(lines(counter)) < target:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the run made no progress")
+        time.sleep(0.01)   # polling for an event (a line in a file), not waiting for time to pass
+    if proc.poll() is not None:
+        proc.communicate()
+        return False
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    return True
+
+
+def kill_and_resume(d: Path, counter: Path, hosts: list[str], kills: int = 5, seed: int | None = None) -> int:
+    """Run, SIGKILL at random moments `kills` times (each time resuming the killed run), then finish.
+    Returns the number of jobs that may have run twice (in flight at a kill)."""
+    rng = random.Random(seed)
+    slack = 0
+    prev: Path | None = None
+    for k in range(kills):
+        run_dir = d / "runs" / f"k{k}"
+        resume = ["--resume", str(prev)] if prev else []
+        proc = start_run(d, *hosts, "--run-dir", str(run_dir), *resume)
+        killed = kill_after(proc, counter, rng.randint(1, 8))
+        if killed:
+            slack += in_flight(run_dir)
+        prev = run_dir
+    final = cmflow("run", "f.flow", "-q", *hosts, "--run-dir", str(d / "runs" / "final"), "--resume", str(prev),
+                   cwd=d)
+    assert final.returncode == 0, final.stderr
+    assert final.stdout.strip() == str(VALUE)
+    return slack
+
+
+def check_counts(counter: Path, slack: int) -> None:
+    got = lines(counter)
+    assert sorted(set(got), key=int) == [str(i) for i in range(1, N + 1)]
+    assert N <= len(got) <= N + slack, (len(got), slack)
+
+
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def resume_again_runs_nothing(d: Path, counter: Path, hosts: list[str]) -> None:
+    before = len(lines(counter))
+    again = cmflow("run", "f.flow", "-q", *hosts, "--run-dir", str(d / "runs" / "again"), "--resume",
+                   str(d / "runs" / "final"), cwd=d)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == str(VALUE)
+    assert len(lines(counter)) == before
+    s = summary(d / "runs" / "again")
+    assert (s["jobs_run"], s["jobs_cached"]) == (0, N)
+
+
+def edit_reruns_exactly_that_job(d: Path, counter: Path, hosts: list[str]) -> None:
+    flow = d / "f.flow"
+    flow.write_text(flow.read_text().replace("job(7) ", "job(77) "))
+    plan = cmflow("plan", "f.flow", *hosts, "--resume", str(d / "runs" / "again"), cwd=d)
+    assert plan.returncode == 0, plan.stderr
+    runs = [line for line in plan.stdout.splitlines() if "runs:" in line]
+    assert len(runs) == 1 and "#7 job(77)" in runs[0] and "arguments changed (was job(7))" in runs[0], plan.stdout
+    before = lines(counter)
+    edited = cmflow("run", "f.flow", "-q", *hosts, "--run-dir", str(d / "runs" / "edited"), "--resume",
+                    str(d / "runs" / "again"), cwd=d)
+    assert edited.returncode == 0, edited.stderr
+    assert edited.stdout.strip() == str(VALUE - 7 + 77)
+    assert lines(counter) == before + ["77"]
+    s = summary(d / "runs" / "edited")
+    assert (s["jobs_run"], s["jobs_cached"]) == (1, N - 1)
+
+
+@pytest.mark.slow
+def test_sigkill_five_times_then_resume_locally(tmp_path):
+    """40 jobs of 0.3 s on 4 local slots, killed 5 times (about 10 s)."""
+    counter = tmp_path / "counter"
+    write_flow(tmp_path, counter)
+    (tmp_path / "inv.yaml").write_text("hosts:\n  here: {local: true, slots: 4}\n")
+    hosts = ["--hosts", "inv.yaml"]
+    slack = kill_and_resume(tmp_path, counter, hosts)
+    check_counts(counter, slack)
+    resume_again_runs_nothing(tmp_path, counter, hosts)
+    edit_reruns_exactly_that_job(tmp_path, counter, hosts)
+
+
+@pytest.mark.slow
+def test_sigkill_five_times_then_resume_over_ssh(sshd_hosts, tmp_path, shared):
+    """40 jobs of 0.3 s on 3 sshd hosts x 2 slots, killed 5 times (about 15 s)."""
+    counter = shared / "counter"
+    write_flow(tmp_path, counter)
+    hosts = ["--hosts", str(sshd_hosts.inventory_file)]
+    slack = kill_and_resume(tmp_path, counter, hosts)
+    check_counts(counter, slack)
+    resume_again_runs_nothing(tmp_path, counter, hosts)
+    edit_reruns_exactly_that_job(tmp_path, counter, hosts)
+
+
+def test_resume_defaults_to_the_latest_run_of_the_flow(tmp_path):
+    counter = tmp_path / "counter"
+    write_flow(tmp_path, counter, n=3, sleep=0)
+    (tmp_path / "other.flow").write_text("from tk import job\njob(9)\n")
+    first = cmflow("run", "f.flow", "-q", cwd=tmp_path)
+    assert first.returncode == 0 and first.stdout.strip() == "6", first.stderr
+    assert cmflow("run", "other.flow", "-q", cwd=tmp_path).returncode == 0   # the newest run, of another flow
+    again = cmflow("run", "f.flow", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.strip() == "6", again.stderr
+    assert "cached #1 job(1)" not in again.stderr      # without --resume everything runs
+    resumed = cmflow("run", "f.flow", "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0 and resumed.stdout.strip() == "6", resumed.stderr
+    assert resumed.stderr.count("cached") == 3
+    assert sorted(lines(counter)) == ["1", "1", "2", "2", "3", "3", "9"]
+
+
+def test_failed_and_changed_jobs_run_again_with_reasons(tmp_path):
+    flag = tmp_path / "fail"
+    flag.write_text("")
+    (tmp_path / "tk.py").write_text(
+        f'def ok(i): return f"echo {{i}}"\n'
+        f'def flaky(): return "test ! -e {flag} && echo 10"\n'
+        f'def cmd(): return "echo 100"\n')
+    (tmp_path / "f.flow").write_text("from tk import *\nok(1) + flaky + cmd\n")
+    first = cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path)
+    assert first.returncode == 1
+    (tmp_path / "tk.py").write_text((tmp_path / "tk.py").read_text().replace("echo 100", "echo 200"))
+    plan = cmflow("plan", "f.flow", "--resume", "r1", "--format", "json", cwd=tmp_path)
+    assert plan.returncode == 0, plan.stderr
+    states = {j["label"]: (j["state"], j["reason"]) for j in json.loads(plan.stdout)["jobs"]}
+    assert states == {"ok(1)": ("cached", ""), "flaky": ("runs", "failed earlier (exit status 1)"),
+                      "cmd": ("runs", "command changed")}
+    flag.unlink()
+    second = cmflow("run", "f.flow", "-q", "--run-dir", "r2", "--resume", "r1", cwd=tmp_path)
+    assert second.returncode == 0 and second.stdout.strip() == "211", second.stderr
+
+
+def test_a_missing_output_is_not_reused(tmp_path):
+    (tmp_path / "tk.py").write_text('def a(): return "echo 5"\n')
+    (tmp_path / "f.flow").write_text("from tk import a\na\n")
+    assert cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path).returncode == 0
+    (tmp_path / "r1" / "jobs" / "1.1.out").unlink()
+    plan = cmflow("plan", "f.flow", "--resume", "r1", cwd=tmp_path)
+    assert "runs: its stdout jobs/1.1.out is missing" in plan.stdout
+
+
+def test_torn_last_line_is_ignored(tmp_path):
+    j = Journal(tmp_path)
+    j.append({"ev": "end", "seq": 1, "key": "k1", "ok": True})
+    j.close()
+    with open(tmp_path / "journal.jsonl", "a") as f:
+        f.write('{"ev": "end", "seq": 2, "ke')        # a write cut short by a crash
+    assert [e["seq"] for e in read_journal(tmp_path / "journal.jsonl")] == [1]
+    j = Journal(tmp_path)                              # appending after a torn line starts a fresh line
+    j.append({"ev": "end", "seq": 3, "key": "k3", "ok": True})
+    j.close()
+    assert [e["seq"] for e in read_journal(tmp_path / "journal.jsonl")] == [1, 3]
+
+
+def test_a_run_still_going_is_not_resumed_twice(tmp_path):
+    (tmp_path / "tk.py").write_text(f'def a(): return "touch {tmp_path}/started; sleep 60"\n')
+    (tmp_path / "f.flow").write_text("from tk import a\na\n")
+    proc = start_run(tmp_path, "--run-dir", "r1")
+    try:
+        while not (tmp_path / "started").exists():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.01)
+        busy = cmflow("run", "f.flow", "--resume", "r1", "--run-dir", "r2", cwd=tmp_path)
+        assert busy.returncode == 2
+        assert "r1 is still running" in busy.stderr and "Traceback" not in busy.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate()
+
+
+def test_resume_usage_errors(tmp_path):
+    (tmp_path / "tk.py").write_text('def a(): return "echo 5"\n')
+    (tmp_path / "f.flow").write_text("from tk import a\na\n")
+    none = cmflow("run", "f.flow", "--resume", cwd=tmp_path)
+    assert none.returncode == 2 and "no earlier run of f.flow" in none.stderr
+    bad = cmflow("plan", "f.flow", "--resume", "nowhere", cwd=tmp_path)
+    assert bad.returncode == 2 and "nowhere is not a run directory" in bad.stderr
