@@ -68,8 +68,10 @@ def load_expr(expr: str, tasks: Sequence[str] = (), hosts_file: str | None = Non
     return compile_flow(flow, expr, loader=loader, **_target_kw(inv)), inv
 
 
-def make_transport(host: Host, inv: Inventory) -> Transport:
-    """The transport for a host: local for ``local: true``, else the system ssh client."""
+def make_transport(host: Host, inv: Inventory, clusters: Any = None) -> Transport:
+    """The transport for a host: local for ``local: true``, Slurm for ``slurm:``, else the system ssh client."""
+    if host.slurm and clusters is not None:
+        return clusters.transport(host)
     if host.local:
         from .transport.local import LocalTransport
 
@@ -125,6 +127,11 @@ def _observers(display: Display, plan: Plan, inv: Inventory) -> list[Any]:
     return [PlainProgress(len(plan.jobs), inv)]
 
 
+def _write_hosts(log: RunLog, inv: Inventory) -> None:
+    log.write_json("hosts.json", [{"name": h.name, "hostname": h.hostname, "slots": h.slots, "local": h.local,
+                                   "labels": list(h.labels)} for h in inv.hosts])
+
+
 async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
                display: Display = "quiet", observers: Sequence[Observer] = (), resume: str | Path | None = None,
                report: bool = True) -> Run:
@@ -148,31 +155,41 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     log = RunLog(rdir, {h.name for h in inv.hosts if h.local})
     journal = Journal(rdir)
     started = time.time()
-    shown = _observers(display, plan, inv)
-    executor = Executor(plan, inv, {h.name: make_transport(h, inv) for h in inv.hosts}, log, options,
-                        [*shown, *observers], journal=journal, resume=index)
     log.write_json("run.json", {
         "id": rdir.name, "flow": flow_id(plan), "argv": sys.argv, "cwd": os.getcwd(), "started": started,
         "pid": os.getpid(), "controller": socket.gethostname(), "jobs": len(plan.jobs),
         "resumed_from": str(resume) if resume is not None else None,
         "options": {"jobs": options.jobs, "timeout": options.timeout, "retries": options.retries,
                     "halt": options.halt, "deep": options.deep}})
-    log.write_json("hosts.json", [{"name": h.name, "hostname": h.hostname, "slots": h.slots, "local": h.local,
-                                   "labels": list(h.labels)} for h in inv.hosts])
+    _write_hosts(log, inv)
     log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs],
                                  "root": _node_json(plan.root) if plan.root is not None else None})
     point_latest(rdir)
     result: RunResult | None = None
+    shown: list[Any] = []
+    executor: Executor | None = None
     try:
         async with AsyncExitStack() as stack:
+            clusters = None
+            if any(h.slurm for h in inv.hosts):
+                from .transport.slurm import Clusters
+
+                # Slurm hosts first: an allocation's nodes become hosts of this run
+                clusters = Clusters(rdir.resolve().name)
+                stack.push_async_callback(clusters.aclose)
+                inv = await clusters.open(inv)
+                _write_hosts(log, inv)
+            shown = _observers(display, plan, inv)
+            executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters) for h in inv.hosts}, log,
+                                options, [*shown, *observers], journal=journal, resume=index)
             for t in executor.transports.values():
                 stack.push_async_callback(t.aclose)
             result = await executor.run()
     finally:
         for o in shown:
             o.close()
-        done = result or RunResult(False, cancelled=True, jobs_run=executor.jobs_run,
-                                   jobs_cached=executor.jobs_cached)
+        done = result or RunResult(False, cancelled=True, jobs_run=executor.jobs_run if executor else 0,
+                                   jobs_cached=executor.jobs_cached if executor else 0)
         log.write_json("summary.json", {
             "ok": done.ok, "value": done.value, "cancelled": result is None, "halted": done.halted,
             "started": started, "ended": time.time(), "jobs": len(plan.jobs),

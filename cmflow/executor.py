@@ -332,14 +332,16 @@ class Executor:
 
         if outcome.connection_failed:
             return failure(f"connection failed: {outcome.message}")
+        # a transport may say more (Slurm: "OUT_OF_MEMORY", "walltime limit")
+        more = f" ({outcome.message})" if outcome.message else ""
         if outcome.timed_out:
-            return failure(f"timed out after {outcome.end - outcome.start:.1f}s")
-        if outcome.exit_status is None and outcome.message:
+            return failure(f"timed out after {outcome.end - outcome.start:.1f}s{more}")
+        if outcome.exit_status is None and outcome.message and not outcome.signal:
             return failure(outcome.message)     # the transport could not start it (e.g. no workdir)
         if outcome.exit_status is None:
-            return failure(f"killed by signal {outcome.signal}")
+            return failure(f"killed by signal {outcome.signal}{more}")
         if outcome.exit_status != 0:
-            return failure(f"exit status {outcome.exit_status}")
+            return failure(f"exit status {outcome.exit_status}{more}")
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))
@@ -388,7 +390,7 @@ class Executor:
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "", killed)
+            result.reason if isinstance(result, Failure) else "", killed, outcome.ref)
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
         self.log.record(rec, final or isinstance(result, Ok))
         if self.journal is not None and keyed is not None:

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from . import yamlfile
+from . import slurmspec, yamlfile
 from .errors import ConfigError, short
 
 BUILTIN = "<built-in>"
 
-_HOST_KEYS = {"hostname", "user", "port", "identity", "slots", "labels", "env", "workdir", "local", "ssh_options"}
+_HOST_KEYS = {"hostname", "user", "port", "identity", "slots", "labels", "env", "workdir", "local", "ssh_options", "slurm"}
 _TOP_KEYS = {"defaults", "hosts", "groups", "ssh_config", "include"}
 MAX_INCLUDE_DEPTH = 8
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
@@ -28,7 +28,7 @@ _USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-@$\\]{0,63}")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 MAX_NODES = 100_000      # names one node set (or one inventory) may expand to
-MAX_SLOTS = 4096         # jobs at once on one host
+MAX_SLOTS = 4096         # jobs at once on one host (a Slurm allocation: 16 times that)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -46,6 +46,7 @@ class Host:
     local: bool = False
     ssh_options: tuple[str, ...] = ()
     ssh_config: str | None = None     # the ssh_config: of the inventory file that defines the host
+    slurm: slurmspec.SlurmSpec | None = None   # a Slurm cluster (see slurmspec.py), not one machine
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,14 @@ def fold_nodeset(names: Iterable[str]) -> str:
 
 
 def builtin_inventory() -> Inventory:
-    """One local host with a slot per CPU: a fresh install runs flows with no setup."""
+    """One local host with a slot per CPU: a fresh install runs flows with no setup.
+
+    Inside a Slurm allocation (``SLURM_JOB_ID``: a user's salloc, an sbatch script)
+    the allocation is the host instead: its nodes run the jobs (transport/slurm.py).
+    """
+    if os.environ.get("SLURM_JOB_ID"):
+        return Inventory((Host("slurm", "slurm", slots=1, slurm=slurmspec.SlurmSpec()),),
+                         source=f"Slurm allocation {os.environ['SLURM_JOB_ID']}")
     return Inventory((Host("localhost", "localhost", slots=os.cpu_count() or 1, local=True),), source=BUILTIN)
 
 
@@ -380,9 +388,11 @@ class _Validator:
                 self.fail(f"{path}.{key}", f"expected {expected}, got {_kind(value)}")
             return value
 
-        slots = get("slots", int, "a positive integer (jobs at once)", 1)
-        if not 1 <= slots <= MAX_SLOTS:
-            self.fail(f"{path}.slots", f"expected a positive integer (jobs at once) up to {MAX_SLOTS}, got {short(slots)}")
+        slurm = slurmspec.parse(s["slurm"], f"{path}.slurm", self.fail) if "slurm" in s else None
+        slots = get("slots", int, "a positive integer (jobs at once)", slurmspec.default_slots(slurm) if slurm else 1)
+        most = MAX_SLOTS * 16 if slurm else MAX_SLOTS     # an allocation spans many nodes
+        if not 1 <= slots <= most:
+            self.fail(f"{path}.slots", f"expected a positive integer (jobs at once) up to {most}, got {short(slots)}")
         port = get("port", int, "a port number (1-65535)")
         if port is not None and not 0 < port < 65536:
             self.fail(f"{path}.port", f"expected a port number (1-65535), got {short(port)}")
@@ -427,7 +437,7 @@ class _Validator:
             identity=os.path.expanduser(identity) if identity else None,
             labels=tuple(labels), env=tuple((k, str(v)) for k, v in env.items()),
             workdir=workdir, local=get("local", bool, "true or false", False),
-            ssh_options=tuple(ssh_options),
+            ssh_options=tuple(ssh_options), slurm=slurm,
         )
 
 

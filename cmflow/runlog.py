@@ -52,6 +52,7 @@ class JobRecord:
     value: Any = None
     error: str = ""
     killed: bool = False   # we killed it (halt now, Ctrl-C); timed_out says so for timeouts
+    ref: str = ""          # Slurm's id of the attempt (JOBID.STEP, JOBID_TASK), if it ran under Slurm
 
     @property
     def runtime(self) -> float:

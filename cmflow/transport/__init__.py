@@ -36,6 +36,7 @@ class Outcome:
     message: str = ""            # why, when the transport could not run the command
     stdout_bytes: int = 0        # an output of 0 bytes has no file
     stderr_bytes: int = 0
+    ref: str = ""                # the batch system's id of this attempt (Slurm: JOBID.STEP or JOBID_TASK)
 
     @property
     def ok(self) -> bool:
