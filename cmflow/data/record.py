@@ -1,7 +1,7 @@
 """The record kept for each stored file: plain YAML/JSON-able values, no tags."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
 from .errors import DataError
@@ -36,14 +36,44 @@ class Record:
     created: str          # ISO 8601, UTC
     modified: str
     content_type: str
+    # the access policy (owner above): who else may read it, and whether anyone may. cmflow shows and
+    # keeps it, and makes signed links; the services themselves are not told (see docs/data.md)
+    readers: tuple[str, ...] = ()
+    public: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["readers"] = list(self.readers)
+        return d
+
+    @property
+    def policy(self) -> str:
+        if self.public:
+            return "public"
+        return "shared: " + ", ".join(self.readers) if self.readers else "private"
+
+    def shared(self, readers: tuple[str, ...] = (), public: bool | None = None) -> "Record":
+        merged = tuple(dict.fromkeys((*self.readers, *readers)))
+        return replace(self, readers=merged, public=self.public if public is None else public)
+
+    def unshared(self, readers: tuple[str, ...] = (), public: bool = False) -> "Record":
+        """Without arguments: private again (no readers, not public)."""
+        if not readers and not public:
+            return replace(self, readers=(), public=False)
+        return replace(self, readers=tuple(r for r in self.readers if r not in readers),
+                       public=False if public else self.public)
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], where: str = "record") -> "Record":
         names = {f.name for f in fields(cls)}
-        missing = names - set(doc)
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        missing = required - set(doc)
         if missing:
             raise DataError(f"{where}: missing {', '.join(sorted(missing))}")
-        return cls(**{k: doc[k] for k in names})
+        values = {k: doc[k] for k in names if k in doc}
+        readers = values.get("readers", ())
+        if not isinstance(readers, (list, tuple)) or not all(isinstance(r, str) for r in readers):
+            raise DataError(f"{where}: readers must be a list of user names")
+        values["readers"] = tuple(readers)
+        values["public"] = bool(values.get("public", False))
+        return cls(**values)

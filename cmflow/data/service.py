@@ -13,13 +13,14 @@ import mimetypes
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
 from .config import DataConfig
 from .db import RecordDB, open_db
+from ..errors import CmflowError
 from .errors import DataError, Exists, NotFound
 from .record import Record, check_name
 from .storage import CHUNK, Storage, open_storage
@@ -62,6 +63,7 @@ class DataService:
         self.config = config
         self._db: RecordDB | None = None
         self._stores: dict[str, Storage] = {}
+        self.warnings: list[str] = []
 
     @property
     def db(self) -> RecordDB:
@@ -127,9 +129,34 @@ class DataService:
 
     # ------------------------------------------------------------------- ls
     def ls(self, service: str | None = None) -> list[Record]:
+        """Every record (of one service); records that could not be read are in self.warnings."""
         if service is not None and service not in self.config.services:
             raise DataError(f"unknown service '{service}' (configured: {', '.join(self.config.services)})")
-        return [r for r in self.db.list() if service is None or r.service == service]
+        records = [r for r in self.db.list() if service is None or r.service == service]
+        self.warnings = list(getattr(self.db, "warnings", []))
+        return records
+
+    # ---------------------------------------------------------------- share
+    def share(self, name: str, readers: tuple[str, ...] = (), public: bool = False,
+              expires: int | None = None) -> tuple[Record, str | None]:
+        """Add readers / make public, and with `expires` (seconds) make a time-limited link. The link
+        comes first: a service that cannot make one changes nothing."""
+        record = self.db.get(check_name(name))
+        link = None
+        if expires is not None:
+            if record.service not in self.config.services:
+                raise DataError(f"'{name}' is stored in service '{record.service}', which is not configured")
+            link = self.storage(record.service)[1].signed_url(record.locator, expires)
+        if readers or public:
+            record = replace(record.shared(readers, public or None), modified=_now())
+            self.db.add(record, force=True)
+        return record, link
+
+    def unshare(self, name: str, readers: tuple[str, ...] = (), public: bool = False) -> Record:
+        record = self.db.get(check_name(name))
+        record = replace(record.unshared(readers, public), modified=_now())
+        self.db.add(record, force=True)
+        return record
 
     # ------------------------------------------------------------------ get
     def get(self, name: str, dest: str | Path | None = None, force: bool = False) -> Path:
@@ -176,8 +203,10 @@ class DataService:
                 try:
                     obj = open_db(section) if kind == "db" else open_storage(section)
                     detail, ok = obj.ping(), True
-                except Exception as e:  # report, never raise: this is a health check
-                    detail, ok = str(e) if isinstance(e, DataError) else f"{type(e).__name__}", False
+                except CmflowError as e:  # report, never raise: this is a health check
+                    detail, ok = str(e), False
+                except Exception as e:    # a library's own error: its type and first line, no more
+                    detail, ok = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", False
                 out.append(ServiceStatus(kind, name, section.kind, ok, detail, name == default))
         return out
 

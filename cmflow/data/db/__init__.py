@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Iterator, Protocol
 
-from ..config import Section
+from ..config import KINDS_DB, Section
+from ..errors import DataError
 from ..record import Record
 
 
@@ -27,4 +28,5 @@ def open_db(section: Section) -> RecordDB:
         from .mongo import MongoDB
 
         return MongoDB(section)
-    raise ValueError(section.kind)
+    raise DataError(f"database '{section.name}': kind '{section.kind}' is not supported by cmflow "
+                    f"(supported: {', '.join(sorted(KINDS_DB))})")

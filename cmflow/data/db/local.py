@@ -17,9 +17,13 @@ from ..errors import DataError, Exists, NotFound, Unavailable
 from ..record import Record, check_name
 
 
+LEGACY_TAGS = ("!!python/object:CloudFile", "!CloudFile")   # records of the original `cm` project's cmdata
+
+
 class LocalDB:
     def __init__(self, path: str | Path):
         self.root = Path(path)
+        self.warnings: list[str] = []    # records list() could not read, each with why
 
     def _file(self, name: str) -> Path:
         return self.root / f"{check_name(name)}.yaml"
@@ -33,7 +37,7 @@ class LocalDB:
     def add(self, record: Record, force: bool = False) -> Record | None:
         self._ensure()
         final = self._file(record.name)
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".yaml")
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=".yaml.part")   # never matches *.yaml
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 yaml.safe_dump(record.to_dict(), f, sort_keys=False)
@@ -55,8 +59,8 @@ class LocalDB:
     def _read(self, path: Path) -> Record:
         try:
             doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as e:
-            raise DataError(f"{path}: not a valid record ({e})") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise DataError(f"{path}: not a valid record ({str(e).splitlines()[0][:200]})") from None
         if not isinstance(doc, dict):
             raise DataError(f"{path}: not a valid record")
         return Record.from_dict(doc, str(path))
@@ -68,11 +72,21 @@ class LocalDB:
         return self._read(path)
 
     def list(self) -> Iterator[Record]:
+        """Every record, names starting with a dot included; one that cannot be read is skipped with a
+        warning (in self.warnings), never stopping the rest."""
+        self.warnings = []
         if not self.root.is_dir():
             return
         for path in sorted(self.root.glob("*.yaml")):
-            if not path.name.startswith("."):
+            try:
                 yield self._read(path)
+            except DataError as e:
+                head = path.read_bytes()[:4096].decode("utf-8", "replace")
+                if any(tag in head for tag in LEGACY_TAGS):
+                    self.warnings.append(f"{path}: a legacy record of the original cmdata (a pickled Python "
+                                         f"object, never loaded); not listed — re-add the file to keep it")
+                else:
+                    self.warnings.append(f"{path}: unreadable record, not listed ({e})")
 
     def delete(self, name: str) -> None:
         try:

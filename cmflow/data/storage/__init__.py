@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import BinaryIO, Iterator, Protocol
 
-from ..config import Section
+from ..config import KINDS_SERVICE, Section
+from ..errors import DataError
 
 CHUNK = 1 << 20
 
@@ -15,6 +16,9 @@ class Storage(Protocol):
     def keys(self) -> list[str]: ...
     def url(self, key: str) -> str: ...
     def ping(self) -> str: ...
+    def signed_url(self, key: str, seconds: int) -> str:
+        """A link that reads the object with plain HTTP until it expires; DataError where the service has none."""
+        ...
 
 
 def open_storage(section: Section) -> Storage:
@@ -30,4 +34,17 @@ def open_storage(section: Section) -> Storage:
         from .cloud import s3_storage
 
         return s3_storage(section)
-    raise ValueError(section.kind)
+    if section.kind == "google":
+        from .google import google_storage
+
+        return google_storage(section)
+    if section.kind == "gdrive":
+        from .gdrive import DriveStorage
+
+        return DriveStorage(section)
+    if section.kind == "box":
+        from .box import BoxStorage
+
+        return BoxStorage(section)
+    raise DataError(f"service '{section.name}': kind '{section.kind}' is not supported by cmflow "
+                    f"(supported: {', '.join(sorted(KINDS_SERVICE))})")

@@ -85,6 +85,12 @@ class LibcloudStorage:
     def url(self, key: str) -> str:
         return f"{self.base_url}/{quote(self.container_name)}/{quote(key)}"
 
+    def signed_url(self, key: str, seconds: int) -> str:
+        """S3: a presigned URL (SigV4, at most 7 days); Azure: a blob SAS with read permission only."""
+        container = self._get_container()
+        obj = self._guard(f"find {key}", lambda: self.driver.get_object(container.name, key))
+        return self._guard(f"sign {key}", lambda: self.driver.get_object_cdn_url(obj, ex_expiry=seconds / 3600))
+
     def ping(self) -> str:
         self._get_container()
         return f"container {self.container_name} at {self.base_url}"

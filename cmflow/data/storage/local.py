@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..errors import NotFound, Unavailable
+from ..errors import DataError, NotFound, Unavailable
 from ..record import check_name
 from . import CHUNK
 
@@ -60,6 +60,10 @@ class LocalStorage:
 
     def url(self, key: str) -> str:
         return self._path(key).as_uri()
+
+    def signed_url(self, key: str, seconds: int) -> str:
+        raise DataError("a local folder cannot make time-limited links (anyone who can read the folder can "
+                        "read the file); the record's policy is what `share` changes there")
 
     def ping(self) -> str:
         self.root.mkdir(parents=True, exist_ok=True)
