@@ -345,7 +345,7 @@ class Executor:
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))
-        except Exception as e:  # a task's own parse= callable may raise anything
+        except (Exception, SystemExit, GeneratorExit) as e:  # a task's own parse= callable may raise anything
             return failure(f"cannot read its value ({job.options.parse if isinstance(job.options.parse, str) else 'parse'}): "
                            f"{type(e).__name__}: {e}")
 
@@ -382,6 +382,9 @@ class Executor:
         self._emit("job_cached", job)
         return Ok(value)
 
+    def _attempts(self, job: Job) -> int:
+        return 1 + (job.options.retries if job.options.retries is not None else self.options.retries)
+
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
                 result: Result, final: bool, killed: bool = False,
                 keyed: tuple[KeyParts, str, float] | None = None) -> None:
@@ -390,7 +393,7 @@ class Executor:
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "", killed, outcome.ref)
+            result.reason if isinstance(result, Failure) else "", killed, outcome.ref, self._attempts(job))
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
         self.log.record(rec, final or isinstance(result, Ok))
         if self.journal is not None and keyed is not None:

@@ -53,6 +53,7 @@ class JobRecord:
     error: str = ""
     killed: bool = False   # we killed it (halt now, Ctrl-C); timed_out says so for timeouts
     ref: str = ""          # Slurm's id of the attempt (JOBID.STEP, JOBID_TASK), if it ran under Slurm
+    attempts: int = 0      # attempts allowed for the command's own failures (retries + 1); 0: not known
 
     @property
     def runtime(self) -> float:
