@@ -1,5 +1,7 @@
 """cmflow: run many shell jobs on many machines from one short expression."""
+from .files.spec import command
+from .files.value import Files
 from .tasks import task
 
 __version__ = "0.1.0"
-__all__ = ["task", "__version__"]
+__all__ = ["task", "command", "Files", "__version__"]

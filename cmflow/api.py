@@ -21,6 +21,7 @@ from . import ast
 from .compiler import compile_file, compile_flow
 from .executor import Executor, Observer, RunOptions, RunResult
 from .errors import UsageError
+from .files.mover import FileMover
 from .hosts import Host, Inventory, load_inventory
 from .journal import Journal
 from .parser import parse_expr
@@ -28,6 +29,7 @@ from .plan import Plan, _node_json, job_json
 from .resume import ResumeIndex
 from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
 from .runlog import RunLog, new_run_id
+from .status import StatusLog
 from .tasks import TaskLoader
 from .transport import Transport
 
@@ -155,8 +157,10 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     log = RunLog(rdir, {h.name for h in inv.hosts if h.local})
     journal = Journal(rdir)
     started = time.time()
+    files = FileMover(rdir, options.keep_remote)
+    status: StatusLog | None = None
     log.write_json("run.json", {
-        "id": rdir.name, "flow": flow_id(plan), "argv": sys.argv, "cwd": os.getcwd(), "started": started,
+        "id": rdir.name, "flow": flow_id(plan), "argv": ["cmflow", *sys.argv[1:]] if sys.argv[0].endswith(("cmflow", "__main__.py")) else sys.argv, "cwd": os.getcwd(), "started": started,
         "pid": os.getpid(), "controller": socket.gethostname(), "jobs": len(plan.jobs),
         "resumed_from": str(resume) if resume is not None else None,
         "options": {"jobs": options.jobs, "timeout": options.timeout, "retries": options.retries,
@@ -180,10 +184,14 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
                 inv = await clusters.open(inv)
                 _write_hosts(log, inv)
             shown = _observers(display, plan, inv)
+            status = StatusLog(rdir, len(plan.jobs), {h.name: h.slots for h in inv.hosts})
             executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters) for h in inv.hosts}, log,
-                                options, [*shown, *observers], journal=journal, resume=index)
+                                options, [*shown, status, *observers], files=files, journal=journal,
+                                resume=index)
             for t in executor.transports.values():
                 stack.push_async_callback(t.aclose)
+            # pushed last, so it runs first: queued work dirs go while the connections still stand
+            stack.push_async_callback(files.close)
             result = await executor.run()
     finally:
         for o in shown:
@@ -197,10 +205,23 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
             "failures": [{"reason": f.reason, "task": f.job.label if f.job else None, "host": f.host,
                           "exit_status": f.exit_status} for f in done.failures]})
         log.finish((j.id, j.command) for j in plan.jobs)
+        if status is not None:
+            status.close()
         log.close()
         journal.close()
         lock.release()
+        _finish(rdir, report)
     return Run(result, rdir, plan)
+
+
+def _finish(rdir: Path, report: bool) -> None:
+    """trace.tsv and report.html from the finished run directory; a bug there must not fail the run."""
+    from .report import finish_run
+
+    try:
+        finish_run(rdir, report)
+    except Exception as e:  # noqa: BLE001 - the run's own result stands; say what went wrong
+        sys.stderr.write(f"cmflow: could not write the report of {rdir}: {type(e).__name__}: {e}\n")
 
 
 def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,

@@ -5,8 +5,10 @@ Usage:
   cmflow plan FLOW [--hosts=FILE] [--format=FMT] [--resume [RUN_DIR] [--deep]]
   cmflow run FLOW [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N] [--halt=WHEN]
              [--run-dir=DIR] [--format=FMT] [--quiet] [--resume [RUN_DIR] [--deep]] [--no-report]
+             [--keep-remote]
   cmflow eval EXPR [--tasks=MODULE]... [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N]
-             [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet] [--no-report]
+             [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet] [--no-report] [--keep-remote]
+  cmflow status [RUN_DIR] [--watch] [--format=FMT]
   cmflow report [RUN_DIR] [-o FILE]
   cmflow runs [ls] [--root=DIR] [--format=FMT]
   cmflow runs clean [--keep=N] [--older-than=DAYS] [--root=DIR]
@@ -35,6 +37,9 @@ Commands:
   run           Run a flow on the inventory's hosts and print its value.
   eval          Run one expression with the tasks of the given modules.
   repl          Evaluate expressions interactively (statements stay for the session).
+  status        Per host: jobs staging, running, fetching, done, failed; bytes
+                sent and fetched; ETA; failed jobs and why. Reads a run
+                directory (default: the latest under ./runs), running or ended.
   report        Write a run's report, one self-contained HTML file (default: the
                 latest run, into its report.html).
   runs          List the runs under runs/ (id, flow, start, wall, jobs, state);
@@ -54,7 +59,7 @@ Commands:
 Options:
   --hosts=FILE            Inventory (default: ./hosts.yaml, $CMFLOW_HOSTS,
                           ~/.cmflow/hosts.yaml, else this machine).
-  --format=FMT            plan: text, json or dot; run/eval: text or json;
+  --format=FMT            plan: text, json or dot; run/eval/status: text or json;
                           data ls: table or json [default: text].
   -j N, --jobs=N          Run at most N jobs at once across all hosts.
   --timeout=SECS          Kill a job (its whole process tree) after SECS.
@@ -76,6 +81,9 @@ Options:
   --keep=N                runs clean: keep the newest N runs.
   --older-than=DAYS       runs clean: remove runs started more than DAYS ago.
   -q, --quiet             Print only the flow's value.
+  --keep-remote           Keep every job's work directory on its host (a failed
+                          job's is always kept, and its path shown).
+  --watch                 Refresh the status every second until the run ends.
   --tasks=MODULE          A task module (name or file.py) for eval and repl.
   --on=TARGET             Hosts for exec: a host, group, label or node[1-4] [default: all].
   --connect-timeout=SECS  Give up connecting after SECS [default: 10].
@@ -194,7 +202,7 @@ def _run(args: dict, plan: Any, inv: Any) -> int:
     if fmt not in ("text", "json"):
         raise UsageError(f"--format for run must be text or json, not {fmt!r}")
     options = RunOptions(jobs=_int(args, "--jobs", 1), timeout=_seconds(args, "--timeout"),
-                         retries=_int(args, "--retries") or 0, halt=halt)
+                         retries=_int(args, "--retries") or 0, halt=halt, keep_remote=args["--keep-remote"])
     run_dir = None if args["--run-dir"] in (None, "runs/<id>") else args["--run-dir"]
     display = "quiet" if args["--quiet"] else "auto"
     _say_implicit_inventory(args, inv)
@@ -339,10 +347,14 @@ def dispatch(args: dict) -> int:
         from . import hostcmds
 
         return hostcmds.exec_command(args)
-    if args["vm"]:
+    if args["vm"]:   # before status: `vm status` sets "status" too
         from .vm import cli as vm_cli
 
         return vm_cli.dispatch(args)
+    if args["status"]:
+        from . import status
+
+        return status.show(args["RUN_DIR"], args["--format"], args["--watch"])
     if args["data"]:
         from .data import cli as data_cli
 

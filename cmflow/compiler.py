@@ -18,6 +18,8 @@ from typing import Any, Callable
 from . import ast
 from ._gc import paused
 from .errors import Diagnostic, FlowError, short
+from .files.spec import Command, JobFiles, SpecError
+from .files.spec import resolve as resolve_files
 from .parser import parse
 from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
 from .tasks import ModuleNotFound, TaskLoader, exec_inline_def, options_of, public_tasks, reraise_interrupt
@@ -254,7 +256,14 @@ class _Compiler:
             command = self._call(fn, name, args, kwargs, pos)
             if command is None:
                 return None
-            job = Job(len(self.jobs) + 1, name.dotted, args, kwargs, target, command, options, self.filename, pos)
+            files = None
+            if isinstance(command, Command) or options.files is not None:
+                files = self._files(command, options, name, pos)
+                if files is None:
+                    return None
+                command = str(command)
+            job = Job(len(self.jobs) + 1, name.dotted, args, kwargs, target, command, options, self.filename, pos,
+                      files or None)
             self.jobs[key] = job
         ref = self.job_refs.get(job.id)
         if ref is None:
@@ -268,7 +277,17 @@ class _Compiler:
             self._alive.append(fn)     # the id stays this function's for the compilation
         return sig  # type: ignore[return-value]
 
-    def _call(self, fn: Callable, name: ast.Name, args: tuple, kwargs: tuple, pos: ast.Pos) -> str | None:
+    def _files(self, command: str | Command, options: Any, name: ast.Name, pos: ast.Pos) -> JobFiles | None:
+        own = options.files
+        try:
+            return resolve_files(command if isinstance(command, Command) else None,
+                                 own.inputs if own else (), own.outputs if own else (), self.loader.flow_dir,
+                                 own.publish if own else ())
+        except SpecError as e:
+            self.error(pos, f"task '{name.dotted}': {e}", len(name.dotted))
+            return None
+
+    def _call(self, fn: Callable, name: ast.Name, args: tuple, kwargs: tuple, pos: ast.Pos) -> str | Command | None:
         py_args = [_to_python(a) for a in args]
         py_kwargs = {k: _to_python(v) for k, v in kwargs}
         try:
@@ -283,7 +302,7 @@ class _Compiler:
                 self.error(pos, f"task '{name.dotted}' raised {type(e).__name__}: {str(e)[:300]}", len(name.dotted),
                            tuple(_user_frames(e)))
             return None
-        if not isinstance(command, str):
+        if not isinstance(command, (str, Command)):
             self.error(pos, f"task '{name.dotted}' returned {type(command).__name__}, not a command string",
                        len(name.dotted))
             return None

@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
-from .hosts import Inventory
+from .files.mover import FileMover, Moved, safe_name
+from .files.value import Files
+from .hosts import Host, Inventory
 from .journal import Journal, KeyParts, Keys, job_inputs
 from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
 from .resume import ResumeIndex, adopt
 from .runlog import JobRecord, RunLog
-from .scheduler import Closed, NoHost, Scheduler
+from .scheduler import Closed, Eligible, Request, Scheduler
 from .transport import JobSpec, Outcome, Transport
 
 Halt = Literal["never", "soon", "now"]
@@ -37,6 +39,7 @@ class RunOptions:
     retries: int = 0                 # default re-runs after a command failure
     halt: Halt = "never"
     deep: bool = False               # keys hash input files' content, not size and mtime
+    keep_remote: bool = False        # keep every job's work directory on its host
 
 
 @dataclass(frozen=True)
@@ -120,19 +123,60 @@ def _describe(node: PlanNode, filename: str) -> str:
     return f"the expression at {filename}:{node.pos.line}:{node.pos.column}"
 
 
+class _JobRun(Request):
+    """A job from its first request for a slot to its final result.
+
+    While it waits it is this object in a scheduler queue, not a Task: a Task
+    exists only for an attempt that holds a slot.
+    """
+
+    __slots__ = ("ex", "job", "future", "attempt", "command_failures", "conn_failures", "avoid", "ready", "keyed")
+
+    def __init__(self, ex: "Executor", job: Job, future: asyncio.Future):
+        super().__init__()
+        self.ex = ex
+        self.job = job
+        self.future = future
+        self.attempt = self.command_failures = self.conn_failures = 0
+        self.avoid: frozenset[str] = frozenset()
+        self.ready = 0.0                                  # when it asked for a slot first
+        self.keyed: tuple[KeyParts, str] | None = None    # its resume key, once known
+
+    def granted(self, host: str) -> None:
+        assert self.ex._tg is not None
+        self.ex._tg.create_task(self.ex._slot(self, host))
+
+    def refused(self, error: Exception) -> None:
+        job = self.job
+        if isinstance(error, Closed):
+            result = Failure(f"{job.label} not started: the run was halted", job, cause=False)
+        else:
+            names = self.base.names if self.base else ()
+            result = self.ex._fail(Failure(f"no host left to run it: {', '.join(names)} "
+                                           f"{'is' if len(names) == 1 else 'are all'} down", job))
+        if not self.future.done():
+            self.future.set_result(result)
+
+
 class Executor:
     def __init__(self, plan: Plan, inventory: Inventory, transports: Mapping[str, Transport], log: RunLog,
                  options: RunOptions = RunOptions(), observers: Sequence[Observer] = (),
-                 journal: Journal | None = None, resume: ResumeIndex | None = None):
+                 journal: Journal | None = None, resume: ResumeIndex | None = None, files: FileMover | None = None):
         self.plan = plan
+        self.files = files   # data movement for jobs that declare inputs or outputs (cmflow/files)
         self.inventory = inventory
         self.transports = transports
         self.log = log
         self.options = options
         self.observers = list(observers)
         self.scheduler = Scheduler(inventory.hosts, options.jobs)
-        self._tasks: dict[Any, asyncio.Task[Result]] = {}
+        self._jobs: dict[int, asyncio.Future[Result]] = {}    # job id -> its result (memo)
+        self._nodes: dict[Any, asyncio.Future[Result]] = {}   # id(node) -> its result (memo)
+        self._targets: dict[str | None, tuple[Eligible, tuple[Host, ...]] | str] = {}  # target -> class, hosts
         self._tg: asyncio.TaskGroup | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._fatal: asyncio.Future | None = None
+        self._depth = 0
         self._halt_now = asyncio.Event()
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
@@ -148,12 +192,16 @@ class Executor:
             return RunResult(True, None)
         result: Result | None = None
         halted = False
+        self._loop = asyncio.get_running_loop()
+        self._fatal = self._loop.create_future()
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 root = self._eval(self.plan.root)
                 halt = tg.create_task(self._halt_now.wait())
-                await asyncio.wait([root, halt], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait([root, halt, self._fatal], return_when=asyncio.FIRST_COMPLETED)
+                if self._fatal.done():
+                    self._fatal.result()   # a bug in evaluation: surface it, the TaskGroup cancels every job
                 if self._halt_now.is_set():
                     raise _HaltNow()   # the TaskGroup cancels every job; transports kill them
                 halt.cancel()
@@ -168,82 +216,144 @@ class Executor:
                          halted or self.scheduler.closed, False, self.jobs_run, self.jobs_cached,
                          sorted(self.scheduler.down))
 
-    def _spawn(self, key: Any, make: Callable[[], Awaitable[Result]]) -> asyncio.Task[Result]:
-        task = self._tasks.get(key)
-        if task is None:
-            assert self._tg is not None
-            task = self._tasks[key] = self._tg.create_task(make())  # type: ignore[arg-type]
-        return task
+    def _future(self) -> asyncio.Future[Result]:
+        assert self._loop is not None
+        return self._loop.create_future()
 
-    def _eval(self, node: PlanNode) -> asyncio.Task[Result]:
+    def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run an evaluation callback; an exception in one is a bug that ends the run, not a log line."""
+        try:
+            fn(*args)
+        except BaseException as e:  # noqa: BLE001 - handed to run(), which re-raises it
+            if self._fatal is not None and not self._fatal.done():
+                self._fatal.set_exception(e)
+
+    def _spawn(self, key: Any, make: Callable[[], Awaitable[Result]]) -> asyncio.Future[Result]:
+        """The memoised evaluation of a node written as a coroutine (one Task per node)."""
+        fut = self._nodes.get(key)
+        if fut is None:
+            assert self._tg is not None
+            fut = self._nodes[key] = self._tg.create_task(make())  # type: ignore[arg-type]
+        return fut
+
+    def _memo(self, node: PlanNode, start: Callable[[Any, asyncio.Future[Result]], None]) -> asyncio.Future[Result]:
+        """The memoised evaluation of a node written as callbacks (no Task)."""
+        fut = self._nodes.get(id(node))
+        if fut is None:
+            fut = self._nodes[id(node)] = self._future()
+            if self._depth < 100:
+                self._depth += 1
+                try:
+                    start(node, fut)
+                finally:
+                    self._depth -= 1
+            else:   # a deeply nested plan: go on in a later loop turn instead of recursing
+                assert self._loop is not None
+                self._loop.call_soon(self._guarded, start, node, fut)
+        return fut
+
+    def _eval(self, node: PlanNode) -> asyncio.Future[Result]:
         """The one evaluation of a node (memoised: shared nodes and repeated jobs run once)."""
         match node:
             case JobRef(job):
-                return self._spawn(("job", job.id), lambda: self._job(job))
+                fut = self._jobs.get(job.id)
+                return fut if fut is not None else self._submit(job)
             case PSeq():
-                return self._spawn(id(node), lambda: self._seq(node))
+                return self._memo(node, self._seq)
             case PPar():
-                return self._spawn(id(node), lambda: self._par(node))
+                return self._memo(node, self._par)
             case PSum():
-                return self._spawn(id(node), lambda: self._sum(node))
+                return self._memo(node, self._sum)
         raise TypeError(node)
 
+    def _then(self, fut: asyncio.Future[Result], fn: Callable[..., None], *args: Any) -> None:
+        """Call fn(*args, result) when fut has its result (not if it was cancelled: the run is ending)."""
+        def done(f: asyncio.Future[Result]) -> None:
+            if not f.cancelled():
+                self._guarded(fn, *args, f.result())
+        fut.add_done_callback(done)
+
     # ------------------------------------------------------------ structure
-    async def _seq(self, node: PSeq) -> Result:
-        result: Result = Ok(None)
-        for i, item in enumerate(node.items):
-            result = await self._eval(item)
+    def _seq(self, node: PSeq, out: asyncio.Future[Result]) -> None:
+        items = node.items
+
+        def step(i: int, result: Result) -> None:
             if isinstance(result, Failure):
-                rest = len(node.items) - i - 1
+                rest = len(items) - i - 1
                 if rest:
-                    return Failure(f"{rest} later step(s) of {_describe(node, self.plan.filename)} skipped: "
-                                   f"{result.reason}", result.job, cause=False)
-                return Failure(result.reason, result.job, cause=False)
-        return result
+                    out.set_result(Failure(f"{rest} later step(s) of {_describe(node, self.plan.filename)} skipped: "
+                                           f"{result.reason}", result.job, cause=False))
+                else:
+                    out.set_result(Failure(result.reason, result.job, cause=False))
+            elif i + 1 < len(items):
+                self._then(self._eval(items[i + 1]), step, i + 1)
+            else:
+                out.set_result(result)
 
-    async def _completions(self, node: PPar | PSum):
-        """(index, result) pairs in the order the operands finish."""
-        tasks = [self._eval(item) for item in node.items]
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i, t in enumerate(tasks):
-            t.add_done_callback(lambda _t, i=i: queue.put_nowait(i))
-        for _ in tasks:
-            i = await queue.get()
-            yield i, tasks[i].result()
+        if items:
+            self._then(self._eval(items[0]), step, 0)
+        else:
+            out.set_result(Ok(None))
 
-    async def _par(self, node: PPar) -> Result:
+    def _par(self, node: PPar, out: asyncio.Future[Result]) -> None:
         values: list[Any] = [None] * len(node.items)
-        async for i, r in self._completions(node):
-            if isinstance(r, Failure):
-                return Failure(r.reason, r.job, cause=False)
-            values[i] = r.value
-        return Ok(values)
+        left = [len(node.items)]
 
-    async def _sum(self, node: PSum) -> Result:
+        def item_done(i: int, r: Result) -> None:
+            if out.done():
+                return
+            if isinstance(r, Failure):
+                out.set_result(Failure(r.reason, r.job, cause=False))
+                return
+            values[i] = r.value
+            left[0] -= 1
+            if not left[0]:
+                out.set_result(Ok(values))
+
+        if not node.items:
+            out.set_result(Ok(values))
+        for i, item in enumerate(node.items):
+            self._then(self._eval(item), item_done, i)
+
+    def _sum(self, node: PSum, out: asyncio.Future[Result]) -> None:
         # Eager, order-preserving reduction: runs of finished neighbours are
         # combined as soon as both sides exist, so the result equals the
         # left-to-right fold whatever order the operands finish in.
         starts: dict[int, tuple[int, Any]] = {}   # start index -> (end index, value)
         ends: dict[int, int] = {}                 # end index -> start index
-        async for i, r in self._completions(node):
+        left = [len(node.items)]
+
+        def item_done(i: int, r: Result) -> None:
+            if out.done():
+                return
             if isinstance(r, Failure):
-                return Failure(r.reason, r.job, cause=False)
+                out.set_result(Failure(r.reason, r.job, cause=False))
+                return
             lo, hi, value = i, i, r.value
             if i - 1 in ends:
                 lo = ends.pop(i - 1)
-                _, left = starts.pop(lo)
-                value = self._add(node, left, (lo, i - 1), value, (i, i))
-            if isinstance(value, Failure):
-                return value
+                _, lvalue = starts.pop(lo)
+                value = self._add(node, lvalue, (lo, i - 1), value, (i, i))
+                if isinstance(value, Failure):
+                    out.set_result(value)
+                    return
             if i + 1 in starts:
                 hi, right = starts.pop(i + 1)
                 del ends[hi]
                 value = self._add(node, value, (lo, i), right, (i + 1, hi))
                 if isinstance(value, Failure):
-                    return value
+                    out.set_result(value)
+                    return
             starts[lo] = (hi, value)
             ends[hi] = lo
-        return Ok(starts[0][1])
+            left[0] -= 1
+            if not left[0]:
+                out.set_result(Ok(starts[0][1]))
+
+        if not node.items:
+            out.set_result(Ok(None))
+        for i, item in enumerate(node.items):
+            self._then(self._eval(item), item_done, i)
 
     def _add(self, node: PSum, left: Any, lspan: tuple[int, int], right: Any, rspan: tuple[int, int]) -> Any:
         try:
@@ -263,75 +373,159 @@ class Executor:
         for o in self.observers:
             getattr(o, name)(*args)
 
-    async def _job(self, job: Job) -> Result:
-        retries = job.options.retries if job.options.retries is not None else self.options.retries
-        timeout = job.options.timeout if job.options.timeout is not None else self.options.timeout
-        try:
-            hosts = self.inventory.resolve(job.target)
-        except KeyError as e:
-            return self._fail(Failure(f"unknown host {e}", job))
-        eligible = tuple(h.name for h in hosts)
-        parts = self.keys.parts(job, hosts, job_inputs(job))
-        key = parts.key()
+    def _emit_optional(self, name: str, *args: Any) -> None:
+        """An event not every observer listens to (job_files: staging, running, fetching)."""
+        for o in self.observers:
+            fn = getattr(o, name, None)
+            if fn is not None:
+                fn(*args)
+
+    def _target(self, target: str | None) -> tuple[Eligible, tuple[Host, ...]] | str:
+        """The scheduler class and hosts of a target, resolved once per distinct target; or why it has none."""
+        got = self._targets.get(target)
+        if got is None:
+            try:
+                hosts = self.inventory.resolve(target)
+                got = (self.scheduler.eligible(h.name for h in hosts), hosts)
+            except KeyError as e:
+                got = f"unknown host {e}"
+            self._targets[target] = got
+        return got
+
+    def _submit(self, job: Job) -> asyncio.Future[Result]:
+        """Queue a job for a slot; its future gets the final result (after any retries)."""
+        fut = self._jobs[job.id] = self._future()
+        target = self._target(job.target)
+        if isinstance(target, str):
+            fut.set_result(self._fail(Failure(target, job)))
+            return fut
+        run = _JobRun(self, job, fut)
         if self.resume is not None:
+            parts = self.keys.parts(job, target[1], job_inputs(job))
+            key = parts.key()
             reused = self._reuse(job, parts, key)
             if reused is not None:
-                return reused
-        ready = time.time()
-        command_failures = conn_failures = attempt = 0
-        avoid: set[str] = set()
-        while True:
-            attempt += 1
-            try:
-                host = await self.scheduler.acquire(eligible, frozenset(avoid))
-            except Closed:
-                return Failure(f"{job.label} not started: the run was halted", job, cause=False)
-            except NoHost:
-                return self._fail(Failure(f"no host left to run it: {', '.join(eligible)} "
-                                          f"{'is' if len(eligible) == 1 else 'are all'} down", job))
-            out, err = self.log.paths(job.id, attempt)
-            self._emit("job_started", job, host, attempt)
-            started = time.time()
-            if self.journal is not None:
-                self.journal.started(job.id, key, host, attempt, ready, started)
-            try:
-                outcome = await self.transports[host].run(JobSpec(job.id, job.command, out, err, timeout))
-            except asyncio.CancelledError:
-                # killed by halt now or a signal: the log still says so
-                self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True, killed=True, keyed=(parts, key, ready))
-                raise
-            finally:
-                self.scheduler.release(host)
-            self.jobs_run += 1
-            result = self._result_of(job, host, outcome, out, err)
-            final = True
-            if outcome.connection_failed:
-                conn_failures += 1
-                self._conn_failures[host] += 1
-                if self._conn_failures[host] >= HOST_DOWN_AFTER and host not in self.scheduler.down:
-                    self.scheduler.mark_down(host)
-                    self._emit("host_down", host, outcome.message)
-                avoid.add(host)
-                final = conn_failures > max(2, len(eligible) + 1)
-            else:
-                self._conn_failures[host] = 0
-                if isinstance(result, Failure):
-                    command_failures += 1
-                    final = command_failures > retries
-            self._record(job, host, attempt, outcome, out, err, result, final, keyed=(parts, key, ready))
-            if final or isinstance(result, Ok):
-                return result if isinstance(result, Ok) else self._fail(result)
-            if outcome.connection_failed and conn_failures > 1:
-                # backoff between reconnect attempts; failover needs none
-                await asyncio.sleep(min(0.2 * 2 ** (conn_failures - 2), 5.0))
+                fut.set_result(reused)
+                return fut
+            run.keyed = (parts, key)
+        run.ready = time.time()
+        self.scheduler.request(run, target[0])
+        return fut
 
-    def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path) -> Result:
+    async def _slot(self, run: _JobRun | None, host: str) -> None:
+        """A granted slot's worker: runs its job, then the oldest waiting job that may use the slot,
+        until none does (so a Task is made per busy slot, not per job)."""
+        while run is not None:
+            again = await self._attempt(run, host)
+            # the halt policy closed the scheduler before this point if the job failed for good
+            following = self.scheduler.handoff(host)
+            if again is not None:
+                self._retry(run, again)
+            run = following
+
+    def _retry(self, run: _JobRun, backoff: float) -> None:
+        assert run.base is not None
+        if not backoff:
+            self.scheduler.request(run, run.base, run.avoid)
+            return
+
+        async def later() -> None:
+            await asyncio.sleep(backoff)
+            self.scheduler.request(run, run.base, run.avoid)   # type: ignore[arg-type]
+        assert self._tg is not None
+        self._tg.create_task(later())
+
+    async def _attempt(self, run: _JobRun, host: str) -> float | None:
+        """One attempt of a job on a slot it holds. Returns None when the job has its result,
+        else the backoff before it asks for a slot again."""
+        job = run.job
+        timeout = job.options.timeout if job.options.timeout is not None else self.options.timeout
+        run.attempt += 1
+        attempt = run.attempt
+        out, err = self.log.paths(job.id, attempt)
+        self._emit("job_started", job, host, attempt)
+        started = time.time()
+        keyed = None
+        if self.journal is not None:
+            if run.keyed is None:   # computed this late so a pending job does not hold it
+                target = self._target(job.target)
+                assert not isinstance(target, str)
+                parts = self.keys.parts(job, target[1], job_inputs(job))
+                run.keyed = (parts, parts.key())
+            keyed = (*run.keyed, run.ready)
+            self.journal.started(job.id, keyed[1], host, attempt, run.ready, started)
+        moved: Moved | None = None
+        try:
+            spec = JobSpec(job.id, job.command, out, err, timeout)
+            if job.files:
+                outcome, moved = await self._with_files(job, host, attempt, spec)
+            else:
+                outcome = await self.transports[host].run(spec)
+        except BaseException as e:
+            # cancelled by halt now or a signal (or a transport's bug): the run is ending, so the
+            # slot goes to nobody; the log still says so
+            self.scheduler.close()
+            self.scheduler.release(host)
+            if isinstance(e, asyncio.CancelledError):
+                self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
+                             Failure("cancelled", job, host), True, killed=True, keyed=keyed)
+            raise
+        self.jobs_run += 1
+        result = self._result_of(job, host, outcome, out, err, moved)
+        final = True
+        if outcome.connection_failed:
+            run.conn_failures += 1
+            self._conn_failures[host] += 1
+            run.avoid = run.avoid | {host}
+            final = run.conn_failures > max(2, len(run.base.names if run.base else ()) + 1)
+        else:
+            self._conn_failures[host] = 0
+            if isinstance(result, Failure):
+                run.command_failures += 1
+                retries = job.options.retries if job.options.retries is not None else self.options.retries
+                final = run.command_failures > retries
+        if moved is not None and moved.outputs and self.journal is not None and keyed is not None:
+            # a verified fetch is a journal event: a resume reuses these files only if they are still whole
+            self.journal.fetched(job.id, keyed[1], [{"path": os.path.relpath(i.path, self.log.dir.resolve()),
+                                                     "size": i.size, "sha256": i.sha256} for i in moved.outputs])
+        self._record(job, host, attempt, outcome, out, err, result, final, keyed=keyed, moved=moved)
+        if final and isinstance(result, Failure):
+            result = self._fail(result)   # the halt policy closes the scheduler before the slot is handed on
+        if outcome.connection_failed and self._conn_failures[host] >= HOST_DOWN_AFTER \
+                and host not in self.scheduler.down:
+            self.scheduler.mark_down(host)
+            self._emit("host_down", host, outcome.message)
+        if final or isinstance(result, Ok):
+            run.future.set_result(result)
+            return None
+        if outcome.connection_failed and run.conn_failures > 1:
+            # backoff between reconnect attempts; failover needs none
+            return min(0.2 * 2 ** (run.conn_failures - 2), 5.0)
+        return 0.0
+
+    async def _with_files(self, job: Job, host: str, attempt: int, spec: JobSpec) -> tuple[Outcome, Moved]:
+        """Stage inputs, run in a work directory, fetch outputs verified (cmflow/files)."""
+        if self.files is None:
+            self.files = FileMover(self.log.dir, self.options.keep_remote)
+
+        def emit(state: str, sent: int = 0, fetched: int = 0) -> None:
+            self._emit_optional("job_files", job, host, attempt, state, sent, fetched)
+
+        assert job.files is not None
+        return await self.files.attempt(self.transports[host], spec, job.files, f"{job.id}-{safe_name(job.task)}",
+                                        emit)
+
+    def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path,
+                   moved: Moved | None = None) -> Result:
         def failure(reason: str) -> Failure:
+            if moved is not None and moved.kept:
+                reason += f" (work dir kept: {moved.kept})"
             return Failure(reason, job, host, outcome.exit_status, _tail(err) if outcome.stderr_bytes else "")
 
         if outcome.connection_failed:
             return failure(f"connection failed: {outcome.message}")
+        if moved is not None and moved.failure:
+            return failure(moved.failure)
         # a transport may say more (Slurm: "OUT_OF_MEMORY", "walltime limit")
         more = f" ({outcome.message})" if outcome.message else ""
         if outcome.timed_out:
@@ -342,6 +536,8 @@ class Executor:
             return failure(f"killed by signal {outcome.signal}{more}")
         if outcome.exit_status != 0:
             return failure(f"exit status {outcome.exit_status}{more}")
+        if moved is not None and moved.files is not None:
+            return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))
@@ -352,14 +548,19 @@ class Executor:
     def _reuse(self, job: Job, parts: KeyParts, key: str) -> Result | None:
         """The earlier run's result for this key, adopted into this run; None if the job must run."""
         assert self.resume is not None
-        decision = self.resume.decide(job, parts, key, has_outputs=bool(getattr(job, "outputs", ())))
+        has_outputs = bool(job.files and job.files.outputs)
+        decision = self.resume.decide(job, parts, key, has_outputs=has_outputs)
         if not decision.cached or decision.entry is None:
             return None
         doc = decision.entry.doc
         out, err = self.log.paths(job.id, 0)
         try:
             out_p, err_p = adopt(decision.entry, self.log.dir, out, err)
-            value = read_value(out_p.read_bytes().decode("utf-8", "replace") if out_p else "", job.options.parse)
+            if has_outputs:   # the value of a job with outputs is its files, now adopted into this run
+                value: Any = Files(str((self.log.dir / f["path"]).resolve()) for f in decision.entry.files)
+            else:
+                value = read_value(out_p.read_bytes().decode("utf-8", "replace") if out_p else "",
+                                   job.options.parse)
         except Exception:   # noqa: BLE001 - a vanished file or a parse= that now fails: run it instead
             return None
         if self.journal is not None:
@@ -387,13 +588,14 @@ class Executor:
 
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
                 result: Result, final: bool, killed: bool = False,
-                keyed: tuple[KeyParts, str, float] | None = None) -> None:
+                keyed: tuple[KeyParts, str, float] | None = None, moved: Moved | None = None) -> None:
         rec = JobRecord(
             job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "", killed, outcome.ref, self._attempts(job))
+            result.reason if isinstance(result, Failure) else "", killed, outcome.ref,
+            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0, self._attempts(job))
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
         self.log.record(rec, final or isinstance(result, Ok))
         if self.journal is not None and keyed is not None:

@@ -120,8 +120,8 @@ def _fingerprint(path: Path, deep: bool) -> str:
 
 
 def job_inputs(job: Job) -> tuple[str, ...]:
-    """The input files a job declares (none until jobs carry ``inputs``; the files branch adds them)."""
-    return tuple(str(p) for p in getattr(job, "inputs", ()) or ())
+    """The input files a job declares: local paths (``data:NAME`` records as written)."""
+    return tuple(i.source for i in job.files.inputs) if job.files else ()
 
 
 # -------------------------------------------------------------- the writer

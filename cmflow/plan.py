@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterator, Union
 
 from .ast import Pos, unparse_literal
+from .files.spec import JobFiles
 from .tasks import TaskOptions
 
 
@@ -25,6 +26,7 @@ class Job:
     options: TaskOptions = field(compare=False)
     filename: str = field(default="<flow>", compare=False)
     pos: Pos = field(default=Pos(), compare=False)
+    files: JobFiles | None = field(default=None, compare=False)   # inputs to stage, outputs to fetch
 
     @property
     def label(self) -> str:
@@ -123,6 +125,11 @@ def render_text(plan: Plan) -> str:
                 if not again:
                     # continuation lines of a multi-line command stay under its first
                     lines.append(f"{pad}    $ " + job.command.rstrip("\n").replace("\n", f"\n{pad}      "))
+                    if job.files:
+                        lines.extend(f"{pad}    < {i.dest}" + (f" (from {i.source})" if i.source != i.dest else "")
+                                     for i in job.files.inputs)
+                        lines.extend(f"{pad}    > {o.pattern}" + (f" (publish data:{o.publish})" if o.publish else "")
+                                     for o in job.files.outputs)
             case PSeq(items) | PPar(items) | PSum(items):
                 lines.append(f"{pad}{type(node).__name__[1:]}")
                 for item in items:
@@ -142,8 +149,13 @@ def _node_json(node: PlanNode) -> dict:
 
 
 def job_json(job: Job) -> dict:
-    return {"id": job.id, "task": job.task, "args": _jsonable(job.args), "kwargs": dict(_jsonable(job.kwargs)),
-            "target": job.target, "command": job.command, "where": job.where}
+    doc = {"id": job.id, "task": job.task, "args": _jsonable(job.args), "kwargs": dict(_jsonable(job.kwargs)),
+           "target": job.target, "command": job.command, "where": job.where}
+    if job.files:
+        doc["inputs"] = [{"source": i.source, "dest": i.dest} for i in job.files.inputs]
+        doc["outputs"] = [{"pattern": o.pattern, **({"publish": o.publish} if o.publish else {})}
+                          for o in job.files.outputs]
+    return doc
 
 
 def _jsonable(value):

@@ -53,6 +53,8 @@ class JobRecord:
     error: str = ""
     killed: bool = False   # we killed it (halt now, Ctrl-C); timed_out says so for timeouts
     ref: str = ""          # Slurm's id of the attempt (JOBID.STEP, JOBID_TASK), if it ran under Slurm
+    bytes_sent: int = 0        # inputs staged to the host (cmflow/files)
+    bytes_fetched: int = 0     # outputs fetched from it, verified
     attempts: int = 0      # attempts allowed for the command's own failures (retries + 1); 0: not known
 
     @property
@@ -158,15 +160,16 @@ def joblog_line(rec: JobRecord, local: bool) -> str:
         exitval, sig = 0, rec.signal                 # died of a signal: wait status >> 8 is 0
     else:
         exitval, sig = rec.exit_status, rec.signal
-    return _joblog_join(rec.seq, ":" if local else rec.host, f"{rec.start:.3f}", rec.runtime, rec.stdout_bytes,
-                        exitval, sig, rec.command)
+    # like parallel's --transferfile/--return: Send counts the files staged, Receive the output and files fetched
+    return _joblog_join(rec.seq, ":" if local else rec.host, f"{rec.start:.3f}", rec.runtime,
+                        rec.stdout_bytes + rec.bytes_fetched, exitval, sig, rec.command, rec.bytes_sent)
 
 
 def _joblog_join(seq: int, host: str, start: str, runtime: float, received: int, exitval: int, sig: int,
-                 command: str) -> str:
+                 command: str, sent: int = 0) -> str:
     # parallel truncates the run time to the millisecond, then pads it to 10 columns
     runtime_ms = int(runtime * 1000) / 1000
-    return (f"{seq}\t{host}\t{start}\t{runtime_ms:10.3f}\t0\t{received}\t{exitval}\t{sig}\t"
+    return (f"{seq}\t{host}\t{start}\t{runtime_ms:10.3f}\t{sent}\t{received}\t{exitval}\t{sig}\t"
             f"{command.replace(chr(10), chr(0))}\n")
 
 

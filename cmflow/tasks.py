@@ -26,6 +26,7 @@ class TaskOptions:
     hosts: str | None = None
     timeout: float | None = None
     retries: int | None = None
+    files: Any = None        # a cmflow.files.Command with no command: inputs/outputs of every call
 
 
 DEFAULT_OPTIONS = TaskOptions()
@@ -33,10 +34,12 @@ _ATTR = "__cmflow_task__"
 
 
 def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "auto", hosts: str | None = None,
-         timeout: float | None = None, retries: int | None = None):
+         timeout: float | None = None, retries: int | None = None, inputs: Any = (), outputs: Any = ()):
     """Mark a def as a cmflow task and set its options.
 
     Usable bare (``@task``) or with options (``@task(parse="lines", timeout=60)``).
+    ``inputs`` and ``outputs`` are files every call of the task reads and writes
+    (as in ``command()``), added to those its command declares.
     The function is returned unchanged apart from one attribute.
     """
     if isinstance(parse, str) and parse not in PARSERS:
@@ -45,7 +48,12 @@ def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "aut
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     if retries is not None and (not isinstance(retries, int) or retries < 0):
         raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
-    options = TaskOptions(parse, hosts, timeout, retries)
+    files = None
+    if inputs or outputs:
+        from .files.spec import command
+
+        files = command("", inputs, outputs)
+    options = TaskOptions(parse, hosts, timeout, retries, files)
 
     def mark(f: Callable) -> Callable:
         setattr(f, _ATTR, options)

@@ -174,3 +174,14 @@ def test_box_retries_429_and_names_a_bad_token(tmp_path, box):
     statuses = {s.name: s for s in svc.services()}
     assert not statuses["cloud"].ok and "401" in statuses["cloud"].detail
     assert "nope-token" not in statuses["cloud"].detail
+
+
+@pytest.mark.parametrize("kind", ["gdrive", "box"])
+def test_a_service_that_does_not_answer_is_a_clear_error(tmp_path, kind):
+    from sshhosts import free_port
+
+    svc, cfg = service_for(tmp_path, {"kind": kind, "endpoint": f"http://127.0.0.1:{free_port()}",
+                                      "token": "t-secret", "timeout": 2})
+    r = cmflow("data", "services", "--config", str(cfg), timeout=120)
+    assert r.returncode == 1 and "did not answer" in r.stdout and "t-secret" not in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr

@@ -293,3 +293,24 @@ def test_live_display_runs(flowdir, capsys):
     assert run.result.ok and run.result.value == [3, ""]
     err = capsys.readouterr().err
     assert "Traceback" not in err
+
+
+# ----------------------------------------------------------- halt policies, end to end
+
+HALT_TASKS = '''
+    def bad(): return "exit 1"
+    def long(i): return f"sleep {i}; echo {i}"
+    '''
+
+
+@pytest.mark.parametrize("halt", ["soon", "now"])
+def test_halt_starts_nothing_after_the_failing_job(flowdir, halt):
+    # one slot: bad runs first; when it ends, neither policy may start long(1)
+    # (main handed the freed slot on before it closed, and "now" then cancelled it)
+    run = run_flow(flowdir, HALT_TASKS, "from tk import *\nbad | long(1) | long(2) | long(3)\n", inv=local_inv(1), halt=halt)
+    assert not run.result.ok and run.result.halted
+    started = [r["Seq"] for r in read_joblog(run.run_dir / "joblog") if float(r["Starttime"]) > 0]
+    assert started == ["1"]
+    assert [json.loads(line)["seq"] for line in (run.run_dir / "jobs.jsonl").read_text().splitlines()] == [1]
+    assert [f.job.task for f in run.result.failures] == ["bad"]
+

@@ -43,6 +43,15 @@ class Outcome:
         return self.exit_status == 0 and not self.timed_out and not self.connection_failed
 
 
+@dataclass(frozen=True)
+class Helper:
+    """How a helper script (a transport's ``exec``) ended: exit_status None if the connection failed."""
+
+    exit_status: int | None
+    stdout: bytes = b""
+    stderr: str = ""
+
+
 class Transport(Protocol):
     host: Host
 
@@ -52,6 +61,16 @@ class Transport(Protocol):
 
     async def aclose(self) -> None:
         """Release connections and processes; idempotent."""
+        ...
+
+
+class RemoteShell(Protocol):
+    """What a remote transport offers the data movement (cmflow/files) besides running jobs."""
+
+    host: Host
+
+    async def exec(self, script: str, stdin: int | None = None, stdout: int | None = None) -> Helper:
+        """Run a short sh script on the host over the connection already held."""
         ...
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..hosts import Host
-from . import ConnectionLost, JobSpec, Outcome
+from . import ConnectionLost, Helper, JobSpec, Outcome
 from .output import StreamedOutput
 
 SESSIONS_PER_MASTER = 8
@@ -138,6 +138,7 @@ class SshTransport:
         self._idle: list[_Slot] = []
         self._all: set[_Slot] = set()
         self._closed = False
+        self._helper_lock: asyncio.Lock | None = None
 
     # ------------------------------------------------------------ connections
     def _new_control_path(self, index: int) -> str:
@@ -307,6 +308,38 @@ class SshTransport:
         status_line, _ = await asyncio.gather(_pump(proc.stdout, self._out_marker, out, want_line=True),
                                               _pump(proc.stderr, self._err_marker, err, want_line=False))
         return int(status_line)
+
+    # --------------------------------------------------------------- helpers
+    async def exec(self, script: str, stdin: int | None = None, stdout: int | None = None) -> Helper:
+        """Run a short ``sh`` script on the host over an existing master (no new authentication).
+
+        For data movement (cmflow/files): ``stdin``/``stdout`` may be file descriptors, so a file
+        streams through the session without passing through Python. One helper at a time per
+        host: a master carries 8 slot sessions, one helper and one kill session (MaxSessions 10).
+        """
+        if self._helper_lock is None:
+            self._helper_lock = asyncio.Lock()
+        async with self._helper_lock:
+            try:
+                path = await self._master(0)
+            except ConnectionLost as e:
+                return Helper(None, b"", str(e))
+            proc = await asyncio.create_subprocess_exec(
+                *self.base, *self._mux(path), self.host.hostname, f"sh -c {shlex.quote(script)}",
+                stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            try:
+                out, err = await proc.communicate()
+            except BaseException:
+                await asyncio.shield(_kill(proc))
+                raise
+            text = err.decode("utf-8", "replace")
+            if proc.returncode == 255:   # ssh's own failure: the session or the master is gone
+                self._forget_master(0, path)
+                return Helper(None, out or b"", classify_ssh_error(text, self.host) if text.strip()
+                              else f"session to {self.host.name} lost")
+            return Helper(proc.returncode, out or b"", text)
 
     async def _kill_remote(self, slot: _Slot) -> None:
         argv = [*self.base, *self._mux(slot.path), "--", self.host.hostname,

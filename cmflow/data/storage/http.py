@@ -48,7 +48,7 @@ class RestClient:
             try:
                 r = self.session.request(method, url, headers=headers, timeout=self.timeout, **kw)
             except requests.RequestException as e:
-                if attempt + 1 < self.attempts:
+                if attempt < 2:    # a service that does not answer: two more tries, then a clear error
                     time.sleep(min(30, 0.5 * 2 ** attempt))
                     kw["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
                     continue

@@ -1,0 +1,237 @@
+"""A run directory read into the figures a report shows (no executor involved).
+
+Sources: run.json, summary.json, plan.json, hosts.json and the journal. Every
+attempt is an ``end`` event of the journal; a ``start`` without an ``end`` is a
+job that was running when the run stopped (or still runs). An ``end`` event may
+carry ``phases`` ({"staging": [t0, t1], "fetching": [t0, t1], ...}, epoch
+seconds) and ``bytes_sent`` / ``bytes_fetched``; the report draws and counts
+them when present.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..journal import JOURNAL, read_journal
+from ..rundir import is_running, read_json
+
+OK, FAILED, RETRIED, CACHED, RUNNING = "ok", "failed", "retried", "cached", "running"
+PHASES = ("staging", "running", "fetching")
+TAIL_FILES = 2000      # stderr tails read for at most this many failed attempts (a report must open fast)
+
+
+@dataclass
+class Attempt:
+    seq: int
+    host: str
+    attempt: int
+    ready: float
+    start: float
+    end: float
+    state: str                      # ok | failed | retried (failed, tried again) | running
+    exit: int | None = None
+    signal: int = 0
+    error: str = ""
+    out_bytes: int = 0
+    err_bytes: int = 0
+    sent: int = 0
+    fetched: int = 0
+    stderr: str = ""                # path relative to the run dir
+    phases: dict[str, list[float]] = field(default_factory=dict)
+    lane: int = 0
+
+
+@dataclass
+class JobInfo:
+    seq: int
+    task: str
+    label: str
+    command: str
+    where: str
+    key: str = ""
+    state: str = "not run"          # ok | failed | cached | running | not run
+    attempts: list[Attempt] = field(default_factory=list)
+
+    @property
+    def last(self) -> Attempt | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+@dataclass
+class RunData:
+    dir: Path
+    meta: dict[str, Any]
+    summary: dict[str, Any] | None
+    hosts: list[dict[str, Any]]
+    plan_root: Any
+    jobs: dict[int, JobInfo]
+    attempts: list[Attempt]
+    start: float
+    end: float
+    running: bool
+
+    @property
+    def wall(self) -> float:
+        return max(self.end - self.start, 0.0)
+
+
+def _label(job: dict[str, Any]) -> str:
+    args = [repr(a) if not isinstance(a, str) else f'"{a}"' for a in job.get("args", [])]
+    args += [f"{k}={v!r}" for k, v in (job.get("kwargs") or {}).items()]
+    text = f"{job['task']}({', '.join(args)})" if args else job["task"]
+    return f"{text} @ {job['target']}" if job.get("target") else text
+
+
+def load_run(run_dir: Path) -> RunData:
+    meta = read_json(run_dir / "run.json") or {}
+    summary = read_json(run_dir / "summary.json")
+    plan = read_json(run_dir / "plan.json") or {}
+    hosts = read_json(run_dir / "hosts.json") or []
+    jobs = {j["id"]: JobInfo(j["id"], j["task"], _label(j), j.get("command", ""), j.get("where", ""))
+            for j in plan.get("jobs", [])}
+    open_: dict[int, dict[str, Any]] = {}
+    attempts: list[Attempt] = []
+    for ev in read_journal(run_dir / JOURNAL):
+        seq = ev.get("seq")
+        job = jobs.get(seq)
+        if job is None:
+            continue
+        kind = ev["ev"]
+        if kind == "start":
+            open_[seq] = ev
+            job.state = RUNNING
+            job.key = ev.get("key", job.key)
+        elif kind == "end":
+            open_.pop(seq, None)
+            ok = bool(ev.get("ok"))
+            final = ev.get("final", True)
+            a = Attempt(seq, str(ev.get("host", "")), int(ev.get("attempt") or 0), float(ev.get("ready") or 0),
+                        float(ev.get("start") or 0), float(ev.get("end") or 0),
+                        OK if ok else (FAILED if final else RETRIED), ev.get("exit"), int(ev.get("signal") or 0),
+                        str(ev.get("error") or ""), int(ev.get("stdout_bytes") or 0),
+                        int(ev.get("stderr_bytes") or 0), int(ev.get("bytes_sent") or 0),
+                        int(ev.get("bytes_fetched") or 0), str(ev.get("stderr") or ""), dict(ev.get("phases") or {}))
+            job.attempts.append(a)
+            attempts.append(a)
+            job.label = ev.get("label") or job.label
+            job.key = ev.get("key", job.key)
+            job.state = OK if ok else (FAILED if final else RUNNING)
+        elif kind == "cached":
+            job.state = CACHED
+            job.key = ev.get("key", job.key)
+            job.label = ev.get("label") or job.label
+    running = is_running(run_dir)
+    now = float((summary or {}).get("ended") or 0) or (time.time() if running else 0.0)
+    for seq, ev in open_.items():
+        a = Attempt(seq, str(ev.get("host", "")), int(ev.get("attempt") or 0), float(ev.get("ready") or 0),
+                    float(ev.get("start") or 0), 0.0, RUNNING, error="running" if running else "in flight when the run stopped")
+        jobs[seq].attempts.append(a)
+        attempts.append(a)
+    start = float(meta.get("started") or (summary or {}).get("started") or
+                  min((a.ready or a.start for a in attempts), default=0.0))
+    end = now or max((a.end for a in attempts), default=start)
+    for a in attempts:
+        if a.state == RUNNING:
+            a.end = max(end, a.start)
+    _assign_lanes(attempts, {h["name"]: int(h.get("slots") or 1) for h in hosts})
+    _read_tails(run_dir, attempts)
+    return RunData(run_dir, meta, summary, hosts, plan.get("root"), jobs, attempts, start, end, running)
+
+
+def _assign_lanes(attempts: list[Attempt], slots: dict[str, int]) -> None:
+    """Give each attempt a slot lane on its host: the first lane free at its start (greedy interval colouring
+    reproduces the slots a host had, since it never ran more at once)."""
+    by_host: dict[str, list[Attempt]] = {}
+    for a in attempts:
+        by_host.setdefault(a.host, []).append(a)
+    for host, items in by_host.items():
+        free_at: list[float] = [0.0] * max(slots.get(host, 1), 1)
+        for a in sorted(items, key=lambda x: (x.start, x.end)):
+            lane = next((i for i, t in enumerate(free_at) if t <= a.start + 0.0005), None)
+            if lane is None:   # clock rounding: more at once than slots; give it a lane of its own
+                lane = len(free_at)
+                free_at.append(0.0)
+            free_at[lane] = a.end
+            a.lane = lane
+
+
+def _read_tails(run_dir: Path, attempts: list[Attempt], lines: int = 8, limit: int = 4096) -> None:
+    n = 0
+    for a in attempts:
+        if a.state in (OK, RUNNING) or not a.stderr or n >= TAIL_FILES:
+            continue
+        n += 1
+        try:
+            with open(run_dir / a.stderr, "rb") as f:
+                f.seek(max(a.err_bytes - limit, 0))
+                text = f.read(limit).decode("utf-8", "replace")
+            a.stderr = "\n".join(text.rstrip().splitlines()[-lines:])
+        except OSError:
+            a.stderr = ""
+    for a in attempts:
+        if a.state in (OK, RUNNING):
+            a.stderr = ""
+
+
+# ------------------------------------------------------------------ derived figures
+
+def host_figures(data: RunData) -> list[dict[str, Any]]:
+    slots = {h["name"]: int(h.get("slots") or 1) for h in data.hosts}
+    rows: dict[str, dict[str, Any]] = {}
+    for h in data.hosts:
+        rows[h["name"]] = {"host": h["name"], "slots": slots[h["name"]], "jobs": 0, "busy": 0.0, "failures": 0,
+                           "bytes": 0}
+    for a in data.attempts:
+        r = rows.setdefault(a.host, {"host": a.host, "slots": slots.get(a.host, 1), "jobs": 0, "busy": 0.0,
+                                     "failures": 0, "bytes": 0})
+        r["jobs"] += 1
+        r["busy"] += max(a.end - a.start, 0.0)
+        r["failures"] += a.state in (FAILED, RETRIED)
+        r["bytes"] += a.out_bytes + a.err_bytes + a.sent + a.fetched
+    wall = data.wall or 1e-9
+    out = []
+    for r in rows.values():
+        if r["jobs"] == 0 and not any(h["name"] == r["host"] for h in data.hosts):
+            continue
+        r["busy_pct"] = round(100.0 * r["busy"] / (r["slots"] * wall), 1)
+        r["busy"] = round(r["busy"], 3)
+        out.append(r)
+    return out
+
+
+def critical_path(data: RunData) -> list[int]:
+    """The chain of jobs that decided the run's end: every step of a Seq, the latest-finishing operand of a
+    Par or Sum. Jobs that did not run in this run (cached, never started) count as finishing at once."""
+    root = data.plan_root
+    if root is None:
+        return []
+
+    def finish(seq: int) -> float:
+        last = data.jobs[seq].last if seq in data.jobs else None
+        return last.end if last else 0.0
+
+    memo: dict[int, tuple[float, list[int]]] = {}
+
+    def walk(node: dict[str, Any]) -> tuple[float, list[int]]:
+        key = id(node)
+        if key in memo:
+            return memo[key]
+        if "job" in node:
+            got = (finish(node["job"]), [node["job"]])
+        elif node["op"] == "seq":
+            path: list[int] = []
+            end = 0.0
+            for item in node["items"]:
+                e, p = walk(item)
+                path += p
+                end = max(end, e)
+            got = (end, path)
+        else:
+            got = max((walk(item) for item in node["items"]), key=lambda t: t[0], default=(0.0, []))
+        memo[key] = got
+        return got
+
+    seen: set[int] = set()
+    return [s for s in walk(root)[1] if not (s in seen or seen.add(s))]

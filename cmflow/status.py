@@ -1,0 +1,230 @@
+"""The status of a calculation, from its run directory alone.
+
+While a run goes, ``StatusLog`` (an executor observer) appends one JSON line
+per state change to ``events.jsonl``, flushed at once: a job started on a host,
+its files staging / running / fetching, its end with the bytes sent and
+fetched. ``read_status`` folds those lines (and ``summary.json`` once the run
+has ended) into per-host figures, so ``cmflow status`` works from another
+terminal while the run goes, or long after, and never talks to the executor.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .errors import UsageError
+
+EVENTS = "events.jsonl"
+STATES = ("waiting", "staging", "running", "fetching", "done", "failed")
+
+
+class StatusLog:
+    """Executor observer: one flushed line per event in ``RUN_DIR/events.jsonl``."""
+
+    def __init__(self, run_dir: Path, total: int, slots: dict[str, int]):
+        self._f = open(run_dir / EVENTS, "w", encoding="utf-8")
+        self._write({"e": "run", "jobs": total, "hosts": slots, "pid": os.getpid()})
+
+    def _write(self, doc: dict) -> None:
+        if self._f.closed:
+            return
+        doc["t"] = round(time.time(), 3)
+        self._f.write(json.dumps(doc) + "\n")
+        self._f.flush()
+
+    def job_started(self, job: Any, host: str, attempt: int) -> None:
+        self._write({"e": "start", "job": job.id, "host": host, "attempt": attempt, "files": bool(job.files)})
+
+    def job_cached(self, job: Any) -> None:
+        self._write({"e": "cached", "job": job.id, "label": job.label})
+
+    def job_files(self, job: Any, host: str, attempt: int, state: str, sent: int, fetched: int) -> None:
+        self._write({"e": "files", "job": job.id, "host": host, "attempt": attempt, "state": state,
+                     "sent": sent, "fetched": fetched})
+
+    def job_ended(self, rec: Any, final: bool, ok: bool) -> None:
+        self._write({"e": "end", "job": rec.seq, "host": rec.host, "attempt": rec.attempt, "ok": ok,
+                     "final": final, "label": rec.label, "error": rec.error, "sent": rec.bytes_sent,
+                     "fetched": rec.bytes_fetched})
+
+    def host_down(self, host: str, reason: str) -> None:
+        self._write({"e": "down", "host": host, "reason": reason})
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+@dataclass
+class HostStatus:
+    slots: int = 0
+    staging: int = 0
+    running: int = 0
+    fetching: int = 0
+    done: int = 0
+    failed: int = 0
+    retried: int = 0
+    bytes_sent: int = 0
+    bytes_fetched: int = 0
+    down: str = ""
+
+
+@dataclass
+class Status:
+    run_dir: str
+    finished: bool
+    ok: bool | None
+    total: int
+    waiting: int
+    done: int
+    failed: int
+    cached: int
+    elapsed: float
+    eta: float | None
+    hosts: dict[str, HostStatus] = field(default_factory=dict)
+    failures: list[dict] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def latest_run(root: Path = Path("runs")) -> Path:
+    """The most recently started run directory under ./runs."""
+    try:
+        runs = [p for p in root.iterdir() if (p / EVENTS).is_file() or (p / "plan.json").is_file()]
+    except OSError:
+        runs = []
+    if not runs:
+        raise UsageError(f"no run directory under {root}/ (give one: cmflow status RUN_DIR)")
+    return max(runs, key=lambda p: ((p / EVENTS).stat().st_mtime if (p / EVENTS).exists() else 0, p.name))
+
+
+def read_status(run_dir: Path, now: float | None = None) -> Status:
+    events = run_dir / EVENTS
+    if not events.is_file():
+        raise UsageError(f"{run_dir}: not a run directory with status (no {EVENTS})")
+    total, started = 0, None
+    hosts: dict[str, HostStatus] = {}
+    live: dict[tuple[int, int], tuple[str, str, int, int]] = {}   # (job, attempt) -> host, state, sent, fetched
+    ended: dict[int, dict] = {}
+    with open(events, encoding="utf-8") as f:
+        for line in f:
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue   # a line being written right now
+            kind = ev.get("e")
+            if kind == "run":
+                total, started = ev.get("jobs", 0), ev.get("t")
+                for name, slots in ev.get("hosts", {}).items():
+                    hosts[name] = HostStatus(slots=slots)
+                continue
+            host = hosts.setdefault(ev["host"], HostStatus()) if "host" in ev else HostStatus()
+            key = (ev.get("job"), ev.get("attempt"))
+            if kind == "start":
+                live[key] = (ev["host"], "staging" if ev.get("files") else "running", 0, 0)
+            elif kind == "files" and key in live:
+                live[key] = (ev["host"], ev["state"], ev.get("sent", 0), ev.get("fetched", 0))
+            elif kind == "end":
+                live.pop(key, None)
+                host.bytes_sent += ev.get("sent", 0)
+                host.bytes_fetched += ev.get("fetched", 0)
+                if ev.get("final"):
+                    ended[ev["job"]] = ev
+                    if ev.get("ok"):
+                        host.done += 1
+                    else:
+                        host.failed += 1
+                else:
+                    host.retried += 1
+            elif kind == "cached":   # reused from an earlier run (--resume): done, on no host
+                ended[ev["job"]] = {**ev, "ok": True, "cached": True}
+                continue
+            elif kind == "down":
+                host.down = ev.get("reason", "down")
+    for name, state, sent, fetched in live.values():
+        h = hosts.setdefault(name, HostStatus())
+        setattr(h, state, getattr(h, state) + 1)
+        h.bytes_sent += sent
+        h.bytes_fetched += fetched
+    summary = _summary(run_dir)
+    finished = summary is not None
+    now = now or time.time()
+    end = os.stat(events).st_mtime if finished else now
+    elapsed = max(end - (started or end), 0.0)
+    done = sum(1 for e in ended.values() if e.get("ok"))
+    failed = len(ended) - done
+    waiting = 0 if finished else max(total - len(ended) - len({k[0] for k in live}), 0)
+    remaining = total - len(ended)
+    eta = None
+    if not finished and ended and remaining > 0:
+        eta = elapsed / len(ended) * remaining
+    failures = [{"job": e["job"], "task": e.get("label"), "host": e.get("host"), "reason": e.get("error")}
+                for e in ended.values() if not e.get("ok")]
+    cached = sum(1 for e in ended.values() if e.get("cached"))
+    return Status(str(run_dir), finished, summary.get("ok") if summary else None, total, waiting, done, failed,
+                  cached, round(elapsed, 3), round(eta, 1) if eta is not None else None, hosts, failures)
+
+
+def _summary(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def render_text(st: Status) -> str:
+    state = ("finished " + ("ok" if st.ok else "with failures")) if st.finished else "running"
+    eta = f", ETA {st.eta:.0f}s" if st.eta is not None else ""
+    reused = f" ({st.cached} reused)" if st.cached else ""
+    lines = [f"{st.run_dir}: {state}, {st.done}/{st.total} done{reused}, {st.failed} failed, {st.waiting} waiting, "
+             f"{st.elapsed:.1f}s{eta}"]
+    head = ("host", "slots", "staging", "running", "fetching", "done", "failed", "sent", "fetched")
+    rows = [head]
+    for name, h in st.hosts.items():
+        rows.append((name + (" (down)" if h.down else ""), str(h.slots), str(h.staging), str(h.running),
+                     str(h.fetching), str(h.done), str(h.failed), human_bytes(h.bytes_sent),
+                     human_bytes(h.bytes_fetched)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        lines.append("  " + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    if st.failures:
+        lines.append("failed:")
+        for f in st.failures:
+            lines.append(f"  #{f['job']} {f['task']} on {f['host']}: {f['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def show(run_dir: str | None, fmt: str = "text", watch: bool = False, out: TextIO | None = None,
+         interval: float = 1.0) -> int:
+    """``cmflow status``: print once, or refresh until the run ends (``--watch``)."""
+    import sys
+
+    out = out or sys.stdout
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format for status must be text or json, not {fmt!r}")
+    path = Path(run_dir) if run_dir else latest_run()
+    if not path.is_dir():
+        raise UsageError(f"no such run directory: {path}")
+    while True:
+        st = read_status(path)
+        text = json.dumps(st.to_json()) + "\n" if fmt == "json" else render_text(st)
+        if watch and out.isatty():
+            out.write("\x1b[H\x1b[2J")
+        out.write(text)
+        out.flush()
+        if not watch or st.finished:
+            return 0
+        time.sleep(interval)

@@ -1,0 +1,216 @@
+"""Files: inputs staged into a work directory per job, outputs fetched back verified (cmflow/files).
+
+On this machine here; over real sshd hosts in test_files_ssh.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cmflow import Files, api, command
+from cmflow.errors import FlowError
+from cmflow.executor import RunOptions
+from cmflow.files.spec import SpecError
+from cmflow.hosts import parse_inventory
+
+from conftest import cmflow
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def project(d: Path, tasks: str, flow: str) -> Path:
+    (d / "data").mkdir(exist_ok=True)
+    for i in range(4):
+        (d / "data" / f"part{i}.csv").write_text(f"{i},{i * i}\n")
+    (d / "tk.py").write_text(textwrap.dedent(tasks))
+    (d / "f.flow").write_text(textwrap.dedent(flow))
+    return d / "f.flow"
+
+
+def local_inv(d: Path, slots: int = 4):
+    return parse_inventory(f"hosts:\n  here: {{local: true, slots: {slots}}}\n", str(d / "inv.yaml"))
+
+
+def run_flow(flow: Path, **opts):
+    plan, inv = api.load(str(flow), inv=local_inv(flow.parent))
+    return api.run_sync(plan, inv, RunOptions(**opts), flow.parent / "run")
+
+
+TASKS = '''
+    from cmflow import task, command
+
+    @task(inputs=["data/part0.csv"])
+    def analyse(i):
+        return command(f"cat data/part0.csv data/part{i}.csv > out.csv; echo analysed {i}",
+                       inputs=[f"data/part{i}.csv"], outputs=["out.csv"])
+'''
+
+
+def test_inputs_staged_outputs_fetched_and_verified(tmp_path):
+    flow = project(tmp_path, TASKS, "from tk import analyse\nanalyse(1) + analyse(2) + analyse(3)\n")
+    run = run_flow(flow)
+    assert run.result.ok, run.result.failures
+    value = run.result.value
+    assert isinstance(value, Files) and len(value) == 3
+    for i, p in enumerate(value, start=1):
+        path = Path(p)
+        assert path == run.run_dir.resolve() / "results" / f"{i}-analyse" / "out.csv"
+        assert path.read_text() == f"0,0\n{i},{i * i}\n" and not path.is_symlink()
+    # the job's stdout is its own, the work dirs are gone, nothing half-fetched remains
+    assert (run.run_dir / "jobs" / "1.1.out").read_text() == "analysed 1\n"
+    assert not (run.run_dir / "work").exists()
+    assert not (run.run_dir / "results" / ".partial").exists()
+    recs = [json.loads(line) for line in (run.run_dir / "jobs.jsonl").read_text().splitlines()]
+    assert all(r["bytes_fetched"] == 8 for r in recs)
+
+
+def test_folders_globs_and_output_globs(tmp_path):
+    flow = project(tmp_path, '''
+        from cmflow import command
+        def many():
+            return command("mkdir -p res; for f in data/*.csv; do cp $f res/$(basename $f .csv).txt; done; "
+                           "cp data/part1.csv one.log; cp data/part2.csv two.log",
+                           inputs=["data"], outputs=["res", "*.log"])
+        def some():
+            return command("ls data | tr '\\\\n' ' '", inputs=["data/part[12].csv"])
+        ''', "from tk import *\nmany | some\n")
+    run = run_flow(flow)
+    assert run.result.ok, run.result.failures
+    files, listing = run.result.value
+    names = [str(Path(p).relative_to(run.run_dir.resolve() / "results" / "1-many")) for p in files]
+    assert names == [f"res/part{i}.txt" for i in range(4)] + ["one.log", "two.log"]
+    assert listing == "part1.csv part2.csv"
+
+
+def test_missing_output_fails_by_name_and_keeps_the_work_dir(tmp_path):
+    flow = project(tmp_path, '''
+        from cmflow import command
+        def lazy(): return command("echo made > made.txt", outputs=["made.txt", "never.txt"])
+        def other(): return command("echo fine > ok.txt", outputs=["ok.txt"])
+        ''', "from tk import *\nlazy | other\n")
+    run = run_flow(flow)
+    assert not run.result.ok
+    (failure,) = run.result.failures
+    assert "declared output 'never.txt' is missing" in failure.reason and failure.job.task == "lazy"
+    kept = Path(failure.reason.split("work dir kept: ")[1].rstrip(")"))
+    assert (kept / "made.txt").read_text() == "made\n"
+    results = run.run_dir / "results"
+    assert sorted(p.name for p in results.iterdir()) == ["2-other"]   # nothing of the failed job
+
+
+def test_failed_command_keeps_its_work_dir_and_says_where(tmp_path):
+    flow = project(tmp_path, '''
+        from cmflow import command
+        def bad(): return command("cat data/part1.csv > got.csv; exit 3", inputs=["data/part1.csv"],
+                                  outputs=["got.csv"])
+        ''', "from tk import bad\nbad\n")
+    run = run_flow(flow)
+    (failure,) = run.result.failures
+    assert failure.reason.startswith("exit status 3 (work dir kept: ")
+    kept = Path(failure.reason.split("work dir kept: ")[1].rstrip(")"))
+    assert (kept / "got.csv").read_text() == "1,1\n"
+
+
+def test_outputs_cannot_escape(tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours\n")
+    flow = project(tmp_path, f'''
+        from cmflow import command
+        def sneaky(): return command("ln -s {secret} out.txt", outputs=["out.txt"])
+        def sneakydir(): return command("ln -s {tmp_path} d", outputs=["d/secret.txt"])
+        ''', "from tk import *\nsneaky | sneakydir\n")
+    run = run_flow(flow)
+    reasons = sorted(f.reason for f in run.result.failures)
+    assert len(reasons) == 2 and all("symlink or leaves the work directory" in r for r in reasons)
+    assert not (run.run_dir / "results").exists() or not any((run.run_dir / "results").iterdir())
+
+
+def test_keep_remote_keeps_work_dirs(tmp_path):
+    flow = project(tmp_path, TASKS, "from tk import analyse\nanalyse(1)\n")
+    run = run_flow(flow, keep_remote=True)
+    assert run.result.ok
+    (wd,) = [p for p in (run.run_dir / "work").iterdir() if not p.name.startswith(".")]
+    assert (wd / "out.csv").exists() and (wd / "data" / "part1.csv").exists()
+
+
+def test_declaration_errors_are_positioned(tmp_path):
+    flow = project(tmp_path, '''
+        from cmflow import command, task
+        def nofile(): return command("true", inputs=["data/nope.csv"])
+        def noglob(): return command("true", inputs=["data/*.json"])
+        def up(): return command("true", outputs=["../x"])
+        def absolute(): return command("true", outputs=["/etc/passwd"])
+        ''', "from tk import *\n\nnofile | noglob\nup | absolute\n")
+    with pytest.raises(FlowError) as e:
+        api.load(str(flow), inv=local_inv(tmp_path))
+    text = str(e.value)
+    assert "f.flow:3:1: error: task 'nofile': input 'data/nope.csv' does not exist" in text
+    assert "f.flow:3:10: error: task 'noglob': input 'data/*.json' matches no file" in text
+    assert "f.flow:4:1: error: task 'up': output '../x' leaves the job's work directory" in text
+    assert "f.flow:4:6: error: task 'absolute': output '/etc/passwd' is absolute" in text
+    r = cmflow("check", str(flow))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "^^^^^^" in r.stderr
+
+
+def test_command_checks_its_arguments():
+    with pytest.raises(TypeError):
+        command(["ls"])                    # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        command("x", outputs={"a": "s3:b"})
+    c = command("x", inputs="a.csv", outputs={"o": "data:o.json", "p": ""})
+    assert c.inputs == ("a.csv",) and c.outputs == ("o", "p") and c.publish == (("o", "data:o.json"),)
+    with pytest.raises(SpecError):
+        from cmflow.files.spec import check_relative
+        check_relative("a/../../b", "output")
+
+
+def test_files_add_by_concatenation():
+    a, b = Files(["x", "y"]), Files(["z"])
+    assert a + b == Files(["x", "y", "z"]) and isinstance(a + b, Files)
+    assert sum([a, b]) == ("x", "y", "z")
+    assert json.dumps(a) == '["x", "y"]'
+    with pytest.raises(TypeError):
+        a + 1   # noqa: B018
+
+
+def test_plan_shows_files(tmp_path):
+    flow = project(tmp_path, TASKS, "from tk import analyse\nanalyse(1)\n")
+    r = cmflow("plan", str(flow))
+    assert "< data/part1.csv (from " in r.stdout and "> out.csv" in r.stdout
+    doc = json.loads(cmflow("plan", str(flow), "--format", "json").stdout)
+    assert doc["jobs"][0]["outputs"] == [{"pattern": "out.csv"}]
+    assert [i["dest"] for i in doc["jobs"][0]["inputs"]] == ["data/part0.csv", "data/part1.csv"]
+
+
+def test_status_of_a_finished_run(tmp_path):
+    flow = project(tmp_path, TASKS + '''
+    def broken(): return command("exit 4", outputs=["x"])
+    ''', "from tk import *\nanalyse(1) | analyse(2) | broken\n")
+    r = cmflow("run", str(flow), "--run-dir", str(tmp_path / "runs" / "one"), cwd=tmp_path)
+    assert r.returncode == 1
+    text = cmflow("status", cwd=tmp_path)        # the latest run under ./runs
+    assert text.returncode == 0, text.stderr
+    assert "finished with failures, 2/3 done, 1 failed" in text.stdout
+    assert "#3 broken on " in text.stdout and "exit status 4" in text.stdout
+    doc = json.loads(cmflow("status", str(tmp_path / "runs" / "one"), "--format", "json").stdout)
+    (host,) = doc["hosts"].values()
+    assert (host["done"], host["failed"], host["bytes_fetched"]) == (2, 1, 16)
+    assert doc["finished"] and doc["waiting"] == 0
+    bad = cmflow("status", str(tmp_path / "nowhere"))
+    assert bad.returncode == 2 and "no such run directory" in bad.stderr
+
+
+def test_inputs_changed_between_compile_and_run_are_checked(tmp_path):
+    flow = project(tmp_path, TASKS, "from tk import analyse\nanalyse(1)\n")
+    plan, inv = api.load(str(flow), inv=local_inv(tmp_path))
+    os.unlink(tmp_path / "data" / "part1.csv")
+    run = api.run_sync(plan, inv, RunOptions(), tmp_path / "run")
+    (failure,) = run.result.failures
+    assert "cannot read input" in failure.reason and "part1.csv" in failure.reason

@@ -1,0 +1,116 @@
+"""The run report: trace.tsv, report.html written by every run, opened in real headless Chromium."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cmflow.journal import read_journal
+from chromium import Browser, find_chromium
+from conftest import ROOT, cmflow
+
+CHROMIUM = find_chromium()
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
+
+
+def _run_with_failures(d: Path) -> Path:
+    """A real run: 6 good jobs, one that fails for good (with stderr), one that fails once then passes."""
+    flag = d / "flaky-once"
+    (d / "tk.py").write_text(
+        "from cmflow import task\n"
+        "def ok(i): return f'sleep 0.1; echo {i}'\n"
+        "def bad(): return 'echo boom >&2; echo \"<script>alert(1)</script>\" >&2; exit 3'\n"
+        "@task(retries=1)\n"
+        f"def flaky(): return 'if [ -e {flag} ]; then echo 100; else touch {flag}; echo no >&2; exit 1; fi'\n")
+    (d / "f.flow").write_text("from tk import *\n(ok(1) | ok(2) | ok(3)); ok(4) + ok(5) + ok(6) + flaky; bad\n")
+    (d / "inv.yaml").write_text("hosts:\n  here: {local: true, slots: 3}\n")
+    done = cmflow("run", "f.flow", "--hosts", "inv.yaml", "--run-dir", "run", "-q", cwd=d)
+    assert done.returncode == 1, done.stderr
+    return d / "run"
+
+
+def test_trace_has_a_row_per_job_with_keys_and_attempts(tmp_path):
+    run = _run_with_failures(tmp_path)
+    rows = [line.split("\t") for line in (run / "trace.tsv").read_text().splitlines()]
+    head, body = rows[0], rows[1:]
+    assert head[:8] == ["Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive", "Exitval", "Signal"]
+    assert head[-1] == "Command" and {"Task", "Key", "Attempts", "Wait", "Running"} <= set(head)
+    assert len(body) == 8
+    by_task = {}
+    for r in body:
+        doc = dict(zip(head, r))
+        by_task.setdefault(doc["Task"], []).append(doc)
+    assert [d["Attempts"] for d in by_task["flaky"]] == ["2"] and by_task["flaky"][0]["State"] == "ok"
+    assert by_task["bad"][0]["Exitval"] == "3" and by_task["bad"][0]["State"] == "failed"
+    keys = {ev["seq"]: ev["key"] for ev in read_journal(run / "journal.jsonl") if ev["ev"] == "end"}
+    assert all(dict(zip(head, r))["Key"] == keys[int(r[0])] for r in body)
+
+
+def test_no_report_leaves_none(tmp_path):
+    (tmp_path / "tk.py").write_text("def a(): return 'echo 1'\n")
+    (tmp_path / "f.flow").write_text("from tk import a\na\n")
+    assert cmflow("run", "f.flow", "--run-dir", "r", "--no-report", "-q", cwd=tmp_path).returncode == 0
+    assert not (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "trace.tsv").exists()
+    made = cmflow("report", "r", "-o", "elsewhere.html", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "elsewhere.html").read_text().startswith("<!DOCTYPE html>")
+    missing = cmflow("report", "nowhere", cwd=tmp_path)
+    assert missing.returncode == 2 and "not a run directory" in missing.stderr
+
+
+def _check_page(page, shot: Path) -> None:
+    assert page.problems() == []
+    urls = page.requests()
+    assert all(u.startswith("file://") for u in urls) and len(urls) == 1, urls
+    page.screenshot(shot)
+    assert shot.stat().st_size > 10_000
+
+
+@needs_chromium
+def test_report_in_headless_chromium(tmp_path):
+    run = _run_with_failures(tmp_path)
+    page_file = run / "report.html"
+    html = page_file.read_text()
+    assert "<script>alert(1)</script>" not in html          # job output is data, never markup
+    attempts = [json.loads(line) for line in (run / "jobs.jsonl").read_text().splitlines()]
+    with Browser(CHROMIUM) as browser:
+        page = browser.open(page_file.as_uri())
+        assert page.eval("document.body.dataset.ready") == "1"
+        # one bar per attempt: 8 jobs, flaky's two attempts on two bars
+        bars = page.eval("[...document.querySelectorAll('#tl rect.bar')].map(r => +r.dataset.a)")
+        assert sorted(bars) == list(range(len(attempts))) and len(attempts) == 9
+        assert page.eval("document.querySelectorAll('#tl rect.bar:not(.st2)').length") == 8   # a bar per job
+        assert page.eval("document.querySelectorAll('#tl rect.bar.st1').length") == 1     # bad: failed
+        assert page.eval("document.querySelectorAll('#tl rect.bar.st2').length") == 1     # flaky: retried
+        assert page.eval("document.querySelectorAll('#tl .fail-mark').length") == 1
+        summary = page.eval("document.getElementById('summary-list').textContent")
+        assert "8: 7 done, 1 failed, 0 cached (9 attempts)" in summary
+        # hover shows the failed job's stderr tail
+        tip = page.eval("""(() => { const r = document.querySelector('#tl rect.bar.st1'); const b = r.getBoundingClientRect();
+            r.dispatchEvent(new MouseEvent('mousemove', {bubbles: true, clientX: b.x + 1, clientY: b.y + 1}));
+            return document.getElementById('tip').textContent; })()""")
+        assert "bad" in tip and "exit:    3" in tip and "boom" in tip and "<script>alert(1)</script>" in tip
+        # the job table filters and sorts
+        page.eval("document.getElementById('filter').value = 'state:failed'; "
+                  "document.getElementById('filter').dispatchEvent(new Event('input'))")
+        page.eval("new Promise(r => setTimeout(r, 300))")   # the filter's own debounce, not a sync guess
+        assert page.eval("document.querySelectorAll('#jt .jt-row').length") == 1
+        assert page.eval("document.getElementById('job-count').textContent") == "1 of 8 jobs"
+        assert "Seq (;)" in page.eval("document.getElementById('plan-tree').textContent")
+        _check_page(page, tmp_path / "report.png")
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_pi_flow_leaves_runs_latest_report(tmp_path):
+    """`cmflow run flows/pi.flow`: 8 Monte Carlo jobs (about 5 s on 2 cores), then the page in Chromium."""
+    done = cmflow("run", str(ROOT / "flows" / "pi.flow"), "-q", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    page_file = tmp_path / "runs" / "latest" / "report.html"
+    assert page_file.is_file()
+    with Browser(CHROMIUM) as browser:
+        page = browser.open(page_file.as_uri())
+        assert page.eval("document.querySelectorAll('#tl rect.bar').length") == 8
+        assert "pi.flow" in page.eval("document.getElementById('summary-list').textContent")
+        _check_page(page, tmp_path / "pi.png")
