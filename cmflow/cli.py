@@ -275,7 +275,7 @@ def usage_error(argv: list[str], left: list[Any] = ()) -> str:
     commands = sorted({k.split()[0] for k, _ in entries})
     known_options = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", __doc__))
     words = [a for a in argv if not a.startswith("-")]
-    short = "usage: cmflow COMMAND [ARGS]...; commands: " + ", ".join(commands) + "\n(cmflow --help says more)"
+    short = "Usage: cmflow COMMAND [ARGS]...; commands: " + ", ".join(commands) + "\n(cmflow --help says more)"
     if not words:
         bad = next((a for a in argv if a.split("=")[0] not in known_options), None)
         if bad:
@@ -291,7 +291,7 @@ def usage_error(argv: list[str], left: list[Any] = ()) -> str:
     if subs and len(words) > 1 and words[1] in subs:
         what = f"{cmd} {words[1]}"
         mine = [(k, v) for k, v in mine if k == what or k == cmd]
-    usage = "usage:\n" + "\n".join(v for _, v in mine)
+    usage = "Usage:\n" + "\n".join(v for _, v in mine)
     allowed = _options_of("\n".join(v for _, v in mine)) | {"-h", "--help"}
     for a in argv:
         if a == "--":

@@ -8,6 +8,7 @@ bomb is an error; mappings and lists nest at most ``MAX_DEPTH`` deep instead of 
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -83,8 +84,59 @@ def read_text(path: str, what: str) -> str:
                                     f"{e.start})") from None
 
 
+_FLOW_CHARS = re.compile(r"""[\[\]{}'"#\n]""")
+
+
+def _flow_depth_error(text: str) -> str | None:
+    """Where [ and { nest deeper than MAX_DEPTH, looked for before PyYAML reads the text.
+
+    PyYAML's scanner keeps a possible simple key per open bracket and rechecks
+    them all at every token: 20 000 '[' on a line cost it minutes. Quoted
+    strings and comments are skipped (roughly, as YAML reads them).
+    """
+    depth = 0
+    pos = 0
+    n = len(text)
+    while pos < n:
+        m = _FLOW_CHARS.search(text, pos)
+        if m is None:
+            return None
+        ch, pos = m.group(), m.end()
+        if ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = text.count("\n", 0, pos) + 1
+                return f"line {line}, column {pos - text.rfind(chr(10), 0, pos) - 1}: nested more than {MAX_DEPTH} deep"
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+        elif ch == "#":
+            if pos - 2 < 0 or text[pos - 2] in " \t\n":
+                end = text.find("\n", pos)
+                pos = n if end < 0 else end
+        elif ch == "\n":
+            continue
+        elif depth or pos - 2 < 0 or text[pos - 2] in " \t\n:-[{,":
+            # a quoted scalar: skip to its closing quote ('' and \" escape inside)
+            while True:
+                end = text.find(ch, pos)
+                if end < 0:
+                    return None      # unterminated: PyYAML words the error
+                if ch == "'" and text.startswith("''", end):
+                    pos = end + 2
+                    continue
+                if ch == '"' and (len(text[pos:end]) - len(text[pos:end].rstrip("\\"))) % 2:
+                    pos = end + 1
+                    continue
+                pos = end + 1
+                break
+    return None
+
+
 def load(text: str, filename: str) -> Any:
     """Safe-load one document; a bad one is reported as FILE: line L, column C: why."""
+    deep = _flow_depth_error(text)
+    if deep:
+        raise ConfigError(filename, "", deep)
     try:
         doc = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:

@@ -23,7 +23,7 @@ def test_usage_errors_are_one_line_and_the_usage(capsys, argv, first):
     err = capsys.readouterr().err
     lines = err.splitlines()
     assert lines[0] == first, err
-    assert "usage" in lines[1] and "Argument(" not in err and "Warning" not in err and "Option(" not in err
+    assert "usage" in lines[1].lower() and "Argument(" not in err and "Warning" not in err and "Option(" not in err
 
 
 def test_unknown_command_through_the_real_cli(cli):
