@@ -143,6 +143,8 @@ def load(text: str, filename: str) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(filename, "", f"not valid YAML: {where}{getattr(e, 'problem', None) or e}") from None
+    except (ValueError, OverflowError) as e:     # e.g. an integer of more than 4300 digits
+        raise ConfigError(filename, "", f"a value YAML cannot read: {str(e)[:100]}") from None
     except _Refused as e:
         where = f"line {e.mark.line + 1}, column {e.mark.column + 1}: " if e.mark else ""
         raise ConfigError(filename, "", f"{where}{e.message}") from None

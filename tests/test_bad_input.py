@@ -242,3 +242,17 @@ def test_sys_exit_in_a_def_does_not_end_check_or_run_with_0(cli, flowdir, where)
         r = cli(cmd, str(f), cwd=flowdir.path)
         assert r.returncode == 2 and "Traceback (most recent call last)" not in r.stderr, (cmd, r.stderr)
         assert "SystemExit" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("text,what", [
+    ("hosts:\n  a: {port: " + "9" * 5000 + "}\n", "a value YAML cannot read"),
+    ("hosts:\n  n[1-4]" + "9" * 40 + ": {}\n", "bad node set"),
+])
+def test_fuzz_finds_are_config_errors(text, what):
+    """Two inputs bench/fuzz.py found: a 5000-digit number, a range ClusterShell asserts on."""
+    from cmflow.errors import ConfigError
+    from cmflow.hosts import parse_inventory
+
+    with pytest.raises(ConfigError) as e:
+        parse_inventory(text, "inv.yaml")
+    assert what in str(e.value) and len(str(e.value)) < 300
