@@ -64,7 +64,7 @@ def measure(cmd: str, groups: dict[str, Path] | None, env: dict | None = None, c
     time.sleep(0.3)   # let sshd sessions finish their accounting
     c1, s1 = cg_cpu(client), cg_cpu(server)
     if proc.returncode != 0:
-        print(f"  ! exit {proc.returncode}: {proc.stderr[-500:]}", file=sys.stderr)
+        print(f"  ! exit {proc.returncode}: {proc.stderr[:300]} ... {proc.stderr[-300:]}", file=sys.stderr)
     rusage = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return Sample(wall, (c1 - c0) if client else rusage, s1 - s0, proc.returncode)
 

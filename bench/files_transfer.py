@@ -34,8 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import cgroups, measure, report
+from _common import ROOT, cgroups, measure, report
 from sshhosts import SshdHosts, have_sshd
+
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}   # this checkout's cmflow, whatever is installed
 
 
 def lo_bytes() -> int:
@@ -99,7 +102,7 @@ def part1(hosts: SshdHosts, base: Path, groups, jobs: int, reps: int) -> None:
         gp.append(measure(gp_cmd, groups, cwd=work))
         check_gp(work, jobs)
         shutil.rmtree(work / "run", ignore_errors=True)
-        cm.append(measure(cm_cmd, groups, cwd=work))
+        cm.append(measure(cm_cmd, groups, env=ENV, cwd=work))
         check_cm(work, jobs)
     left = subprocess.run(["find", str(base / "wd"), "-path", "*/.cmflow/work/*"], capture_output=True,
                           text=True).stdout.split()
@@ -127,12 +130,12 @@ def part2(hosts: SshdHosts, base: Path, big_mb: int, big_jobs: int) -> None:
     inv = workdir_inventory(hosts, base / "wd2", 4)
     lo0, t0 = lo_bytes(), time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "cmflow", "run", "big.flow", "--hosts", str(inv), "-q",
-                        "--run-dir", "run", "--no-report"], cwd=work, capture_output=True, text=True)
+                        "--run-dir", "run", "--no-report"], cwd=work, capture_output=True, text=True, env=ENV)
     wall, lo1 = time.perf_counter() - t0, lo_bytes()
     if r.returncode != 0:
         sys.exit(f"cmflow failed: {r.stderr[-2000:]}")
     st = json.loads(subprocess.run([sys.executable, "-m", "cmflow", "status", "run", "--format", "json"], cwd=work,
-                                   capture_output=True, text=True).stdout)
+                                   capture_output=True, text=True, env=ENV).stdout)
     sent = sum(h["bytes_sent"] for h in st["hosts"].values())
     per_host = {n: h["done"] for n, h in st["hosts"].items()}
     caches = sum(1 for p in (base / "wd2").glob("*/.cmflow/cache/*"))

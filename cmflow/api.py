@@ -15,7 +15,7 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from . import ast
 from .compiler import compile_file, compile_flow
@@ -81,6 +81,24 @@ def make_transport(host: Host, inv: Inventory, clusters: Any = None) -> Transpor
     from .transport.ssh import SshTransport
 
     return SshTransport(host, ssh_config=inv.ssh_config)
+
+
+CLOSE_BOUND = 30.0   # seconds for closing every transport at once (each bounds its own wait too)
+
+
+async def close_transports(transports: Iterable[Transport]) -> None:
+    """Close all transports concurrently, in bounded time, even if we are cancelled again meanwhile."""
+    closing = asyncio.ensure_future(asyncio.wait_for(
+        asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True), CLOSE_BOUND))
+    while not closing.done():
+        try:
+            await asyncio.shield(closing)
+        except asyncio.CancelledError:
+            continue     # a second Ctrl-C must not leave slots and masters behind
+        except asyncio.TimeoutError:
+            break
+    if not closing.cancelled():
+        closing.exception()
 
 
 @dataclass
@@ -188,11 +206,13 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
             executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters) for h in inv.hosts}, log,
                                 options, [*shown, status, *observers], files=files, journal=journal,
                                 resume=index)
-            for t in executor.transports.values():
-                stack.push_async_callback(t.aclose)
-            # pushed last, so it runs first: queued work dirs go while the connections still stand
-            stack.push_async_callback(files.close)
-            result = await executor.run()
+            try:
+                result = await executor.run()
+            finally:
+                try:
+                    await files.close()   # queued work dirs go while the connections still stand
+                finally:
+                    await close_transports(executor.transports.values())
     finally:
         for o in shown:
             o.close()

@@ -29,6 +29,9 @@ from .scheduler import Closed, Eligible, Request, Scheduler
 from .transport import JobSpec, Outcome, Transport
 
 Halt = Literal["never", "soon", "now"]
+# A stdout larger than this is not read into a value (parse "auto"/"text"): the value is
+# {"stdout_file": PATH, "bytes": N}, and the output is read from that file (README).
+VALUE_LIMIT = 1 << 20
 HOST_DOWN_AFTER = 3   # consecutive connection failures before a host is marked down
 
 
@@ -456,7 +459,7 @@ class Executor:
             self.journal.started(job.id, keyed[1], host, attempt, run.ready, started)
         moved: Moved | None = None
         try:
-            spec = JobSpec(job.id, job.command, out, err, timeout)
+            spec = JobSpec(job.id, job.command, out, err, timeout, job.options.detach)
             if job.files:
                 outcome, moved = await self._with_files(job, host, attempt, spec)
             else:
@@ -538,6 +541,9 @@ class Executor:
             return failure(f"exit status {outcome.exit_status}{more}")
         if moved is not None and moved.files is not None:
             return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
+        if outcome.stdout_bytes > VALUE_LIMIT and job.options.parse in ("auto", "text"):
+            # stored once, in its file: records, summary and sums get a reference, not a copy
+            return Ok({"stdout_file": str(out), "bytes": outcome.stdout_bytes})
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))

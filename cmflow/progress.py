@@ -11,6 +11,7 @@ from typing import TextIO
 from .hosts import Inventory
 from .plan import Job
 from .runlog import JobRecord
+from .status import human_bytes
 
 
 class _Counts:
@@ -21,6 +22,10 @@ class _Counts:
         self.slots = {h.name: h.slots for h in inventory.hosts}
         self.down: set[str] = set()
         self.started = time.monotonic()
+        # jobs with files: (job, attempt) -> (host, staging | running | fetching); bytes moved per host
+        self.phase: dict[tuple[int, int], tuple[str, str]] = {}
+        self.sent = {h.name: 0 for h in inventory.hosts}
+        self.fetched = {h.name: 0 for h in inventory.hosts}
 
     def cache(self) -> None:
         self.cached += 1
@@ -30,7 +35,16 @@ class _Counts:
         self.running += 1
         self.busy[host] += 1
 
+    def files(self, job: Job, host: str, attempt: int, state: str) -> None:
+        self.phase[(job.id, attempt)] = (host, state)
+
+    def in_phase(self, state: str, host: str | None = None) -> int:
+        return sum(1 for h, s in self.phase.values() if s == state and (host is None or h == host))
+
     def end(self, rec: JobRecord, final: bool, ok: bool) -> None:
+        if self.phase.pop((rec.seq, rec.attempt), None) is not None:
+            self.sent[rec.host] = self.sent.get(rec.host, 0) + rec.bytes_sent
+            self.fetched[rec.host] = self.fetched.get(rec.host, 0) + rec.bytes_fetched
         self.running -= 1
         self.busy[rec.host] -= 1
         if final:
@@ -106,13 +120,19 @@ class LiveProgress:
 
         c = self.c
         t = Table.grid(padding=(0, 2))
+        staging, fetching = c.in_phase("staging"), c.in_phase("fetching")
+        moving = [f"{staging} staging", f"{fetching} fetching"] if c.phase or any(c.sent.values()) else []
         t.add_row(f"[bold]{c.done}[/]/{c.total} done" + (f" ({c.cached} cached)" if c.cached else ""),
-                  f"{c.running} running",
+                  *moving, f"{c.running - staging - fetching} running",
                   f"[red]{c.failed} failed[/]" if c.failed else "0 failed", f"ETA {c.eta()}")
         hosts = Table.grid(padding=(0, 2))
         for name, busy in list(c.busy.items())[:24]:
             state = "[red]down[/]" if name in c.down else f"{busy}/{c.slots[name]}"
-            hosts.add_row(name, "█" * busy + "·" * (c.slots[name] - busy) if c.slots[name] <= 32 else "", state)
+            # ↑ staging, ↓ fetching, █ running, · free
+            up, down = c.in_phase("staging", name), c.in_phase("fetching", name)
+            bar = "↑" * up + "↓" * down + "█" * max(busy - up - down, 0) + "·" * (c.slots[name] - busy)
+            extra = [f"sent {human_bytes(c.sent[name])}, fetched {human_bytes(c.fetched[name])}"] if moving else []
+            hosts.add_row(name, bar if c.slots[name] <= 32 else "", state, *extra)
         outer = Table.grid()
         outer.add_row(t)
         outer.add_row(hosts)
@@ -123,6 +143,9 @@ class LiveProgress:
 
     def job_started(self, job: Job, host: str, attempt: int) -> None:
         self.c.start(host)
+
+    def job_files(self, job: Job, host: str, attempt: int, state: str, sent: int, fetched: int) -> None:
+        self.c.files(job, host, attempt, state)
 
     def job_ended(self, rec: JobRecord, final: bool, ok: bool) -> None:
         self.c.end(rec, final, ok)

@@ -27,6 +27,7 @@ class TaskOptions:
     timeout: float | None = None
     retries: int | None = None
     files: Any = None        # a cmflow.files.Command with no command: inputs/outputs of every call
+    detach: bool = False     # leave processes the job started running after it ends (daemons)
 
 
 DEFAULT_OPTIONS = TaskOptions()
@@ -34,12 +35,15 @@ _ATTR = "__cmflow_task__"
 
 
 def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "auto", hosts: str | None = None,
-         timeout: float | None = None, retries: int | None = None, inputs: Any = (), outputs: Any = ()):
+         timeout: float | None = None, retries: int | None = None, inputs: Any = (), outputs: Any = (),
+         detach: bool = False):
     """Mark a def as a cmflow task and set its options.
 
     Usable bare (``@task``) or with options (``@task(parse="lines", timeout=60)``).
     ``inputs`` and ``outputs`` are files every call of the task reads and writes
     (as in ``command()``), added to those its command declares.
+    ``detach=True`` lets processes the job leaves behind run on after it ends
+    (they are still killed on timeout or cancellation; see docs/processes.md).
     The function is returned unchanged apart from one attribute.
     """
     if isinstance(parse, str) and parse not in PARSERS:
@@ -53,7 +57,9 @@ def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "aut
         from .files.spec import command
 
         files = command("", inputs, outputs)
-    options = TaskOptions(parse, hosts, timeout, retries, files)
+    if not isinstance(detach, bool):
+        raise ValueError(f"detach must be True or False, not {detach!r}")
+    options = TaskOptions(parse, hosts, timeout, retries, files, detach)
 
     def mark(f: Callable) -> Callable:
         setattr(f, _ATTR, options)

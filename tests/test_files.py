@@ -214,3 +214,84 @@ def test_inputs_changed_between_compile_and_run_are_checked(tmp_path):
     run = api.run_sync(plan, inv, RunOptions(), tmp_path / "run")
     (failure,) = run.result.failures
     assert "cannot read input" in failure.reason and "part1.csv" in failure.reason
+
+
+def test_files_arguments_are_staged_under_their_job_names(tmp_path):
+    from cmflow.files.runtime import job_files, stage_arguments
+
+    a = tmp_path / "run" / "results" / "1-analyse"
+    b = tmp_path / "run" / "results" / "2-analyse"
+    for d in (a, b):
+        d.mkdir(parents=True)
+        (d / "out.json").write_text("{}")
+    other = tmp_path / "out.json"
+    other.write_text("[]")
+    files = Files([str(a / "out.json"), str(b / "out.json")])
+    args, kwargs, staged = stage_arguments([files, 3], {"more": [Files([str(other)])]})
+    assert args == [Files(["1-analyse/out.json", "2-analyse/out.json"]), 3]
+    assert kwargs == {"more": [Files(["out.json"])]}
+    assert [(i.dest, Path(i.source).parent.name) for i in staged] == \
+        [("1-analyse/out.json", "1-analyse"), ("2-analyse/out.json", "2-analyse"), ("out.json", tmp_path.name)]
+    cmd, jf = job_files(command("cat " + " ".join(args[0]) + " > merged", outputs=["merged"]), None, tmp_path,
+                        staged)
+    assert cmd == "cat 1-analyse/out.json 2-analyse/out.json > merged"
+    assert [i.dest for i in jf.inputs] == ["1-analyse/out.json", "2-analyse/out.json", "out.json"]
+    assert [o.pattern for o in jf.outputs] == ["merged"]
+    assert job_files("echo plain", None, tmp_path) == ("echo plain", None)
+    # two different files with one name: both arrive
+    _, _, clash = stage_arguments([Files([str(other), str(tmp_path / "run" / "x" / "out.json")])], {})
+    assert [i.dest for i in clash] == ["out.json", "2/out.json"]
+
+
+def test_data_inputs_and_published_outputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMFLOW_DATA", str(tmp_path / "store"))
+    monkeypatch.delenv("CMFLOW_DATA_CONFIG", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))          # no ~/.cmflow/data.yaml of the machine's user
+    from cmflow.data.config import load_config
+    from cmflow.data.service import DataService
+
+    src = tmp_path / "table.csv"
+    src.write_text("a,b\n1,2\n")
+    DataService(load_config(None)).add(src, name="table.csv")
+    flow = project(tmp_path, '''
+        from cmflow import command
+        def use(): return command("wc -l < table.csv > n.txt", inputs=["data:table.csv"],
+                                  outputs={"n.txt": "data:count.txt"})
+        ''', "from tk import use\nuse\n")
+    run = run_flow(flow)
+    assert run.result.ok, run.result.failures
+    (path,) = run.result.value
+    assert Path(path).read_text().strip() == "2"
+    got = DataService(load_config(None)).get("count.txt", tmp_path / "back.txt")
+    assert got.read_text().strip() == "2"
+    # a record that does not exist fails the job that needs it, by name
+    (tmp_path / "f.flow").write_text("from tk import *\nnope\n")
+    (tmp_path / "tk.py").write_text('from cmflow import command\ndef nope(): return command("true", '
+                                     'inputs=["data:missing.csv"])\n')
+    run = run_flow(flow)
+    (failure,) = run.result.failures
+    assert "data:missing.csv" in failure.reason
+
+
+def test_live_display_shows_staging_and_fetching(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from cmflow.progress import LiveProgress
+
+    flow = project(tmp_path, TASKS, "from tk import analyse\nanalyse(1) | analyse(2)\n")
+    plan, inv = api.load(str(flow), inv=local_inv(tmp_path))
+    live = LiveProgress(2, inv, stream=io.StringIO())
+    try:
+        j1, j2 = plan.jobs
+        live.job_started(j1, "here", 1)
+        live.job_started(j2, "here", 1)
+        live.job_files(j1, "here", 1, "staging", 0, 0)
+        live.job_files(j2, "here", 1, "fetching", 100, 0)
+        out = io.StringIO()
+        Console(file=out, width=120).print(live._render())
+        text = out.getvalue()
+        assert "1 staging" in text and "1 fetching" in text and "0 running" in text and "↑↓··" in text
+    finally:
+        live.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from cmflow.hosts import parse_inventory
 from cmflow.runlog import read_joblog
 
 from conftest import ROOT, cmflow
+from procs import kill_survivors, marked
 
 
 def alive(pid: int) -> bool:
@@ -172,15 +174,18 @@ def test_halt_now_kills_running_jobs(flowdir):
 
 
 def test_timeout_kills_the_whole_tree(flowdir):
-    d = flowdir.path
+    # Survivors are found by a marker in their argv, not by pid files the job writes: under
+    # load the timeout may fire before the job has written them (the old flaky race).
+    marker = f"61.{os.getpid()}{secrets.randbelow(10**6):06d}"
     run = run_flow(flowdir, f'''
         from cmflow import task
-        @task(timeout=1)
-        def t(): return "sleep 61 & echo $! > {d}/child; echo $$ > {d}/leader; sleep 60"
+        @task(timeout=2)
+        def t(): return "sleep {marker} & sleep {marker}"
         ''', "from tk import t\nt\n")
     assert not run.result.ok and "timed out" in run.result.failures[0].reason
-    for name in ("child", "leader"):
-        assert not alive(int((d / name).read_text())), name
+    left = marked(marker)
+    kill_survivors(left)
+    assert left == []
 
 
 def test_retries(flowdir):

@@ -146,7 +146,11 @@ class FileMover:
             sources = [await self._source(i) for i in files.inputs]
         except JobFailure as e:
             return Outcome(None, start=start, end=time.time()), Moved(failure=str(e))
-        return await side.attempt(spec, files, sources, job_key, emit)
+        try:
+            return await side.attempt(spec, files, sources, job_key, emit)
+        except (OSError, JobFailure) as e:
+            # a local disk that is full, a results folder that cannot be written: this job fails, the run goes on
+            return Outcome(None, start=start, end=time.time()), Moved(failure=f"moving files failed: {e}")
 
     async def close(self) -> None:
         """Remove the work directories still queued for removal (before the transports close)."""
@@ -378,14 +382,22 @@ def _copy_verified(src: Path, dest: Path, name: str) -> FileInfo:
 
 # ------------------------------------------------------------- over ssh
 
-# Sent after the job's command when it exited 0, with __cmf_r the work dir's
-# real path: one line per output (F inline, R fetch with a helper, M missing,
-# L a symlink or a path that leaves the work dir), F followed by base64 and ".".
+# Sent after the job's command when it exited 0: one line per output (F
+# inline, R fetched with a helper, M missing, L a symlink or under one), F
+# followed by base64 and ".". Only builtins but for wc, sha256sum, base64:
+# the symlink check walks the path's folders with `[ -L ]`, no subshell.
 _EMIT = r"""
+__cmf_safe() {
+  __cmf_p=; __cmf_q=$1
+  while :; do
+    case $__cmf_q in */*) ;; *) return 0;; esac
+    __cmf_p=$__cmf_p${__cmf_q%%/*}; __cmf_q=${__cmf_q#*/}
+    [ -L "$__cmf_p" ] && return 1
+    __cmf_p=$__cmf_p/
+  done
+}
 __cmf_file() {
-  if [ -L "$1" ]; then printf 'L %s\n' "$1"; return; fi
-  case $1 in */*) __cmf_d=$(cd -P -- "${1%/*}" 2>/dev/null && pwd -P) || { printf 'L %s\n' "$1"; return; }
-    case $__cmf_d/ in "$__cmf_r"/*) ;; *) printf 'L %s\n' "$1"; return;; esac;; esac
+  if [ -L "$1" ] || ! __cmf_safe "$1"; then printf 'L %s\n' "$1"; return; fi
   __cmf_s=$(wc -c < "$1") || { printf 'M %s\n' "$1"; return; }
   __cmf_h=$(sha256sum < "$1"); __cmf_h=${__cmf_h%% *}
   if [ $((__cmf_s)) -le __INLINE__ ]; then
@@ -399,6 +411,17 @@ __cmf_out() {
   else printf 'M %s\n' "$1"; fi
 }
 """
+
+
+def _as_shell_text(raw: bytes) -> str | None:
+    """The bytes as one single-quoted shell word, if they can be (UTF-8 text without NUL), else None."""
+    if b"\0" in raw:
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def glob_word(pattern: str) -> str:
@@ -425,7 +448,6 @@ class _ShellSide:
         self.run_root = f"{REMOTE_ROOT}/work/{mover.run_key}"
         self._cached: dict[str, asyncio.Future[None]] = {}
         self._trash: list[str] = []
-        self._sweeper: asyncio.Task[None] | None = None
         self._used = False
 
     def where(self, wd: str) -> str:
@@ -493,18 +515,28 @@ class _ShellSide:
                 ) -> tuple[str, int]:
         t = self.mover.token
         q = shlex.quote
-        lines = [f"__cmf_b=$PWD; mkdir -p {q(wd)} && cd {q(wd)} || "
-                 f"{{ printf '\\n%s STAGE cannot create %s\\n' {t} {q(wd)}; exit {STAGE_FAILED}; }}",
-                 f"__cmf_fail() {{ printf '\\n%s STAGE cannot write %s\\n' {t} \"$1\"; exit {STAGE_FAILED}; }}"]
+        lines = []
+        if self._trash:
+            # work dirs verified since the last job here go now, in this job's own script: no session of their own
+            batch, self._trash = self._trash, []
+            lines.append("rm -rf -- " + " ".join(q(w) for w in batch))
         dirs = sorted({str(PurePosixPath(s.input.dest).parent) for s in sources} - {"."})
-        if dirs:
-            lines.append("mkdir -p -- " + " ".join(q(d) for d in dirs) + " || __cmf_fail folders")
+        lines += [f"__cmf_b=$PWD; mkdir -p -- {' '.join(q(p) for p in [wd, *(wd + '/' + d for d in dirs)])} "
+                  f"&& cd -- {q(wd)} || "
+                  f"{{ printf '\\n%s STAGE cannot create %s\\n' {t} {q(wd)}; exit {STAGE_FAILED}; }}",
+                  f"__cmf_fail() {{ printf '\\n%s STAGE cannot write %s\\n' {t} \"$1\"; exit {STAGE_FAILED}; }}"]
         sent = 0
         for s in sources:
             dest = q(s.input.dest)
             if id(s) in inline:
                 with open(s.path, "rb") as f:
-                    data = base64.encodebytes(f.read()).decode()
+                    raw = f.read()
+                text = _as_shell_text(raw)
+                if text is not None:   # printf is a builtin: no process for the common text input
+                    sent += len(text.encode())
+                    lines.append(f"printf %s {text} > {dest} || __cmf_fail {dest}")
+                    continue
+                data = base64.encodebytes(raw).decode()
                 sent += len(data)
                 lines.append(f"base64 -d > {dest} <<'CMFLOW_EOF' || __cmf_fail {dest}\n{data}CMFLOW_EOF")
             else:
@@ -514,7 +546,7 @@ class _ShellSide:
         if files.outputs:
             lines.append("__cmf_x=$?; [ $__cmf_x -eq 0 ] || exit $__cmf_x")
             lines.append(_EMIT.replace("__INLINE__", str(INLINE_OUT)))
-            lines.append(f"__cmf_r=$(pwd -P)/; printf '\\n%s FILES\\n' {t}")
+            lines.append(f"printf '\\n%s FILES\\n' {t}")
             for i, o in enumerate(files.outputs):
                 if o.is_glob:
                     lines.append(f'for __cmf_p in {glob_word(o.pattern)}; do __cmf_out "$__cmf_p" {i}; done')
@@ -584,6 +616,8 @@ class _ShellSide:
                 if kind == "L":
                     bad.append(name)
                     continue
+                if any(name == i.name for _, i in found):
+                    continue   # named twice (a file and its folder): fetched once
                 dest = partial / name
                 await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
                 if kind == "F":
@@ -606,7 +640,7 @@ class _ShellSide:
                 fetched += size
                 emit("fetching", sent, fetched)
                 found.append((index, FileInfo(name, str(dest), size, sha)))
-        except (JobFailure, ValueError) as e:
+        except (JobFailure, ValueError, OSError) as e:
             shutil.rmtree(partial, ignore_errors=True)
             return Moved(failure=str(e) if isinstance(e, JobFailure) else f"bad output report: {e}",
                          bytes_sent=sent, bytes_fetched=fetched)
@@ -617,12 +651,10 @@ class _ShellSide:
 
     # ------------------------------------------------------------ cleanup
     def _remove(self, wd: str) -> None:
+        # removed by the next job's script on this host, or by one helper when the run ends
         self._trash.append(wd)
-        if self._sweeper is None or self._sweeper.done():
-            self._sweeper = asyncio.ensure_future(self._sweep())
 
     async def _sweep(self) -> None:
-        # one helper removes every work dir queued meanwhile: removal costs a session per batch, not per job
         while self._trash:
             batch, self._trash = self._trash, []
             try:
@@ -631,10 +663,7 @@ class _ShellSide:
                 return   # the host is gone; its work dirs with it, for all we can do
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            await self._sweeper
-        if self._trash:
-            await self._sweep()
+        await self._sweep()
         if self._used and not self.mover.keep_remote:
             try:   # the run's folder goes if no failed job's work dir is kept in it
                 await self._exec(f"rmdir {shlex.quote(self.run_root)} {REMOTE_ROOT}/work 2>/dev/null; exit 0")

@@ -23,6 +23,7 @@ class JobSpec:
     stdout: Path
     stderr: Path
     timeout: float | None = None
+    detach: bool = False         # processes left running after the main one ends are not killed
 
 
 @dataclass(frozen=True)

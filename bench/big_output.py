@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""16 jobs x 50 MB of stdout over ssh: cmflow beside plain `ssh host cmd > file` (issue 10.1).
+
+Starts its own 4 loopback sshd hosts (tests/sshhosts.py, its own throwaway user
+and folders) and alternates, in one run:
+
+    16 x `ssh -F CONFIG hK 'head -c 50M /dev/zero' > FILE`, 4 per host, all at once
+    cmflow run big.flow --hosts hosts.yaml           (4 hosts x 4 slots, the same 16 jobs)
+
+Prints the median wall time and MB/s of each, the ratio (target: cmflow >= 0.8x
+plain ssh) and cmflow's peak RSS (GNU time's %M: the largest single process,
+which is cmflow; target <= 100 MB). Each job's value is a reference to its
+output file (over the 1 MiB value limit), so nothing is copied into records.
+
+    python3 bench/big_output.py [--mb 50] [--reps 3]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import ROOT  # noqa: F401  (puts tests/ on sys.path)
+from sshhosts import SshdHosts, have_sshd
+
+HOSTS, SLOTS = 4, 4
+
+
+def timed(cmd: str, cwd: Path) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KB) of the largest process of `cmd`."""
+    rss_file = cwd / "rss"
+    t0 = time.perf_counter()
+    r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), "bash", "-c", cmd], cwd=cwd,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        print(f"  ! exit {r.returncode}: {r.stderr[-500:]}", file=sys.stderr)
+    return wall, int(rss_file.read_text().split()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mb", type=int, default=50)
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    if not have_sshd() or not Path("/usr/bin/time").exists():
+        sys.exit("needs openssh-server and GNU time: apt-get install -y openssh-server time")
+    jobs = HOSTS * SLOTS
+    size = a.mb * 1024 * 1024
+    base = Path(tempfile.mkdtemp(prefix="cmflow-bench-big-", dir="/tmp"))
+    base.chmod(0o755)
+    hosts = SshdHosts(base / "hosts", n=HOSTS, slots=SLOTS).start()
+    try:
+        work = base / "work"
+        work.mkdir()
+        (work / "big_tasks.py").write_text(f"def big(i):\n    return 'head -c {size} /dev/zero'\n")
+        (work / "big.flow").write_text("from big_tasks import big\n" +
+                                       " | ".join(f"big({i})" for i in range(jobs)) + "\n")
+        plain = " & ".join(f"ssh -F {hosts.ssh_config} h{i % HOSTS + 1} 'head -c {size} /dev/zero' > out{i}"
+                           for i in range(jobs)) + " & wait"
+        cm_cmd = f"{sys.executable} -m cmflow run big.flow --hosts {hosts.inventory_file} -q --run-dir run"
+        ssh_runs, cm_runs = [], []
+        for _ in range(a.reps):   # alternate, so both see the same machine
+            ssh_runs.append(timed(plain, work))
+            for f in work.glob("out*"):
+                f.unlink()
+            shutil.rmtree(work / "run", ignore_errors=True)
+            cm_runs.append(timed(cm_cmd, work))
+            shutil.rmtree(work / "run", ignore_errors=True)
+    finally:
+        hosts.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    total_mb = jobs * a.mb
+    s = statistics.median(w for w, _ in ssh_runs)
+    c = statistics.median(w for w, _ in cm_runs)
+    print(f"{jobs} jobs x {a.mb} MB stdout over {HOSTS} loopback sshd hosts x {SLOTS} slots, {a.reps} reps (median):")
+    print(f"  plain ssh > file   {s:6.2f} s  {total_mb / s:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _ in ssh_runs)}")
+    print(f"  cmflow run         {c:6.2f} s  {total_mb / c:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _ in cm_runs)}"
+          f"   peak RSS {max(r for _, r in cm_runs) / 1024:.0f} MB")
+    print(f"ratio cmflow / plain ssh: {s / c:.2f}x  (target >= 0.8x, RSS <= 100 MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,411 @@
+"""The slot server: runs a slot's jobs one at a time, on this machine or a remote one.
+
+This file is sent as it is to ``python3 -I -S`` on every slot (over ssh, or
+locally), so it is self-contained: standard library only, Python >= 3.6, no
+imports from cmflow. It is not imported by cmflow itself.
+
+Why a server and not a plain ``sh``: a job must own its outputs and must not
+outlive itself. The server
+
+* is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``): whatever a job
+  starts (``setsid``, double forks, ``nohup``) stays its descendant instead of
+  escaping to init, and it runs one job at a time, so every descendant that
+  is not a detached leftover belongs to the running job;
+* gives each job its own stdout and stderr pipes, so nothing a job leaves
+  behind can write into a later job's output;
+* ends a job when its main process has exited *and* every other descendant
+  is dead: TERM, a grace period, then stop-and-KILL (stopped first, so
+  none can fork while it is being killed);
+* kills the running job and exits when its stdin closes: the controller (the
+  ssh session or cmflow itself) is gone.
+
+Protocol: the first stdin line is ``C<json config>``; then ``J<json job>``
+lines (``{"s": seq, "c": command, "d": detach}``) and ``K<seq>`` (kill the
+running job). Stdout carries frames: 1 byte type, 4 bytes big-endian length,
+payload. ``R`` ready (payload: pid), ``O``/``E`` job stdout/stderr, ``X`` end
+of job (payload: exit status, or -signal).
+"""
+import errno
+import json
+import os
+import select
+import signal
+import struct
+import sys
+import time
+
+HDR = struct.Struct(">cI")
+CHUNK = 1 << 16
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _subreaper():
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except Exception:  # not Linux, or no ctypes: orphans escape to init (documented limit)
+        return False
+
+
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except InterruptedError:
+            continue
+        view = view[n:]
+
+
+class ControllerGone(Exception):
+    pass
+
+
+class Server:
+    def __init__(self, cfg):
+        self.me = os.getpid()
+        self.env = dict(os.environ)
+        self.env.update(cfg.get("env") or {})
+        self.grace = float(cfg.get("grace", 2.0))
+        self.workdir_error = None
+        wd = cfg.get("workdir")
+        if wd:
+            wd = os.path.expanduser(wd)
+            try:
+                os.chdir(wd)
+                self.env["PWD"] = wd
+            except OSError as e:
+                # every job then fails naming the folder: a job failure, not a dead host
+                self.workdir_error = "cmflow: cannot enter workdir %r: %s\n" % (cfg.get("workdir"), e.strerror)
+        self.subreaper = _subreaper()
+        self.exempt = set()          # pids of detached leftovers: never killed, never waited for
+        self.inbuf = b""
+        self.stdin_open = True
+        self.job = None              # seq of the running job
+        self.kill_asked = False
+        self.main_status = None
+        self.main_pid = None
+        r, w = os.pipe()
+        for fd in (r, w):
+            os.set_blocking(fd, False)
+        self.wake = r
+        signal.set_wakeup_fd(w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(s, self._stop)
+        self.devnull = os.open(os.devnull, os.O_RDONLY)
+
+    def _stop(self, *_):
+        self.stdin_open = False
+        self.kill_asked = True
+
+    # ------------------------------------------------------------------ frames
+    def send(self, kind, payload=b""):
+        try:
+            _write_all(1, HDR.pack(kind, len(payload)) + payload)
+        except (BrokenPipeError, OSError):
+            raise ControllerGone()
+
+    # ------------------------------------------------------------------ input
+    def read_stdin(self):
+        try:
+            data = os.read(0, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.stdin_open = False
+            self.kill_asked = True
+            return
+        self.inbuf += data
+
+    def next_message(self):
+        i = self.inbuf.find(b"\n")
+        if i < 0:
+            return None
+        line, self.inbuf = self.inbuf[:i], self.inbuf[i + 1:]
+        return line
+
+    def handle(self, line):
+        kind, rest = line[:1], line[1:]
+        if kind == b"K":
+            if self.job is not None and rest.decode() == str(self.job):
+                self.kill_asked = True
+        elif kind == b"J":
+            if self.job is not None:
+                raise SystemExit("cmflow slot server: a job was sent while another runs")
+            self.run_job(json.loads(rest.decode("utf-8")))
+
+    # ------------------------------------------------------------------ processes
+    def children(self, pid):
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            return []
+        kids = []
+        for t in tids:
+            try:
+                with open("/proc/%d/task/%s/children" % (pid, t)) as f:
+                    kids.extend(int(x) for x in f.read().split())
+            except OSError:
+                return None   # no children files (old kernel): scan by parent pid
+        return kids
+
+    def descendants(self):
+        """Every live descendant of this server, detached leftovers and their trees left out."""
+        found = []
+        stack = [self.me]
+        by_parent = None
+        while stack:
+            p = stack.pop()
+            kids = self.children(p) if by_parent is None else by_parent.get(p, [])
+            if kids is None:
+                by_parent = self._by_parent()
+                kids = by_parent.get(p, [])
+            for k in kids:
+                if k not in self.exempt:
+                    found.append(k)
+                    stack.append(k)
+        return found
+
+    def _by_parent(self):
+        table = {}
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            names = []
+        if names:
+            for name in names:
+                if name.isdigit():
+                    try:
+                        with open("/proc/%s/stat" % name, "rb") as f:
+                            stat = f.read()
+                    except OSError:
+                        continue
+                    ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+                    table.setdefault(ppid, []).append(int(name))
+            return table
+        import subprocess   # no /proc at all: POSIX ps
+        out = subprocess.run(["ps", "-A", "-o", "pid=", "-o", "ppid="], stdout=subprocess.PIPE).stdout
+        for line in out.decode().splitlines():
+            pid, ppid = (int(x) for x in line.split())
+            table.setdefault(ppid, []).append(pid)
+        return table
+
+    def reap(self):
+        """Collect every child that has exited; note the main process's status."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.exempt.discard(pid)
+            if pid == self.main_pid:
+                self.main_status = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+    def wait_wake(self, timeout):
+        try:
+            r, _, _ = select.select([self.wake], [], [], max(timeout, 0))
+        except InterruptedError:
+            r = []
+        if r:
+            try:
+                while os.read(self.wake, 512):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+        self.reap()
+
+    def signal_all(self, pids, sig):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except OSError:
+                pass
+
+    def kill_tree(self, grace):
+        """End every descendant: TERM, up to `grace` seconds, then stop them all and KILL."""
+        pids = self.descendants()
+        if not pids:
+            return
+        if grace > 0:
+            self.signal_all(pids, signal.SIGTERM)
+            self.signal_all(pids, signal.SIGCONT)   # a stopped process must wake to see TERM
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline:
+                self.wait_wake(min(0.05, deadline - time.monotonic()))
+                if not self.descendants():
+                    return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            # stop until the set no longer grows: nothing can fork once stopped
+            seen = set()
+            while True:
+                pids = [p for p in self.descendants() if p not in seen]
+                if not pids:
+                    break
+                self.signal_all(pids, signal.SIGSTOP)
+                seen.update(pids)
+            if not seen:
+                return
+            self.signal_all(seen, signal.SIGKILL)
+            self.wait_wake(0.05)
+
+    # ------------------------------------------------------------------ jobs
+    def spawn(self, command):
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        argv = ["/bin/sh", "-c", command]
+        if hasattr(os, "posix_spawn") and sys.version_info >= (3, 8):
+            pid = os.posix_spawn("/bin/sh", argv, self.env, setsid=True,
+                                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD),
+                                 file_actions=[(os.POSIX_SPAWN_DUP2, self.devnull, 0),
+                                               (os.POSIX_SPAWN_DUP2, out_w, 1),
+                                               (os.POSIX_SPAWN_DUP2, err_w, 2)])
+        else:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setsid()
+                    for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
+                        signal.signal(s, signal.SIG_DFL)
+                    os.dup2(self.devnull, 0)
+                    os.dup2(out_w, 1)
+                    os.dup2(err_w, 2)
+                    os.execve("/bin/sh", argv, self.env)
+                finally:
+                    os._exit(127)
+        os.close(out_w)
+        os.close(err_w)
+        return pid, out_r, err_r
+
+    def run_job(self, job):
+        self.job = job["s"]
+        self.kill_asked = False
+        detach = bool(job.get("d"))
+        if self.workdir_error:
+            self.send(b"E", self.workdir_error.encode())
+            self.finish(1)
+            return
+        self.main_status = None
+        self.main_pid, out_r, err_r = self.spawn(job["c"])
+        pipes = {out_r: b"O", err_r: b"E"}
+        killed = False
+        while True:
+            if self.kill_asked and not killed:
+                killed = True
+                self.kill_tree(self.grace)     # timeout, cancel or controller gone: the whole tree
+            if self.main_status is not None:
+                if detach and not killed:
+                    # the job's leftovers may live on; what they write after this is not the job's
+                    self.exempt.update(self.descendants())
+                    self.drain(pipes, 0)
+                    break
+                if self.descendants():
+                    # left behind by the job: ended now, so it cannot touch the next job
+                    killed = True
+                    self.kill_tree(self.grace)
+                # every writer is dead (without a subreaper one may live outside our tree: a short bound)
+                self.drain(pipes, 0 if self.subreaper else 1.0)
+                break
+            line = self.next_message()    # a kill that came in the same read as the job
+            if line is not None:
+                self.handle(line)
+                continue
+            watch = list(pipes) + [self.wake] + ([0] if self.stdin_open else [])
+            try:
+                ready, _, _ = select.select(watch, [], [])
+            except InterruptedError:
+                continue
+            for fd in ready:
+                if fd == self.wake:
+                    self.wait_wake(0)
+                elif fd == 0:
+                    self.read_stdin()
+                    line = self.next_message()
+                    while line is not None:
+                        self.handle(line)
+                        line = self.next_message()
+                else:
+                    self.relay(pipes, fd)
+        for fd in pipes:
+            os.close(fd)
+        self.finish(self.main_status if self.main_status is not None else -signal.SIGKILL)
+
+    def relay(self, pipes, fd):
+        try:
+            data = os.read(fd, CHUNK)
+        except (BlockingIOError, InterruptedError):
+            return
+        if data:
+            self.send(pipes[fd], data)
+        else:
+            os.close(fd)
+            del pipes[fd]
+
+    def drain(self, pipes, timeout):
+        """Send what is left in the job's pipes: to EOF, or what arrives within `timeout` (+2 s at most)."""
+        deadline = time.monotonic() + timeout
+        while pipes:
+            left = deadline - time.monotonic()
+            if left < -2:
+                break
+            try:
+                ready, _, _ = select.select(list(pipes), [], [], max(left, 0))
+            except InterruptedError:
+                continue
+            if not ready:
+                break
+            for fd in ready:
+                self.relay(pipes, fd)
+
+    def finish(self, status):
+        self.job = None
+        self.main_pid = None
+        self.send(b"X", str(status).encode())
+
+    # ------------------------------------------------------------------ main
+    def serve(self):
+        self.send(b"R", str(self.me).encode())
+        try:
+            while self.stdin_open:
+                line = self.next_message()
+                if line is not None:
+                    self.handle(line)
+                    continue
+                try:
+                    ready, _, _ = select.select([0, self.wake], [], [])
+                except InterruptedError:
+                    continue
+                if self.wake in ready:
+                    self.wait_wake(0)
+                if 0 in ready:
+                    self.read_stdin()
+        except ControllerGone:
+            pass
+        # the controller is gone (stdin closed, a signal, or stdout broken): nothing of a job may stay
+        self.kill_tree(self.grace)
+
+
+def main(config_line):
+    os.set_blocking(0, False)
+    cfg = json.loads(config_line)
+    Server(cfg).serve()
+
+
+def _read_config():
+    buf = b""
+    while not buf.endswith(b"\n"):
+        c = os.read(0, 1)    # byte by byte: nothing past the config line may be taken from stdin here
+        if not c:
+            sys.exit(0)
+        buf += c
+    return buf[1:].decode("utf-8")
+
+
+if __name__ == "__main__":
+    main(_read_config())

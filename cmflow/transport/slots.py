@@ -1,0 +1,228 @@
+"""The client half of a slot: one slot server process (server.py) per slot, jobs sent one at a time.
+
+Shared by the local transport (the server is a child of cmflow) and the ssh
+transport (the server runs on the host, at the end of an ssh session). A
+slot server is started by sending its source down stdin to ``python3 -I -S``;
+it answers with a ready frame, then runs each job it is sent and streams the
+job's stdout and stderr back as frames, ending with the exit status. Output
+goes straight to the run directory's files as it arrives, so memory stays
+flat whatever a job prints.
+
+Ending a job's processes is the server's work (see server.py): on timeout or
+cancellation we ask it to kill the job (``K``) and wait for the job's end
+frame; if the controller dies, the server notices its stdin close.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..hosts import Host
+from . import ConnectionLost, JobSpec, Outcome
+from .framing import _kill
+from .output import StreamedOutput
+
+SERVER_CODE = (Path(__file__).with_name("server.py")).read_bytes()
+HDR = struct.Struct(">cI")
+# reads exactly the server's source from stdin, then runs it; nothing else is taken from stdin
+BOOT = ("import os\nb=b''\nwhile len(b)<{n}:\n c=os.read(0,{n}-len(b))\n if not c:raise SystemExit(0)\n b+=c\n"
+        "exec(compile(b,'cmflow-slot-server','exec'))").format(n=len(SERVER_CODE))
+KILL_GRACE = float(os.environ.get("CMFLOW_KILL_GRACE", "2"))   # seconds between TERM and KILL
+CLOSE_WAIT = 5.0             # seconds a server may take to exit once its stdin is closed
+
+
+def boot_argv(python: str) -> list[str]:
+    return [python, "-I", "-S", "-c", BOOT]
+
+
+@dataclass(eq=False)
+class Slot:
+    proc: asyncio.subprocess.Process
+    pid: int                 # the server's pid, on its host
+    tag: Any = None          # the transport's own (ssh: which master it rides on)
+
+
+class SlotTransport:
+    """A pool of slot servers for one host; subclasses say how a server process is started."""
+
+    host: Host
+
+    def __init__(self, host: Host):
+        self.host = host
+        self._idle: list[Slot] = []
+        self._all: set[Slot] = set()
+        self._closed = False
+        self._config = ("C" + json.dumps({"env": dict(host.env), "workdir": host.workdir or None,
+                                          "grace": KILL_GRACE}) + "\n").encode()
+
+    # ---------------------------------------------------------- for subclasses
+    async def _start(self) -> tuple[asyncio.subprocess.Process, Any]:
+        """Start a process whose stdin/stdout reach a fresh slot server (own session, three pipes)."""
+        raise NotImplementedError
+
+    def _start_failed(self, stderr: str, tag: Any) -> str:
+        """Why a server did not come up, from what its process said on stderr."""
+        return stderr.strip().splitlines()[-1] if stderr.strip() else f"slot server on {self.host.name} did not start"
+
+    def _unopened(self, tag: Any) -> None:
+        """A process from _start did not become a slot."""
+
+    def _lost(self, slot: Slot) -> None:
+        """A slot's session died (ssh: its master may be dead too)."""
+
+    # ------------------------------------------------------------------ slots
+    async def _open_slot(self) -> Slot:
+        proc, tag = await self._start()
+        try:
+            assert proc.stdin and proc.stdout
+            proc.stdin.write(SERVER_CODE + self._config)
+            try:
+                kind, payload = await _frame(proc.stdout)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                kind, payload = b"", b""
+            if kind != b"R":
+                err = await _drain(proc)
+                raise ConnectionLost(self._start_failed(err, tag))
+        except BaseException:
+            self._unopened(tag)
+            if proc.returncode is None:
+                await asyncio.shield(_kill(proc))
+            raise
+        slot = Slot(proc, int(payload), tag)
+        self._all.add(slot)
+        return slot
+
+    async def _discard(self, slot: Slot) -> None:
+        self._all.discard(slot)
+        await _close(slot.proc)
+
+    # ------------------------------------------------------------------ jobs
+    async def run(self, spec: JobSpec) -> Outcome:
+        start = time.time()
+        try:
+            slot = self._idle.pop() if self._idle else await self._open_slot()
+        except ConnectionLost as e:
+            return Outcome(None, start=start, end=time.time(), connection_failed=True, message=str(e))
+        start = time.time()  # the job's own time starts once it has a slot
+        proc = slot.proc
+        assert proc.stdin and proc.stdout
+        out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
+        reusable = False
+        frames: asyncio.Future[int] | None = None
+        try:
+            job = {"s": spec.seq, "c": spec.command, "d": spec.detach}
+            proc.stdin.write(b"J" + json.dumps(job).encode() + b"\n")
+            frames = asyncio.ensure_future(_job_frames(proc.stdout, out, err))
+            timed_out = False
+            try:
+                status = await asyncio.wait_for(asyncio.shield(frames), spec.timeout)
+            except asyncio.TimeoutError:
+                timed_out = True
+                status = await self._stop(slot, spec.seq, frames)
+            reusable = True
+            return _outcome(status, start, out.close(), err.close(), timed_out)
+        except asyncio.CancelledError:
+            # halt now, Ctrl-C, SIGTERM: the server ends the job's whole tree before we go on
+            if frames is not None:
+                await _uncancellable(self._stop(slot, spec.seq, frames))
+                reusable = frames.done() and not frames.cancelled() and frames.exception() is None
+            raise
+        except (ConnectionLost, ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
+            self._lost(slot)
+            msg = (await _drain(proc)).strip()
+            why = f"session to {self.host.name} lost" if not isinstance(e, asyncio.TimeoutError) else \
+                f"the slot server on {self.host.name} did not end the job"
+            return Outcome(None, start=start, end=time.time(), connection_failed=True,
+                           message=why + (f": {msg.splitlines()[-1]}" if msg else ""))
+        finally:
+            out.close()
+            err.close()
+            if frames is not None and not frames.done():
+                frames.cancel()
+            if reusable and not self._closed:
+                self._idle.append(slot)
+            else:
+                await asyncio.shield(self._discard(slot))
+
+    async def _stop(self, slot: Slot, seq: int, frames: asyncio.Future[int]) -> int:
+        """Ask the server to kill the running job; its end frame comes once every process is gone."""
+        assert slot.proc.stdin
+        if not frames.done():
+            slot.proc.stdin.write(f"K{seq}\n".encode())
+        return await asyncio.wait_for(frames, KILL_GRACE + 15)
+
+    # ------------------------------------------------------------------ close
+    async def aclose(self) -> None:
+        """Close every slot at once: a server exits as soon as its stdin closes."""
+        self._closed = True
+        slots = list(self._all)
+        self._idle.clear()
+        await asyncio.gather(*(self._discard(s) for s in slots))
+
+
+def _outcome(status: int, start: float, out_bytes: int, err_bytes: int, timed_out: bool) -> Outcome:
+    if status < 0:
+        return Outcome(None, -status, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes)
+    return Outcome(status, 0, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes)
+
+
+async def _frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    kind, n = HDR.unpack(await reader.readexactly(HDR.size))
+    return kind, (await reader.readexactly(n) if n else b"")
+
+
+async def _job_frames(reader: asyncio.StreamReader, out: StreamedOutput, err: StreamedOutput) -> int:
+    """Copy a job's output frames to its files; return its status from the end frame."""
+    while True:
+        kind, data = await _frame(reader)
+        if kind == b"O":
+            out.write(data)
+        elif kind == b"E":
+            err.write(data)
+        elif kind == b"X":
+            return int(data)
+        else:
+            raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
+
+
+async def _uncancellable(coro: Any) -> None:
+    """Run to its end even if we are cancelled again meanwhile (it is bounded by its own timeout)."""
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            continue
+        except Exception:
+            return
+    if not task.cancelled():
+        task.exception()   # retrieved: a dead session here is not news
+
+
+async def _close(proc: asyncio.subprocess.Process) -> None:
+    """End a slot's process: close its stdin (the server cleans up and exits), KILL only if it lingers."""
+    if proc.stdin and not proc.stdin.is_closing():
+        proc.stdin.close()
+    if proc.returncode is None:
+        try:
+            await asyncio.wait_for(proc.wait(), CLOSE_WAIT + KILL_GRACE)
+        except asyncio.TimeoutError:
+            await _kill(proc)
+
+
+async def _drain(proc: asyncio.subprocess.Process) -> str:
+    """What the process said on stderr before it died (only ssh and a failing server write there)."""
+    await _close(proc)
+    data = b""
+    if proc.stderr:
+        try:
+            data = await asyncio.wait_for(proc.stderr.read(), 5)   # what is buffered, up to EOF
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+    return data.decode("utf-8", "replace")
