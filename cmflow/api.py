@@ -25,7 +25,7 @@ from .files.mover import FileMover
 from .hosts import Host, Inventory, load_inventory
 from .journal import Journal
 from .parser import parse_expr
-from .plan import Plan, _node_json, job_json
+from .plan import Plan
 from .resume import ResumeIndex
 from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
 from .runlog import RunLog, new_run_id
@@ -40,14 +40,17 @@ def inventory(hosts_file: str | None = None) -> Inventory:
     return load_inventory(hosts_file)
 
 
-def _target_kw(inv: Inventory) -> dict[str, Any]:
-    return {"is_target": inv.is_target, "target_names": inv.target_names()}
+def target_kw(inv: Inventory) -> dict[str, Any]:
+    """What the compiler may know of hosts: whether a target exists, and the host names
+    ``hosts(TARGET)`` loops over (the language itself imports no host code)."""
+    return {"is_target": inv.is_target, "target_names": inv.target_names(),
+            "hosts_of": lambda target: [h.name for h in inv.resolve(target)]}
 
 
 def load(flow_file: str, hosts_file: str | None = None, inv: Inventory | None = None) -> tuple[Plan, Inventory]:
     """Compile a flow file against an inventory; raise FlowError/ConfigError on mistakes."""
     inv = inv or load_inventory(hosts_file)
-    return compile_file(flow_file, **_target_kw(inv)), inv
+    return compile_file(flow_file, **target_kw(inv)), inv
 
 
 def load_expr(expr: str, tasks: Sequence[str] = (), hosts_file: str | None = None,
@@ -67,10 +70,11 @@ def load_expr(expr: str, tasks: Sequence[str] = (), hosts_file: str | None = Non
     flow = ast.Flow((*stmts, ast.ExprStmt(tree, ast.Pos(1, 1))), "<expr>")
     loader = TaskLoader.for_flow(None)
     loader.flow_dir = flow_dir
-    return compile_flow(flow, expr, loader=loader, **_target_kw(inv)), inv
+    return compile_flow(flow, expr, loader=loader, **target_kw(inv)), inv
 
 
-def make_transport(host: Host, inv: Inventory, clusters: Any = None) -> Transport:
+def make_transport(host: Host, inv: Inventory, clusters: Any = None,
+                   window: asyncio.Semaphore | None = None) -> Transport:
     """The transport for a host: local for ``local: true``, Slurm for ``slurm:``, else the system ssh client."""
     if host.slurm and clusters is not None:
         return clusters.transport(host)
@@ -80,7 +84,7 @@ def make_transport(host: Host, inv: Inventory, clusters: Any = None) -> Transpor
         return LocalTransport(host)
     from .transport.ssh import SshTransport
 
-    return SshTransport(host, ssh_config=inv.ssh_config)
+    return SshTransport(host, ssh_config=inv.ssh_config, window=window)
 
 
 CLOSE_BOUND = 30.0   # seconds for closing every transport at once (each bounds its own wait too)
@@ -143,8 +147,8 @@ def _observers(display: Display, plan: Plan, inv: Inventory) -> list[Any]:
     if display == "quiet":
         return []
     if display == "live" or (display == "auto" and sys.stderr.isatty()):
-        return [LiveProgress(len(plan.jobs), inv)]
-    return [PlainProgress(len(plan.jobs), inv)]
+        return [LiveProgress(len(plan.jobs) + plan.deferred(), inv)]
+    return [PlainProgress(len(plan.jobs) + plan.deferred(), inv)]
 
 
 def _write_hosts(log: RunLog, inv: Inventory) -> None:
@@ -184,8 +188,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
         "options": {"jobs": options.jobs, "timeout": options.timeout, "retries": options.retries,
                     "halt": options.halt, "deep": options.deep}})
     _write_hosts(log, inv)
-    log.write_json("plan.json", {"flow": plan.filename, "jobs": [job_json(j) for j in plan.jobs],
-                                 "root": _node_json(plan.root) if plan.root is not None else None})
+    log.write_plan(plan)
     point_latest(rdir)
     result: RunResult | None = None
     shown: list[Any] = []
@@ -203,7 +206,8 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
                 _write_hosts(log, inv)
             shown = _observers(display, plan, inv)
             status = StatusLog(rdir, len(plan.jobs), {h.name: h.slots for h in inv.hosts})
-            executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters) for h in inv.hosts}, log,
+            window = asyncio.Semaphore(options.fanout)   # ssh handshakes at once, all hosts together
+            executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters, window) for h in inv.hosts}, log,
                                 options, [*shown, status, *observers], files=files, journal=journal,
                                 resume=index)
             try:

@@ -7,6 +7,10 @@ lets ``parse(unparse(tree)) == tree`` hold.
 ``|``, ``;`` and ``+`` are n-ary: the constructors ``seq``, ``par`` and
 ``plus`` flatten nested nodes of the same kind, so ``(a | b) | c`` and
 ``a | b | c`` build the same node.
+
+A call's arguments are literals (plain Python values, lists as tuples) or
+expression nodes (a loop variable, a task, a sub-flow: resolved by the
+compiler). ``Gen`` is a call with a generator, ``par(run(n) for n in range(8))``.
 """
 from __future__ import annotations
 
@@ -51,11 +55,42 @@ class Name:
 
 @dataclass(frozen=True)
 class Call:
-    """A task called with literal arguments: ``run(3, size="big")``."""
+    """A call: ``run(3, size="big")``, ``report(a | b)``, ``twice(sq(n))``.
+
+    Each argument is a literal or an expression node (see ``is_expr``).
+    """
 
     name: Name
-    args: tuple[Literal, ...] = ()
-    kwargs: tuple[tuple[str, Literal], ...] = ()
+    args: tuple[Arg, ...] = ()
+    kwargs: tuple[tuple[str, Arg], ...] = ()
+    pos: Pos = _pos()
+
+
+@dataclass(frozen=True)
+class HostsOf:
+    """The iterable ``hosts(TARGET)``: the host names of a host, group, label or range."""
+
+    target: str
+    pos: Pos = _pos()
+
+
+@dataclass(frozen=True)
+class For:
+    """One clause ``for a, b in ITER``; ITER is a Call (``range(...)``), HostsOf, a list literal,
+    or anything else the grammar accepts there (a Name, a literal), which the compiler rejects."""
+
+    names: tuple[str, ...]
+    iter: Union[Call, HostsOf, Name, Literal]
+    pos: Pos = _pos()
+
+
+@dataclass(frozen=True)
+class Gen:
+    """``name(item for ... for ...)``: clauses nest left to right, as in Python."""
+
+    name: Name
+    item: Expr
+    clauses: tuple[For, ...]
     pos: Pos = _pos()
 
 
@@ -86,7 +121,14 @@ class Sum:
     pos: Pos = _pos()
 
 
-Expr = Union[Name, Call, Placed, Seq, Par, Sum]
+Expr = Union[Name, Call, Gen, Placed, Seq, Par, Sum]
+Arg = Union[Literal, Expr]
+EXPR_TYPES = (Name, Call, Gen, Placed, Seq, Par, Sum)
+
+
+def is_expr(arg: object) -> bool:
+    """An argument that is an expression node, not a literal."""
+    return isinstance(arg, EXPR_TYPES)
 
 
 def _flatten(kind: type, items: list[Expr] | tuple[Expr, ...]) -> tuple[Expr, ...]:
@@ -194,13 +236,14 @@ def unparse_expr(node: Expr, outer: int = 0) -> str:
         case Name():
             return node.dotted
         case Call():
-            args = [unparse_literal(a) for a in node.args]
-            args += [f"{k}={unparse_literal(v)}" for k, v in node.kwargs]
+            args = [unparse_arg(a) for a in node.args]
+            args += [f"{k}={unparse_arg(v)}" for k, v in node.kwargs]
             return f"{node.name.dotted}({', '.join(args)})"
+        case Gen():
+            clauses = " ".join(f"for {', '.join(c.names)} in {unparse_iter(c.iter)}" for c in node.clauses)
+            return f"{node.name.dotted}({unparse_expr(node.item)} {clauses})"
         case Placed():
-            target = node.target
-            if not _plain_target(target):
-                target = json.dumps(target, ensure_ascii=False)
+            target = unparse_target(node.target)
             # the operand of @ must be a primary: parenthesise anything composite
             text = f"{unparse_expr(node.expr, _PREC[Placed] + 1)} @ {target}"
             return f"({text})" if _PREC[Placed] < outer else text
@@ -212,9 +255,27 @@ def unparse_expr(node: Expr, outer: int = 0) -> str:
     raise TypeError(f"not an expression node: {node!r}")
 
 
+def unparse_arg(arg: Arg) -> str:
+    return unparse_expr(arg) if is_expr(arg) else unparse_literal(arg)  # type: ignore[arg-type]
+
+
+def unparse_iter(it: object) -> str:
+    if isinstance(it, HostsOf):
+        return f"hosts({unparse_target(it.target)})"
+    return unparse_arg(it)  # type: ignore[arg-type]
+
+
+def unparse_target(target: str) -> str:
+    return target if _plain_target(target) else json.dumps(target, ensure_ascii=False)
+
+
 def _plain_target(target: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(\[[0-9,\-]+\][A-Za-z0-9_.\-]*)*", target)) and \
-        target not in {"True", "False", "None", "import", "from", "as"}
+        target not in _KEYWORDS
+
+
+# words the grammar reserves somewhere; a target spelled so is quoted
+_KEYWORDS = frozenset({"True", "False", "None", "import", "from", "as", "for", "in", "hosts"})
 
 
 def unparse(flow: Flow | Expr) -> str:

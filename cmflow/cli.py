@@ -5,9 +5,10 @@ Usage:
   cmflow plan FLOW [--hosts=FILE] [--format=FMT] [--resume [RUN_DIR] [--deep]]
   cmflow run FLOW [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N] [--halt=WHEN]
              [--run-dir=DIR] [--format=FMT] [--quiet] [--resume [RUN_DIR] [--deep]] [--no-report]
-             [--keep-remote]
+             [--keep-remote] [--fanout=N]
   cmflow eval EXPR [--tasks=MODULE]... [--hosts=FILE] [-j N] [--timeout=SECS] [--retries=N]
              [--halt=WHEN] [--run-dir=DIR] [--format=FMT] [--quiet] [--no-report] [--keep-remote]
+             [--fanout=N]
   cmflow status [RUN_DIR] [--watch] [--format=FMT]
   cmflow report [RUN_DIR] [-o FILE]
   cmflow runs [ls] [--root=DIR] [--format=FMT]
@@ -63,6 +64,8 @@ Options:
                           data ls: table or json [default: text].
   -j N, --jobs=N          Run at most N jobs at once across all hosts.
   --timeout=SECS          Kill a job (its whole process tree) after SECS.
+  --fanout=N              Open at most N ssh connections at once (as clush's
+                          fanout); more hosts connect as these are up [default: 64].
   --retries=N             Re-run a job that fails up to N times [default: 0].
   --halt=WHEN             On a failure: never (carry on with independent work),
                           soon (start nothing new) or now (kill everything)
@@ -202,7 +205,8 @@ def _run(args: dict, plan: Any, inv: Any) -> int:
     if fmt not in ("text", "json"):
         raise UsageError(f"--format for run must be text or json, not {fmt!r}")
     options = RunOptions(jobs=_int(args, "--jobs", 1), timeout=_seconds(args, "--timeout"),
-                         retries=_int(args, "--retries") or 0, halt=halt, keep_remote=args["--keep-remote"])
+                         retries=_int(args, "--retries") or 0, halt=halt, keep_remote=args["--keep-remote"],
+                         fanout=_int(args, "--fanout", 1) or 64)
     run_dir = None if args["--run-dir"] in (None, "runs/<id>") else args["--run-dir"]
     display = "quiet" if args["--quiet"] else "auto"
     _say_implicit_inventory(args, inv)
@@ -368,7 +372,9 @@ def dispatch(args: dict) -> int:
         if args["plan"] and args["--resume"]:
             return _plan_resume(args, plan, inv)
         if args["check"]:
-            print(f"{args['FLOW']}: ok, {len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''}")
+            deferred = plan.deferred()
+            more = f" + {deferred} deferred" if deferred else ""
+            print(f"{args['FLOW']}: ok, {len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''}{more}")
             return 0
         from .plan import RENDERERS
 

@@ -2,29 +2,32 @@
 
 Like a resolver pass in a tree-walk interpreter, it reports *every* static
 error it can find before anything runs. It knows nothing of hosts: whether a
-placement target exists is asked through the ``is_target`` callable.
+placement target exists is asked through the ``is_target`` callable, and the
+host names ``hosts(TARGET)`` loops over through ``hosts_of``.
+
+Generators are expanded here: loop variables are compile-time values, so the
+plan lists every expanded job. Arguments that are expressions become inputs
+of a Deferred job or a Local call, evaluated at run time.
 """
 from __future__ import annotations
 
 import difflib
 import inspect
-import os
 import re
-import traceback
 import types
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Sequence
 
-from . import ast
+from . import ast, values
 from ._gc import paused
 from .errors import Diagnostic, FlowError, short
 from .files.spec import Command, JobFiles, SpecError
 from .files.spec import resolve as resolve_files
 from .parser import parse
-from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
-from .tasks import ModuleNotFound, TaskLoader, exec_inline_def, options_of, public_tasks, reraise_interrupt
+from .plan import Deferred, Input, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum
+from .tasks import (ModuleNotFound, TaskLoader, exec_inline_def, is_local, options_of, public_tasks, reraise_interrupt,
+                    user_frames)
 
-_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _MISSING = object()
 _PLAN_KIND = {ast.Seq: PSeq, ast.Par: PPar, ast.Sum: PSum}
 
@@ -37,8 +40,12 @@ class _Binding:
 
 class _Compiler:
     def __init__(self, filename: str, source: str, loader: TaskLoader,
-                 is_target: Callable[[str], bool] | None, target_names: list[str]):
+                 is_target: Callable[[str], bool] | None, target_names: list[str],
+                 hosts_of: Callable[[str], Sequence[str]] | None = None):
         self.filename = filename
+        self.hosts_of = hosts_of
+        self.env: dict[str, Any] = {}          # loop variables of the generator items being compiled
+        self._stmt_pos = ast.Pos(1, 1)
         self.lines = source.splitlines()
         self.loader = loader
         self.is_target = is_target
@@ -57,6 +64,10 @@ class _Compiler:
     # -------------------------------------------------------------- reporting
     def error(self, pos: ast.Pos, message: str, width: int = 1, notes: tuple[str, ...] = ()) -> None:
         line = self.lines[pos.line - 1] if 0 < pos.line <= len(self.lines) else ""
+        if self.env:
+            # an error in one expanded item names the item
+            where = ", ".join(f"{k} = {_lit(v)}" for k, v in self.env.items())
+            notes = (f"    in the generator item where {where}", *notes)
         self.diags.append(Diagnostic(self.filename, pos.line, pos.column, message, line, width, notes))
 
     def _suggest(self, name: str, candidates: list[str]) -> str:
@@ -67,6 +78,7 @@ class _Compiler:
     def statement(self, stmt: ast.Stmt) -> ast.Expr | None:
         if not isinstance(stmt, ast.ExprStmt):
             self._refs.clear()
+        self._stmt_pos = stmt.pos
         match stmt:
             case ast.Import(module, alias):
                 mod = self._load(module, stmt.pos)
@@ -119,7 +131,7 @@ class _Compiler:
         except BaseException as e:  # the module's own code raised while importing (sys.exit too)
             reraise_interrupt(e)
             self.error(pos, f"task module '{module}' failed to import: {type(e).__name__}: {e}",
-                       notes=tuple(_user_frames(e)))
+                       notes=tuple(user_frames(e)))
         return None
 
     def _define(self, stmt: ast.Def, name: str, source: str) -> None:
@@ -129,9 +141,9 @@ class _Compiler:
             pos = ast.Pos(e.lineno or stmt.pos.line, e.offset or 1)
             self.error(pos, f"invalid Python in def {name}: {e.msg}")
             return
-        except BaseException as e:  # a decorator raised (e.g. @task with a bad option)
+        except BaseException as e:  # a decorator raised (e.g. @task with a bad option), sys.exit too
             reraise_interrupt(e)
-            self.error(stmt.pos, f"def {name}: {type(e).__name__}: {e}", 3, tuple(_user_frames(e)))
+            self.error(stmt.pos, f"def {name}: {type(e).__name__}: {str(e)[:300]}", 3, tuple(user_frames(e)))
             return
         fn = namespace.get(name)
         if not callable(fn):
@@ -150,14 +162,17 @@ class _Compiler:
             key = (id(node.name.parts), id(node.args), id(node.kwargs), target)
             ref = self._refs.get(key, _MISSING)
             if ref is _MISSING:
-                ref = self._refs[key] = self._reference(node.name, node.args, node.kwargs, target, node.pos,
-                                                        call=True)
+                ref = self._refs[key] = self._call(node, target)  # type: ignore[arg-type]
             return ref
         if kind is ast.Name:
-            key = (id(node.parts), target)
+            if self.env and node.parts[0] in self.env:  # type: ignore[union-attr]
+                self.error(node.pos, f"'{node.parts[0]}' is a loop variable (a value), not a task; "  # type: ignore[union-attr]
+                           f"pass it to one: task({node.parts[0]})", len(node.parts[0]))  # type: ignore[union-attr]
+                return None
+            key = (id(node.parts), target)  # type: ignore[union-attr]
             ref = self._refs.get(key, _MISSING)
             if ref is _MISSING:
-                ref = self._refs[key] = self._reference(node, (), (), target, node.pos)
+                ref = self._refs[key] = self._reference(node, target)  # type: ignore[arg-type]
             return ref
         if kind is ast.Seq or kind is ast.Par or kind is ast.Sum:
             refs, parts = self._refs, []
@@ -177,24 +192,42 @@ class _Compiler:
                          for p, item in zip(parts, node.items)]  # type: ignore[union-attr]
             return _PLAN_KIND[kind](tuple(parts), node.pos)  # type: ignore[arg-type]
         if kind is ast.Placed:
-            if not self._check_target(node.target, node.pos):
-                return self.expr(node.expr, target)  # still look for errors inside
+            where = self._target(node.target, node.pos)  # type: ignore[union-attr]
+            if where is None:
+                return self.expr(node.expr, target)  # type: ignore[union-attr]  # still look for errors inside
             # the innermost placement wins: it is the more specific one
-            return self.expr(node.expr, node.target)
+            return self.expr(node.expr, where)  # type: ignore[union-attr]
+        if kind is ast.Gen:
+            return self._gen(node, target)  # type: ignore[arg-type]
         raise TypeError(node)
 
+    def _target(self, where: str, pos: ast.Pos) -> str | None:
+        """The host, group or label a placement names (a loop variable gives its value)."""
+        if where in self.env:
+            value = self.env[where]
+            if not isinstance(value, str):
+                self.error(self._target_pos(where, pos), f"loop variable '{where}' is {_lit(value)}, "
+                           "not a host, group or label name", len(where))
+                return None
+            where = value
+        return where if self._check_target(where, pos) else None
+
+    def _target_pos(self, where: str, pos: ast.Pos) -> ast.Pos:
+        # point at the target itself, after the '@'
+        line = self.lines[pos.line - 1] if 0 < pos.line <= len(self.lines) else ""
+        at = line.find("@", pos.column - 1)
+        col = line.find(where, at) + 1 if at >= 0 and line.find(where, at) >= 0 else pos.column
+        return ast.Pos(pos.line, col)
+
     def _check_target(self, where: str, pos: ast.Pos) -> bool:
+        shown = next((k for k, v in self.env.items() if v == where), where)
         try:
             if self.is_target is None or self.is_target(where):
                 return True
             why = f"unknown host, group or label {short(where)}" + self._suggest(where, self.target_names)
         except ValueError as e:      # a bad or too large node set
             why = str(e)
-        # point at the target itself, after the '@'
-        line = self.lines[pos.line - 1] if 0 < pos.line <= len(self.lines) else ""
-        at = line.find("@", pos.column - 1)
-        col = line.find(where, at) + 1 if at >= 0 and line.find(where, at) >= 0 else pos.column
-        self.error(ast.Pos(pos.line, col), why, len(where))
+        self.error(self._target_pos(shown, pos), why, len(shown))
         return False
 
     def _lookup(self, name: ast.Name) -> Any:
@@ -204,7 +237,10 @@ class _Compiler:
                 break
         head, rest = ".".join(name.parts[:cut]), name.parts[cut:]
         if head not in self.names:
-            self.error(name.pos, f"unknown name '{head}'" + self._suggest(head, list(self.names)), len(head))
+            if head in BUILTINS and not rest:
+                return BUILTINS[head]   # user names shadow the built-ins
+            self.error(name.pos, f"unknown name '{head}'" + self._suggest(head, [*self.names, *BUILTINS]),
+                       len(head))
             return None
         value = self.names[head]
         for i, part in enumerate(rest):
@@ -221,25 +257,285 @@ class _Compiler:
             value = nxt
         return value
 
-    def _reference(self, name: ast.Name, args: tuple, kwargs: tuple, target: str | None, pos: ast.Pos,
-                   call: bool = False) -> PlanNode | None:
+    def _reference(self, name: ast.Name, target: str | None) -> PlanNode | None:
+        """A name without brackets: a task called with no arguments, or a sub-flow."""
         value = self._lookup(name)
         if value is None:
             return None
         if isinstance(value, _Binding):
-            if call:
-                self.error(pos, f"'{name.dotted}' names a sub-flow, not a task; it takes no arguments",
-                           len(name.dotted))
-                return None
             if target not in value.compiled:
-                value.compiled[target] = self.expr(value.expr, target)
+                # a binding's text knows nothing of the loop variables where it is used
+                saved, self.env = self.env, {}
+                try:
+                    value.compiled[target] = self.expr(value.expr, target)
+                finally:
+                    self.env = saved
             return value.compiled[target]
         if isinstance(value, types.ModuleType):
-            self.error(pos, f"'{name.dotted}' is a module; name one of its tasks ({name.dotted}.NAME)",
+            self.error(name.pos, f"'{name.dotted}' is a module; name one of its tasks ({name.dotted}.NAME)",
                        len(name.dotted))
             return None
-        return self._job(value, name, args, kwargs, target, pos)
+        if isinstance(value, _Builtin) or is_local(value):
+            self.error(name.pos, f"'{name.dotted}' is a local function; call it on values: {name.dotted}(...)",
+                       len(name.dotted))
+            return None
+        return self._job(value, name, (), (), target, name.pos)
 
+    def _call(self, node: ast.Call, target: str | None) -> PlanNode | None:
+        name = node.name
+        if self.env and name.parts[0] in self.env:
+            self.error(name.pos, f"'{name.parts[0]}' is a loop variable (a value), not a task",
+                       len(name.parts[0]))
+            return None
+        value = self._lookup(name)
+        if value is None:
+            self._arguments(node.args, node.kwargs, target)  # still look for errors inside
+            return None
+        if isinstance(value, _Binding):
+            self.error(node.pos, f"'{name.dotted}' names a sub-flow, not a task; it takes no arguments",
+                       len(name.dotted))
+            return None
+        if isinstance(value, types.ModuleType):
+            self.error(node.pos, f"'{name.dotted}' is a module; name one of its tasks ({name.dotted}.NAME)",
+                       len(name.dotted))
+            return None
+        if isinstance(value, _Builtin) and value.form:
+            return self._form(value, node, target)
+        compiled = self._arguments(node.args, node.kwargs, target)
+        if compiled is None:
+            return None
+        return self._apply(value, name, node.pos, *compiled, target)
+
+    def _arguments(self, args: tuple, kwargs: tuple, target: str | None
+                   ) -> tuple[tuple, tuple, tuple[PlanNode, ...]] | None:
+        """Literal arguments stay; loop variables give their values; any other expression
+        is compiled and becomes an Input slot, its value passed at run time."""
+        inputs: list[PlanNode] = []
+        ok = True
+
+        def one(arg: Any) -> Any:
+            nonlocal ok
+            if not ast.is_expr(arg):
+                return arg
+            if type(arg) is ast.Name and len(arg.parts) == 1 and arg.parts[0] in self.env:
+                return self.env[arg.parts[0]]
+            compiled = self.expr(arg, target)
+            if compiled is None:
+                ok = False
+                return None
+            inputs.append(compiled)
+            return Input(len(inputs) - 1)
+
+        out_args = tuple(one(a) for a in args)
+        out_kwargs = tuple((k, one(v)) for k, v in kwargs)
+        return (out_args, out_kwargs, tuple(inputs)) if ok else None
+
+    def _apply(self, fn: Any, name: ast.Name, pos: ast.Pos, args: tuple, kwargs: tuple,
+               inputs: tuple[PlanNode, ...], target: str | None) -> PlanNode | None:
+        """Call a task or local function with compiled arguments."""
+        if isinstance(fn, _Builtin) or is_local(fn):
+            impl = fn.fn if isinstance(fn, _Builtin) else fn
+            if not isinstance(fn, _Builtin):
+                why = _bad_arguments_of(impl, [_placeholder(a) for a in args],
+                                        {k: _placeholder(v) for k, v in kwargs})
+                if why:
+                    self.error(pos, f"bad arguments for local function '{name.dotted}': {why}", len(name.dotted))
+                    return None
+            return Local(impl, name.dotted, tuple(_to_python(a) for a in args),
+                         tuple((k, _to_python(v)) for k, v in kwargs), inputs, self.filename, pos)
+        if not inputs:
+            return self._job(fn, name, args, kwargs, target, pos)
+        options = options_of(fn)
+        if target is None and options.hosts is not None:
+            if not self._check_target(options.hosts, pos):
+                return None
+            target = options.hosts
+        why = _bad_arguments_of(fn, [_placeholder(a) for a in args], {k: _placeholder(v) for k, v in kwargs})
+        if why:
+            self.error(pos, f"bad arguments for task '{name.dotted}': {why}", len(name.dotted))
+            return None
+        return Deferred(fn, name.dotted, tuple(_to_python(a) for a in args),
+                        tuple((k, _to_python(v)) for k, v in kwargs), inputs, target, options, self.filename, pos,
+                        str(self.loader.flow_dir))
+
+    # ----------------------------------------------------- built-in forms
+    def _form(self, form: "_Builtin", node: ast.Call, target: str | None) -> PlanNode | None:
+        """par(a, b), seq(a, b), sum(EXPR), fold(f, EXPR): structure, not a function of values."""
+        name, pos = node.name.dotted, node.pos
+        if node.kwargs:
+            self.error(pos, f"{name}() takes no keyword arguments", len(name))
+            return None
+        if form.name == "fold":
+            if len(node.args) != 2 or not isinstance(node.args[0], ast.Name):
+                self.error(pos, "fold takes a local function and an expression: fold(f, EXPR)", len(name))
+                return None
+            fn = self._lookup(node.args[0])
+            items = self._operand(node.args[1], target)
+            if fn is None or items is None:
+                return None
+            if not (isinstance(fn, _Builtin) and not fn.form or is_local(fn)):
+                self.error(node.args[0].pos, f"fold needs a local function (a def marked @local, or len, min, "
+                           f"max, mean, sorted); '{node.args[0].dotted}' is not one", len(node.args[0].dotted))
+                return None
+            impl = fn.fn if isinstance(fn, _Builtin) else fn
+            return self._reduce(impl, node.args[0].dotted, items, pos, "fold")
+        operands = [self._operand(a, target) for a in node.args]
+        if None in operands:
+            return None
+        if form.name == "sum":
+            if len(operands) != 1:
+                self.error(pos, "sum takes one list (sum(a | b)) or a generator (sum(f(i) for i in ...))",
+                           len(name))
+                return None
+            return self._reduce(None, "+", operands[0], pos, "sum")  # type: ignore[arg-type]
+        kind = PPar if form.name == "par" else PSeq
+        return kind(tuple(operands), pos)  # type: ignore[arg-type]
+
+    def _operand(self, arg: Any, target: str | None) -> PlanNode | None:
+        if not ast.is_expr(arg):
+            self.error(self._stmt_pos, f"expected an expression, not the literal {_lit(arg)}")
+            return None
+        return self.expr(arg, target)
+
+    def _reduce(self, fn: Callable | None, fn_name: str, node: PlanNode, pos: ast.Pos, what: str
+                ) -> PlanNode | None:
+        """sum(...) / fold(f, ...): a list written as ``|`` (or a generator) is reduced eagerly
+        as its items finish; any other list value once it is there."""
+        if isinstance(node, PPar):
+            if not node.items:
+                self.error(pos, f"{what} over nothing: the list is empty", len(what))
+                return None
+            return PSum(node.items, pos, fn, fn_name)
+        return Local(_reduce_list(fn), what if fn is None else f"fold[{fn_name}]", (Input(0),), (), (node,),
+                     self.filename, pos)
+
+    # ---------------------------------------------------------- generators
+    def _gen(self, node: ast.Gen, target: str | None) -> PlanNode | None:
+        head = self._lookup(node.name)
+        items: list[PlanNode] = []
+        ok = head is not None
+        saved_env, saved_refs = self.env, self._refs
+        try:
+            for env in self._expand(node.clauses, dict(self.env)):
+                if env is None:
+                    ok = False
+                    continue
+                # names resolve per item: the identity cache holds only within one item
+                self.env, self._refs = env, {}
+                item = self.expr(node.item, target)
+                if item is None:
+                    ok = False
+                else:
+                    items.append(item)
+        finally:
+            self.env, self._refs = saved_env, saved_refs
+        if not ok:
+            return None
+        name = node.name.dotted
+        if isinstance(head, _Builtin) and head.form:
+            if head.name == "sum":
+                return self._reduce(None, "+", PPar(tuple(items), node.pos), node.pos, "sum")
+            if head.name == "fold":
+                self.error(node.pos, "fold takes a local function and an expression: fold(f, par(x for ...))",
+                           len(name))
+                return None
+            return (PPar if head.name == "par" else PSeq)(tuple(items), node.pos)
+        if isinstance(head, (_Binding, types.ModuleType)):
+            self.error(node.pos, f"'{name}' is not a task or function; it cannot take a generator", len(name))
+            return None
+        # any other function gets the list of the items' values
+        return self._apply(head, node.name, node.pos, (Input(0),), (), (PPar(tuple(items), node.pos),), target)
+
+    def _expand(self, clauses: tuple[ast.For, ...], env: dict[str, Any]) -> Iterator[dict[str, Any] | None]:
+        """Every binding of the loop variables, in generator order (None: an error was reported)."""
+        if not clauses:
+            yield env
+            return
+        clause = clauses[0]
+        saved, self.env = self.env, env
+        try:
+            values = self._iterate(clause)
+        finally:
+            self.env = saved
+        if values is None:
+            yield None
+            return
+        for value in values:
+            bound = self._unpack(clause, value)
+            if bound is None:
+                yield None
+                return
+            yield from self._expand(clauses[1:], {**env, **bound})
+
+    def _iterate(self, clause: ast.For) -> list | None:
+        it = clause.iter
+        match it:
+            case ast.HostsOf(where):
+                return self._hosts_of(where, it.pos)
+            case ast.Call(ast.Name(("range",)), args, kwargs):
+                if kwargs:
+                    self.error(it.pos, "range() takes no keyword arguments", 5)
+                    return None
+                nums = []
+                for a in args:
+                    if type(a) is ast.Name and len(a.parts) == 1 and a.parts[0] in self.env:
+                        a = self.env[a.parts[0]]
+                    if ast.is_expr(a) or type(a) is not int:
+                        what = ast.unparse_arg(a) if ast.is_expr(a) else _lit(a)
+                        self.error(it.pos, f"range() takes whole numbers or loop variables, not {what}", 5)
+                        return None
+                    nums.append(a)
+                try:
+                    return list(range(*nums))
+                except (TypeError, ValueError) as e:
+                    self.error(it.pos, f"range{tuple(nums)!r}: {e}".replace(",)", ")"), 5)
+                    return None
+            case ast.Name(parts) if len(parts) == 1 and parts[0] in self.env:
+                value = self.env[parts[0]]
+                if isinstance(value, tuple):
+                    return list(value)
+                self.error(it.pos, f"cannot loop over loop variable '{parts[0]}': it is {_lit(value)}, "
+                           "not a list", len(parts[0]))
+                return None
+            case ast.Name() | ast.Call() | ast.Gen():
+                text = it.dotted if isinstance(it, ast.Name) else f"{it.name.dotted}(...)"
+                width = len(it.dotted if isinstance(it, ast.Name) else it.name.dotted)
+                self.error(it.pos, f"unknown iterable '{text}': a generator loops over range(...), "
+                           "hosts(TARGET) or a list [...]", width)
+                return None
+            case tuple():
+                return list(it)
+        self.error(clause.pos, f"cannot loop over {_lit(it)}: a generator loops over range(...), "
+                   "hosts(TARGET) or a list [...]", 3)
+        return None
+
+    def _hosts_of(self, where: str, pos: ast.Pos) -> list | None:
+        line = self.lines[pos.line - 1] if 0 < pos.line <= len(self.lines) else ""
+        found = line.find(where, pos.column - 1)
+        at = ast.Pos(pos.line, found + 1 if found >= 0 else pos.column)
+        if self.hosts_of is None:
+            self.error(at, "hosts() needs an inventory; none was given to the compiler", len(where))
+            return None
+        try:
+            names = list(self.hosts_of(where))
+        except (KeyError, ValueError):
+            names = []
+        if not names:
+            self.error(at, f"hosts(): unknown host, group or label '{where}'"
+                       + self._suggest(where, self.target_names), len(where))
+            return None
+        return names
+
+    def _unpack(self, clause: ast.For, value: Any) -> dict[str, Any] | None:
+        names = clause.names
+        if len(names) == 1:
+            return {names[0]: value}
+        if isinstance(value, tuple) and len(value) == len(names):
+            return dict(zip(names, value))
+        self.error(clause.pos, f"cannot unpack {_lit(value)} into {', '.join(names)}", 3)
+        return None
+
+    # ---------------------------------------------------------------- jobs
     def _job(self, fn: Callable, name: ast.Name, args: tuple, kwargs: tuple, target: str | None,
              pos: ast.Pos) -> PlanNode | None:
         options = options_of(fn)
@@ -253,7 +549,7 @@ class _Compiler:
         key = (id(fn), repr(bound), "", target) if bound is not None else (id(fn), repr(args), repr(kwargs), target)
         job = self.jobs.get(key)
         if job is None:
-            command = self._call(fn, name, args, kwargs, pos)
+            command = self._command(fn, name, args, kwargs, pos)
             if command is None:
                 return None
             files = None
@@ -263,7 +559,7 @@ class _Compiler:
                     return None
                 command = str(command)
             job = Job(len(self.jobs) + 1, name.dotted, args, kwargs, target, command, options, self.filename, pos,
-                      files or None)
+                      files or None, fn)
             self.jobs[key] = job
         ref = self.job_refs.get(job.id)
         if ref is None:
@@ -287,7 +583,8 @@ class _Compiler:
             self.error(pos, f"task '{name.dotted}': {e}", len(name.dotted))
             return None
 
-    def _call(self, fn: Callable, name: ast.Name, args: tuple, kwargs: tuple, pos: ast.Pos) -> str | Command | None:
+    def _command(self, fn: Callable, name: ast.Name, args: tuple, kwargs: tuple, pos: ast.Pos
+                 ) -> str | Command | None:
         py_args = [_to_python(a) for a in args]
         py_kwargs = {k: _to_python(v) for k, v in kwargs}
         try:
@@ -300,7 +597,7 @@ class _Compiler:
                 self.error(pos, f"bad arguments for task '{name.dotted}': {why}", len(name.dotted))
             else:
                 self.error(pos, f"task '{name.dotted}' raised {type(e).__name__}: {str(e)[:300]}", len(name.dotted),
-                           tuple(_user_frames(e)))
+                           tuple(user_frames(e)))
             return None
         if not isinstance(command, (str, Command)):
             self.error(pos, f"task '{name.dotted}' returned {type(command).__name__}, not a command string",
@@ -364,26 +661,66 @@ def _bad_arguments_of(fn: Callable, args: list, kwargs: dict) -> str | None:
     return None
 
 
-def _to_python(value: Any) -> Any:
-    return [_to_python(v) for v in value] if isinstance(value, tuple) else value
+_to_python = values.python
 
 
-def _user_frames(exc: BaseException) -> list[str]:
-    """The traceback without cmflow's own frames: the def's file and line are what matter."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PKG_DIR)]
-    out = ["    Traceback (the task's own frames):"]
-    for f in frames:
-        out.append(f'      File "{f.filename}", line {f.lineno}, in {f.name}')
-        if f.line:
-            out.append(f"        {f.line}")
-    return out if frames else []
+def _placeholder(arg: Any) -> Any:
+    return None if isinstance(arg, Input) else _to_python(arg)
+
+
+def _lit(value: Any) -> str:
+    return ast.unparse_literal(value) if isinstance(value, (str, int, float, bool, tuple, type(None))) else repr(value)
+
+
+# ------------------------------------------------------------------- built-ins
+
+@dataclass(frozen=True)
+class _Builtin:
+    """A built-in name: a form (par, seq, sum, fold: structure) or a local function on values."""
+
+    name: str
+    fn: Callable[..., Any] | None = None
+
+    @property
+    def form(self) -> bool:
+        return self.fn is None
+
+
+def _mean(values_: list) -> Any:
+    if not values_:
+        raise ValueError("mean of an empty list")
+    return sum(values_) / len(values_)
+
+
+def _reduce_list(fn: Callable[[Any, Any], Any] | None) -> Callable[[list], Any]:
+    """Left-to-right reduction of a list value (with + when fn is None)."""
+    def reduce_list(items: Any) -> Any:
+        if not isinstance(items, list) or not items:
+            raise ValueError(f"expected a non-empty list, got {values.label(items)}")
+        acc = items[0]
+        for x in items[1:]:
+            acc = acc + x if fn is None else fn(acc, x)
+        return acc
+    return reduce_list
+
+
+BUILTINS: dict[str, _Builtin] = {
+    **{n: _Builtin(n) for n in ("par", "seq", "sum", "fold")},
+    "len": _Builtin("len", len), "min": _Builtin("min", min), "max": _Builtin("max", max),
+    "mean": _Builtin("mean", _mean), "sorted": _Builtin("sorted", sorted),
+}
 
 
 def compile_flow(flow: ast.Flow, source: str, *, loader: TaskLoader | None = None,
-                 is_target: Callable[[str], bool] | None = None, target_names: list[str] | None = None) -> Plan:
-    """Compile a parsed flow to a Plan, or raise FlowError listing every static error."""
+                 is_target: Callable[[str], bool] | None = None, target_names: list[str] | None = None,
+                 hosts_of: Callable[[str], Sequence[str]] | None = None) -> Plan:
+    """Compile a parsed flow to a Plan, or raise FlowError listing every static error.
+
+    ``is_target`` says whether a placement target exists; ``hosts_of`` expands a
+    target to host names for ``hosts(TARGET)`` (raising KeyError for an unknown one).
+    """
     c = _Compiler(flow.filename, source, loader or TaskLoader.for_flow(flow.filename), is_target,
-                  target_names or [])
+                  target_names or [], hosts_of)
     exprs: list[tuple[ast.Expr, PlanNode | None]] = []
     try:
         with paused():
@@ -394,7 +731,7 @@ def compile_flow(flow: ast.Flow, source: str, *, loader: TaskLoader | None = Non
     except RecursionError:
         c.error(ast.Pos(1, 1), "expression nested too deeply")
     if c.diags:
-        raise FlowError(c.diags)
+        raise FlowError(_fewer(c.diags))
     nodes = [n for _, n in exprs if n is not None]
     root: PlanNode | None
     if not nodes:
@@ -408,6 +745,29 @@ def compile_flow(flow: ast.Flow, source: str, *, loader: TaskLoader | None = Non
             flat.extend(n.items if isinstance(n, PSeq) else (n,))
         root = PSeq(tuple(flat), exprs[0][0].pos)
     return Plan(root, tuple(c.jobs.values()), flow.filename)
+
+
+def _fewer(diags: list[Diagnostic], per_place: int = 3) -> list[Diagnostic]:
+    """One report per mistake: the same message at the same place once (a generator
+    repeats its items' errors), and at most ``per_place`` different ones per place."""
+    seen: set[tuple] = set()
+    count: dict[tuple, int] = {}
+    out: list[Diagnostic] = []
+    for d in diags:
+        key = (d.line, d.column, d.message)
+        if key in seen:
+            continue
+        seen.add(key)
+        place = (d.line, d.column)
+        count[place] = count.get(place, 0) + 1
+        if count[place] <= per_place:
+            out.append(d)
+    for i, d in enumerate(out):
+        more = count[(d.line, d.column)] - per_place
+        if more > 0 and not any(o.line == d.line and o.column == d.column for o in out[i + 1:]):
+            out[i] = Diagnostic(d.filename, d.line, d.column, d.message, d.source_line, d.width,
+                                (*d.notes, f"    ... and {more} more error{'s' if more > 1 else ''} here"))
+    return out
 
 
 def compile_text(source: str, filename: str = "<flow>", **kw: Any) -> Plan:

@@ -9,6 +9,7 @@ Cancellation reaches each transport, which kills its job's process tree.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import os
 import signal
@@ -18,14 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
 
+from . import values
 from .files.mover import FileMover, Moved, safe_name
+from .files.runtime import job_files, stage_arguments
+from .files.spec import Command, SpecError
 from .files.value import Files
 from .hosts import Host, Inventory
 from .journal import Journal, KeyParts, Keys, job_inputs
-from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum
+from .plan import Deferred, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum, fill
 from .resume import ResumeIndex, adopt
 from .runlog import JobRecord, RunLog
 from .scheduler import Closed, Eligible, Request, Scheduler
+from .tasks import user_frames
 from .transport import JobSpec, Outcome, Transport
 
 Halt = Literal["never", "soon", "now"]
@@ -43,6 +48,7 @@ class RunOptions:
     halt: Halt = "never"
     deep: bool = False               # keys hash input files' content, not size and mtime
     keep_remote: bool = False        # keep every job's work directory on its host
+    fanout: int = 64                 # ssh connections being opened at once, across all hosts
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ def _tail(path: Path, lines: int = 5, limit: int = 4096) -> str:
 def _describe(node: PlanNode, filename: str) -> str:
     if isinstance(node, JobRef):
         return f"{node.job.label} at {filename}:{node.pos.line}:{node.pos.column}"
+    if isinstance(node, (Deferred, Local)):
+        return f"{node.label} at {node.where}"
     return f"the expression at {filename}:{node.pos.line}:{node.pos.column}"
 
 
@@ -161,6 +169,19 @@ class _JobRun(Request):
             self.future.set_result(result)
 
 
+class _Then:
+    """A done-callback: fn(i, result). A slotted object, not a closure: one waits for every pending job."""
+
+    __slots__ = ("ex", "fn", "i")
+
+    def __init__(self, ex: "Executor", fn: Callable[[int, Result], None], i: int):
+        self.ex, self.fn, self.i = ex, fn, i
+
+    def __call__(self, fut: asyncio.Future[Result]) -> None:
+        if not fut.cancelled():
+            self.ex._guarded(self.fn, self.i, fut.result())
+
+
 class Executor:
     def __init__(self, plan: Plan, inventory: Inventory, transports: Mapping[str, Transport], log: RunLog,
                  options: RunOptions = RunOptions(), observers: Sequence[Observer] = (),
@@ -180,11 +201,14 @@ class Executor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: asyncio.Future | None = None
         self._depth = 0
+        self._context: contextvars.Context | None = None
         self._halt_now = asyncio.Event()
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
         self.jobs_run = 0
         self.jobs_cached = 0
+        self._next_job_id = len(plan.jobs)   # deferred jobs are numbered after the plan's
+        self._static: dict[tuple, Job] | None = None
         self.journal = journal
         self.resume = resume
         self.keys = Keys(options.deep)
@@ -197,6 +221,7 @@ class Executor:
         halted = False
         self._loop = asyncio.get_running_loop()
         self._fatal = self._loop.create_future()
+        self._context = contextvars.copy_context()   # one for every callback, not a copy each
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
@@ -267,14 +292,15 @@ class Executor:
                 return self._memo(node, self._par)
             case PSum():
                 return self._memo(node, self._sum)
+            case Deferred():
+                return self._memo(node, self._deferred)
+            case Local():
+                return self._memo(node, self._local)
         raise TypeError(node)
 
-    def _then(self, fut: asyncio.Future[Result], fn: Callable[..., None], *args: Any) -> None:
-        """Call fn(*args, result) when fut has its result (not if it was cancelled: the run is ending)."""
-        def done(f: asyncio.Future[Result]) -> None:
-            if not f.cancelled():
-                self._guarded(fn, *args, f.result())
-        fut.add_done_callback(done)
+    def _then(self, fut: asyncio.Future[Result], fn: Callable[[int, Result], None], i: int) -> None:
+        """Call fn(i, result) when fut has its result (not if it was cancelled: the run is ending)."""
+        fut.add_done_callback(_Then(self, fn, i), context=self._context)
 
     # ------------------------------------------------------------ structure
     def _seq(self, node: PSeq, out: asyncio.Future[Result]) -> None:
@@ -359,6 +385,13 @@ class Executor:
             self._then(self._eval(item), item_done, i)
 
     def _add(self, node: PSum, left: Any, lspan: tuple[int, int], right: Any, rspan: tuple[int, int]) -> Any:
+        if node.fn is not None:   # fold(f, ...): the user's step, which may raise anything
+            try:
+                return node.fn(left, right)
+            except Exception as e:
+                return self._fail(Failure(f"{node.fn_name}({_short(left)}, {_short(right)}) in fold at "
+                                          f"{self.plan.filename}:{node.pos.line}:{node.pos.column} raised "
+                                          f"{type(e).__name__}: {e}" + _frames(e, "the function's own frames")))
         try:
             return left + right
         except TypeError:
@@ -370,6 +403,91 @@ class Executor:
             failure = Failure(f"cannot add {side(lspan, left)} and {side(rspan, right)}")
             self._failures.append(failure)
             return failure
+
+    # --------------------------------------------------- run-time arguments
+    def _inputs(self, node: Deferred | Local, out: asyncio.Future[Result],
+                then: Callable[[list[Any]], None]) -> None:
+        """Evaluate a call's run-time arguments at once (as ``|``); ``then(values)`` when all
+        have values. A failed argument skips the call: ``out`` gets a Failure that is not a cause."""
+        got: list[Any] = [None] * len(node.inputs)
+        left = [len(node.inputs)]
+
+        def item_done(i: int, r: Result) -> None:
+            if out.done():
+                return
+            if isinstance(r, Failure):
+                out.set_result(Failure(f"{node.label} at {node.where} skipped: {r.reason}", r.job, cause=False))
+                return
+            got[i] = r.value
+            left[0] -= 1
+            if not left[0]:
+                then(got)
+
+        if not node.inputs:
+            then(got)
+        for i, item in enumerate(node.inputs):
+            self._then(self._eval(item), item_done, i)
+
+    def _deferred(self, node: Deferred, out: asyncio.Future[Result]) -> None:
+        def ready(got: list[Any]) -> None:
+            args, kwargs = fill(node, got)
+            # memoised on the values: report(x) runs once per distinct value of x, and not
+            # again if the plan already has that very call (twice(sq(3)) and twice(9))
+            key = ("call", id(node.fn), values.memo_key([args, kwargs]), node.target)
+            fut = self._nodes.get(key)
+            if fut is None:
+                static = self._static_calls().get(key)
+                fut = self._nodes[key] = self._eval(JobRef(static)) if static is not None else \
+                    self._build_and_submit(node, args, kwargs)
+            self._then(fut, out.set_result)
+
+        self._inputs(node, out, ready)
+
+    def _static_calls(self) -> dict[tuple, Job]:
+        """The plan's jobs by the key a deferred call with the same values would have (made once, lazily)."""
+        if self._static is None:
+            self._static = {("call", id(j.fn), values.memo_key([list(j.args), dict(j.kwargs)]), j.target): j
+                            for j in self.plan.jobs if j.fn is not None}
+        return self._static
+
+    def _build_and_submit(self, node: Deferred, args: list[Any], kwargs: dict[str, Any]) -> asyncio.Future[Result]:
+        """Call the def with the values to build the command, then queue the job as any other.
+
+        Files values among the arguments become the job's inputs; the def sees the names
+        they get in its work directory (cmflow/files/runtime.py)."""
+        self._next_job_id += 1
+        args, kwargs, staged = stage_arguments(args, kwargs)
+        job = Job(self._next_job_id, node.task, tuple(args), tuple(kwargs.items()), node.target, "",
+                  node.options, node.filename, node.pos, None, node.fn)
+        try:
+            built = node.fn(*args, **kwargs)
+        except Exception as e:
+            failure = Failure(f"task '{node.task}' raised {type(e).__name__}: {e}" + _frames(e), job)
+        else:
+            if isinstance(built, (str, Command)):
+                try:
+                    command, files = job_files(built, node.options, Path(node.base), staged)
+                except SpecError as e:
+                    failure = Failure(f"task '{node.task}': {e}", job)
+                else:
+                    return self._submit(Job(job.id, job.task, job.args, job.kwargs, job.target, command,
+                                            job.options, job.filename, job.pos, files, node.fn))
+            else:
+                failure = Failure(f"task '{node.task}' returned {type(built).__name__}, not a command string", job)
+        fut = self._future()
+        fut.set_result(self._fail(failure))
+        return fut
+
+    def _local(self, node: Local, out: asyncio.Future[Result]) -> None:
+        def ready(got: list[Any]) -> None:
+            args, kwargs = fill(node, got)
+            try:
+                out.set_result(Ok(node.fn(*args, **kwargs)))
+            except Exception as e:
+                out.set_result(self._fail(Failure(f"{node.label} at {node.where} raised {type(e).__name__}: {e}"
+                                                  + _frames(e, "the function's own frames"))))
+
+        self._inputs(node, out, ready)
 
     # ------------------------------------------------------------------ jobs
     def _emit(self, name: str, *args: Any) -> None:
@@ -625,6 +743,11 @@ class Executor:
         elif self.options.halt == "soon":
             self.scheduler.close()
         return failure
+
+
+def _frames(exc: BaseException, heading: str = "the task's own frames") -> str:
+    lines = user_frames(exc, heading)
+    return "\n" + "\n".join(lines) if lines else ""
 
 
 def _short(value: Any, limit: int = 40) -> str:

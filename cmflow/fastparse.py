@@ -22,23 +22,28 @@ from .parser_common import MAX_NESTING, decode_string, def_name
 
 _S = r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'"""
 _N = r"[A-Za-z_][A-Za-z0-9_]*"
+_T = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(?:\[[0-9,\-]+\][A-Za-z0-9_.\-]*)*"     # a host name, group or range
+_NUM = r"[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?"
 # Every token match starts with the blanks before it, and a catch-all ends the
 # alternatives, so matches are contiguous and nothing is skipped unseen.
 _TOKEN = re.compile(rf"""[ \t]*(?:
    (?P<nl>(?:\#[^\n]*)?(?:\r?\n[ \t]*(?:\#[^\n]*)?)+)
   |(?P<call>{_N}(?:\.{_N})*\((?:[^()"'\n\\]|{_S})*\))
   |(?P<ref>{_N}(?:\.{_N})*)
-  |(?P<at>@[ \t]*(?:{_S}|[A-Za-z0-9_][A-Za-z0-9_.\-]*(?:\[[0-9,\-]+\][A-Za-z0-9_.\-]*)*))
-  |(?P<op>[;|+()=,*])
+  |(?P<at>@[ \t]*(?:{_S}|{_T}))
+  |(?P<op>[;|+()=,*\[\]])
+  |(?P<num>{_NUM})
+  |(?P<str>{_S})
   |(?P<cont>\\\r?\n)
   |(?P<bad>[^\n]|\Z)
 )""", re.X)
 # a def block where a line starts: decorators, the def line, then indented or blank lines
 _DEF_AT_LINE = re.compile(r"^[ \t]*((?:@[^\n]*\n[ \t]*)*def[ \t][^\n]*(?:\n[ \t]*(?=\n)|\n[ \t]+[^\n]*)*)",
                           re.M)
-_ARG = re.compile(rf"""[ \t]*(?:(?P<num>[+-]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?)|(?P<name>{_N})
+_ARG = re.compile(rf"""[ \t]*(?:(?P<num>{_NUM})|(?P<name>{_N})
   |(?P<str>{_S})|(?P<op>[,=\[\]]))""", re.X)
-_KEYWORDS = frozenset({"import", "from", "as", "True", "False", "None"})
+_KEYWORDS = frozenset({"import", "from", "as", "True", "False", "None", "for", "in"})
+_TARGET = re.compile(_T)
 _LITERALS = {"True": True, "False": False, "None": None}
 _BINARY = frozenset({";", "|", "+"})
 # The reference parser counts ( and [ together against MAX_NESTING; this path
@@ -92,6 +97,7 @@ class _Parser:
         self.newlines = [m.start() for m in re.finditer("\n", text)]
         self.calls: dict[str, tuple[tuple[str, ...], tuple, tuple]] = {}   # call text -> parsed, per parse
         self.refs: dict[str, tuple[str, ...]] = {}
+        self.depth = 0     # brackets open around the call being read (enclosing calls and groups)
 
     def pos(self, offset: int) -> ast.Pos:
         line = bisect_left(self.newlines, offset)      # newlines before offset
@@ -186,12 +192,14 @@ class _Parser:
         return name, None
 
     # ------------------------------------------------------------ expressions
-    def expression(self) -> tuple[ast.Expr, ast.Pos]:
+    def expression(self, nested: bool = False) -> tuple[ast.Expr, ast.Pos]:
         """operand (op operand)* with brackets, grouped by precedence (+ over | over ;).
 
         Returns (node, start): start is where the node's text begins, which for a
         bracketed operand is its '(' -- the position Lark gives a rule whose first
         operand is in brackets, while the bracketed node keeps its own position.
+        ``nested``: an argument inside a call's brackets; it ends before a ',',
+        ')' or 'for' that the caller takes, and newlines in it are blanks.
         """
         toks, i = self.toks, self.i
         plus, par, seq = ast.plus, ast.par, ast.seq
@@ -206,12 +214,12 @@ class _Parser:
             # ---- an operand (newlines are skipped inside brackets and after an operator)
             tok = toks[i]
             kind = tok[0]
-            while kind == "nl" and (stack or op is not None):
+            while kind == "nl" and (stack or nested or op is not None):
                 i += 1
                 tok = toks[i]
                 kind = tok[0]
             if kind == "op" and tok[1] == "(":
-                if len(stack) >= _MAX_PARENS:
+                if len(stack) + self.depth >= _MAX_PARENS:
                     raise Fallback()
                 stack.append((seq_items, par_items, sum_items, seq_start, par_start, sum_start, op,
                               self.pos(tok[2])))
@@ -222,18 +230,27 @@ class _Parser:
                 continue
             if kind == "call":
                 val = tok[1]
-                parsed = self.calls.get(val)
-                if parsed is None:
-                    paren = val.index("(")
-                    args, kwargs = _arguments(val[paren + 1:-1])
-                    parsed = self.calls[val] = (self.parts(val[:paren]), args, kwargs)
+                parsed = self.calls.get(val) if not self.depth else None
                 offset = tok[2]      # self.pos(offset), inline: this runs once per reference
                 line = bisect_left(newlines, offset)
                 start = Pos(line + 1, offset - (newlines[line - 1] + 1 if line else 0) + 1)
-                node: ast.Expr = ast.Call(ast.Name(parsed[0], start), parsed[1], parsed[2], start)
+                if parsed is None:
+                    node: ast.Expr = self.call_token(tok, start, len(stack))
+                else:
+                    node = ast.Call(ast.Name(parsed[0], start), parsed[1], parsed[2], start)
             elif kind == "ref":
                 start = self.pos(tok[2])
-                node = ast.Name(self.parts(tok[1]), start)
+                name = ast.Name(self.parts(tok[1]), start)
+                nxt = toks[i + 1]
+                if nxt[0] == "op" and nxt[1] == "(":
+                    # a call whose arguments hold brackets: f(g(1)), par(x for ...)
+                    self.i = i + 2
+                    self.depth += len(stack)
+                    node = self.arglist(name, start)
+                    self.depth -= len(stack)
+                    i = self.i - 1
+                else:
+                    node = name
             else:
                 raise Fallback()
             i += 1
@@ -263,7 +280,7 @@ class _Parser:
                         par_items, par_start = [], start
                 # ---- an operator, a closing bracket, or the end
                 tok = toks[i]
-                while tok[0] == "nl" and stack:
+                while tok[0] == "nl" and (stack or nested):
                     i += 1
                     tok = toks[i]
                 if tok[0] == "op" and tok[1] in _BINARY:
@@ -275,7 +292,7 @@ class _Parser:
                 result = seq_items[0] if len(seq_items) == 1 else seq(seq_items, seq_start)
                 result_start = seq_start
                 if not stack:
-                    if tok[0] == "op" and tok[1] == ")":
+                    if not nested and tok[0] == "op" and tok[1] == ")":
                         raise Fallback()
                     self.i = i
                     return result, result_start
@@ -285,8 +302,189 @@ class _Parser:
                 seq_items, par_items, sum_items, seq_start, par_start, sum_start, op, paren_start = stack.pop()
                 node, start = result, paren_start
 
+    # ------------------------------------------------------- calls, generators
+    def call_token(self, tok: _Tok, start: ast.Pos, groups: int = 0) -> ast.Call | ast.Gen:
+        """A one-line call token: literal arguments are parsed once per distinct text;
+        anything else (names, operators) by the general argument parser on its tokens.
+        ``groups``: brackets of the expression being read that are open around it."""
+        val = tok[1]
+        paren = val.index("(")
+        try:
+            # groups + self.depth <= _MAX_PARENS - 1, so the lists of calls in brackets fit too
+            args, kwargs = _arguments(val[paren + 1:-1], _MAX_LISTS - self.depth)
+        except Fallback:
+            self.depth += groups
+            try:
+                return self.sub_arglist(tok, start, paren)
+            finally:
+                self.depth -= groups
+        parsed = (self.parts(val[:paren]), args, kwargs)
+        if not self.depth:    # parsed under the full nesting budget: reusable anywhere
+            self.calls[val] = parsed
+        return ast.Call(ast.Name(parsed[0], start), args, kwargs, start)
 
-def _arguments(text: str) -> tuple[tuple, tuple]:
+    def sub_arglist(self, tok: _Tok, start: ast.Pos, paren: int) -> ast.Call | ast.Gen:
+        # tokens of the text between the brackets (it holds no brackets or newlines)
+        inner: list[_Tok] = []
+        begin, end = tok[2] + paren + 1, tok[2] + len(tok[1]) - 1
+        _scan(self.text, begin, end, inner)
+        inner += [("op", ")", end), ("eof", "", end + 1)]
+        saved = self.toks, self.i
+        self.toks, self.i = inner, 0
+        try:
+            node = self.arglist(ast.Name(self.parts(tok[1][:paren]), start), start)
+            if self.toks[self.i][0] != "eof":
+                raise Fallback()
+        finally:
+            self.toks, self.i = saved
+        return node
+
+    def skip_nl(self) -> _Tok:
+        toks = self.toks
+        while toks[self.i][0] == "nl":
+            self.i += 1
+        return toks[self.i]
+
+    def arglist(self, name: ast.Name, start: ast.Pos) -> ast.Call | ast.Gen:
+        """Arguments after '(' up to and including ')'; a generator if 'for' follows the first."""
+        self.depth += 1
+        if self.depth >= _MAX_PARENS:
+            raise Fallback()
+        try:
+            return self._arglist(name, start)
+        finally:
+            self.depth -= 1
+
+    def _arglist(self, name: ast.Name, start: ast.Pos) -> ast.Call | ast.Gen:
+        args: list = []
+        kwargs: list = []
+        toks = self.toks
+        while True:
+            tok = self.skip_nl()
+            if tok[0] == "op" and tok[1] == ")":
+                break
+            nxt = toks[self.i + 1]
+            if tok[0] == "ref" and nxt[0] == "op" and nxt[1] == "=":
+                if "." in tok[1] or tok[1] in _KEYWORDS:
+                    raise Fallback()
+                self.i += 2
+                kwargs.append((tok[1], self.argument()))
+            elif kwargs:
+                raise Fallback()   # positional after keyword: the reference parser words the error
+            else:
+                is_expr = not (tok[0] in ("num", "str") or tok[0] == "op" and tok[1] == "["
+                               or tok[0] == "ref" and tok[1] in _LITERALS)
+                value = self.argument()
+                tok = self.skip_nl()
+                if tok[0] == "ref" and tok[1] == "for":
+                    if args or not is_expr:
+                        raise Fallback()
+                    return ast.Gen(name, value, self.clauses(), start)
+                args.append(value)
+            tok = self.skip_nl()
+            if tok[0] == "op" and tok[1] == ",":
+                self.i += 1
+                continue
+            if not (tok[0] == "op" and tok[1] == ")"):
+                raise Fallback()
+            break
+        self.i += 1
+        return ast.Call(name, tuple(args), tuple(kwargs), start)
+
+    def argument(self) -> ast.Arg:
+        tok = self.skip_nl()
+        if tok[0] in ("num", "str") or tok[0] == "op" and tok[1] == "[" or tok[0] == "ref" and tok[1] in _LITERALS:
+            return self.literal()
+        node, _ = self.expression(nested=True)
+        return node
+
+    def literal(self) -> ast.Literal:
+        tok = self.skip_nl()
+        self.i += 1
+        kind, val = tok[0], tok[1]
+        if kind == "num":
+            return _number(val)
+        if kind == "str":
+            return decode_string(val)
+        if kind == "ref" and val in _LITERALS:
+            return _LITERALS[val]
+        if kind == "op" and val == "[":
+            items = []
+            self.depth += 1
+            if self.depth >= _MAX_PARENS:
+                raise Fallback()
+            while True:
+                tok = self.skip_nl()
+                if tok[0] == "op" and tok[1] == "]":
+                    self.i += 1
+                    self.depth -= 1
+                    return tuple(items)
+                items.append(self.literal())
+                tok = self.skip_nl()
+                if tok[0] == "op" and tok[1] == ",":
+                    self.i += 1
+                elif not (tok[0] == "op" and tok[1] == "]"):
+                    raise Fallback()
+        raise Fallback()
+
+    def clauses(self) -> tuple[ast.For, ...]:
+        """``for a, b in ITER ...`` up to and including the ')' of the generator call."""
+        out: list[ast.For] = []
+        while True:
+            tok = self.skip_nl()
+            if tok[0] == "op" and tok[1] == ")":
+                self.i += 1
+                return tuple(out)
+            if not (tok[0] == "ref" and tok[1] == "for"):
+                raise Fallback()
+            self.i += 1
+            names = [self.loop_name()]
+            while self.skip_nl()[0] == "op" and self.toks[self.i][1] == ",":
+                self.i += 1
+                names.append(self.loop_name())
+            if self.skip_nl()[:2] != ("ref", "in"):
+                raise Fallback()
+            self.i += 1
+            out.append(ast.For(tuple(names), self.iterable(), self.pos(tok[2])))
+
+    def loop_name(self) -> str:
+        tok = self.skip_nl()
+        if tok[0] != "ref" or "." in tok[1] or tok[1] in _KEYWORDS or tok[1] == "hosts":
+            raise Fallback()
+        self.i += 1
+        return tok[1]
+
+    def iterable(self) -> object:
+        tok = self.skip_nl()
+        kind, val = tok[0], tok[1]
+        start = self.pos(tok[2])
+        if kind == "call" and val.startswith("hosts("):
+            text = val[6:-1].strip(" \t")
+            if text[:1] in ("'", '"'):
+                target = decode_string(text)
+            elif _TARGET.fullmatch(text) and text not in _KEYWORDS:
+                target = text
+            else:
+                raise Fallback()
+            self.i += 1
+            return ast.HostsOf(target, start)
+        if kind == "call":
+            self.i += 1
+            return self.call_token(tok, start)
+        if kind == "ref" and val not in _LITERALS:
+            if val == "hosts":
+                raise Fallback()
+            name = ast.Name(self.parts(val), start)
+            nxt = self.toks[self.i + 1]
+            if nxt[0] == "op" and nxt[1] == "(":
+                self.i += 2
+                return self.arglist(name, start)
+            self.i += 1
+            return name
+        return self.literal()
+
+
+def _arguments(text: str, max_lists: int = _MAX_LISTS) -> tuple[tuple, tuple]:
     """Literal arguments of a one-line call: positional, then keyword."""
     toks: list[tuple[str, str]] = []
     pos, n = 0, len(text)
@@ -319,7 +517,7 @@ def _arguments(text: str) -> tuple[tuple, tuple]:
             return _LITERALS[val]
         if kind == "op" and val == "[":
             depth += 1
-            if depth > _MAX_LISTS:
+            if depth > max_lists:
                 raise Fallback()
             items = []
             while not (i < len(toks) and toks[i] == ("op", "]")):
@@ -362,5 +560,5 @@ def fast_parse(text: str, filename: str) -> ast.Flow:
     """Parse text that ends in a newline; raise Fallback on anything unusual."""
     try:
         return _Parser(text, filename).flow()
-    except (ValueError, SyntaxError, IndexError):
+    except (ValueError, SyntaxError, IndexError, RecursionError):
         raise Fallback() from None

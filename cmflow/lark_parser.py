@@ -29,7 +29,8 @@ _TOKEN_NAMES = {
     "LSQB": "'['", "RSQB": "']'", "COMMA": "','", "EQUAL": "'='", "DOT": "'.'", "_NL": "end of line",
     "NAME": "a name", "STRING": "a string", "SIGNED_NUMBER": "a number", "TARGET": "a host name",
     "DEF_BLOCK": "a def", "STAR": "'*'", "$END": "end of input", "IMPORT": "'import'", "FROM": "'from'",
-    "AS": "'as'", "TRUE": "True", "FALSE": "False", "NONE": "None",
+    "AS": "'as'", "TRUE": "True", "FALSE": "False", "NONE": "None", "FOR": "'for'", "IN": "'in'",
+    "HOSTS": "'hosts'",
 }
 
 
@@ -144,6 +145,15 @@ class _ToAst(Transformer):
                     raise _PositionalAfterKeyword(meta)
                 args.append(arg)
         return ast.Call(name, tuple(args), tuple(kwargs), _pos(meta))
+
+    def gen(self, meta, children):
+        return ast.Gen(children[0], children[1], tuple(children[2:]), _pos(meta))
+
+    def comp_for(self, meta, children):
+        return ast.For(tuple(str(n) for n in children[:-1]), children[-1], _pos(meta))
+
+    def hosts_of(self, meta, children):
+        return ast.HostsOf(children[0], _pos(meta))
 
     def arguments(self, meta, children):
         return children

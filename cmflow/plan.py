@@ -1,21 +1,25 @@
 """The Plan: concrete jobs under a Seq/Par/Sum structure, and its renderers.
 
-A Plan is what the compiler hands the executor: every command is known, each
-distinct invocation (task, arguments, placement) is one ``Job`` however often
-it is referenced, and a binding's sub-plan is one shared node object.
+A Plan is what the compiler hands the executor: each distinct invocation
+(task, arguments, placement) is one ``Job`` however often it is referenced,
+and a binding's sub-plan is one shared node object. A job whose command
+needs run-time values (``report(a | b)``) is a ``Deferred`` node: its def is
+called by the executor once its inputs have values. A ``Local`` node is a
+local function called in cmflow's process on values.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Any, Callable, Iterator, Union
 
-from .ast import Pos, unparse_literal
+from . import values
+from .ast import Pos
 from .files.spec import JobFiles
 from .tasks import TaskOptions
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)   # slots: a plan may hold a million of them
 class Job:
     id: int
     task: str
@@ -27,11 +31,12 @@ class Job:
     filename: str = field(default="<flow>", compare=False)
     pos: Pos = field(default=Pos(), compare=False)
     files: JobFiles | None = field(default=None, compare=False)   # inputs to stage, outputs to fetch
+    fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)   # the def that built it
 
     @property
     def label(self) -> str:
         """``task(args)`` as written in a flow, with ``@ target`` if placed."""
-        parts = [unparse_literal(a) for a in self.args] + [f"{k}={unparse_literal(v)}" for k, v in self.kwargs]
+        parts = [values.label(a) for a in self.args] + [f"{k}={values.label(v)}" for k, v in self.kwargs]
         text = f"{self.task}({', '.join(parts)})" if parts else self.task
         return f"{text} @ {self.target}" if self.target else text
 
@@ -40,7 +45,7 @@ class Job:
         return f"{self.filename}:{self.pos.line}:{self.pos.column}"
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(frozen=True, eq=False, slots=True)
 class JobRef:
     job: Job
     pos: Pos = Pos()
@@ -60,11 +65,111 @@ class PPar:
 
 @dataclass(frozen=True, eq=False)
 class PSum:
+    """``+`` (fn None), or ``fold(f, ...)``: items reduced eagerly, in order, with fn."""
+
     items: tuple["PlanNode", ...]
     pos: Pos = Pos()
+    fn: Callable[[Any, Any], Any] | None = None
+    fn_name: str = ""
 
 
-PlanNode = Union[JobRef, PSeq, PPar, PSum]
+@dataclass(frozen=True)
+class Input:
+    """An argument slot filled at run time with the value of ``inputs[index]``."""
+
+    index: int
+
+
+@dataclass(frozen=True, eq=False)
+class Deferred:
+    """A task call with run-time arguments: the def builds its command once the inputs have values."""
+
+    fn: Callable[..., Any]
+    task: str
+    args: tuple                                # literals (Python values) and Input slots
+    kwargs: tuple[tuple[str, Any], ...]
+    inputs: tuple["PlanNode", ...]
+    target: str | None
+    options: TaskOptions = field(repr=False)
+    filename: str = "<flow>"
+    pos: Pos = Pos()
+    base: str = "."          # the flow's folder: relative input paths a def declares at run time start here
+
+    @property
+    def label(self) -> str:
+        text = f"{self.task}({_arg_text(self)})"
+        return f"{text} @ {self.target}" if self.target else text
+
+    @property
+    def where(self) -> str:
+        return f"{self.filename}:{self.pos.line}:{self.pos.column}"
+
+
+@dataclass(frozen=True, eq=False)
+class Local:
+    """A local function (``@local`` def or built-in) called in cmflow's process on values."""
+
+    fn: Callable[..., Any]
+    name: str
+    args: tuple
+    kwargs: tuple[tuple[str, Any], ...]
+    inputs: tuple["PlanNode", ...]
+    filename: str = "<flow>"
+    pos: Pos = Pos()
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}({_arg_text(self)})"
+
+    @property
+    def where(self) -> str:
+        return f"{self.filename}:{self.pos.line}:{self.pos.column}"
+
+
+PlanNode = Union[JobRef, PSeq, PPar, PSum, Deferred, Local]
+
+
+def _arg_text(node: Deferred | Local) -> str:
+    def one(a: Any) -> str:
+        return f"<{expr_text(node.inputs[a.index])}>" if isinstance(a, Input) else values.label(a)
+
+    return ", ".join([one(a) for a in node.args] + [f"{k}={one(v)}" for k, v in node.kwargs])
+
+
+def fill(node: Deferred | Local, got: list[Any]) -> tuple[list[Any], dict[str, Any]]:
+    """The arguments with each Input slot replaced by its run-time value (as a def receives it)."""
+    def one(a: Any) -> Any:
+        return values.argument(got[a.index]) if isinstance(a, Input) else a
+
+    return [one(a) for a in node.args], {k: one(v) for k, v in node.kwargs}
+
+
+_PREC = {PSeq: 1, PPar: 2, PSum: 3}
+_OPS = {PSeq: "; ", PPar: " | ", PSum: " + "}
+
+
+def expr_text(node: PlanNode, outer: int = 0, limit: int = 60) -> str:
+    """A plan node as flow text with every name and loop variable resolved: ``a | sq(3)``.
+
+    Long lists keep their ends: ``s(1) | s(2) | ... | s(8)`` (8 items)."""
+    match node:
+        case JobRef(job):
+            text = job.label
+        case Deferred() | Local():
+            text = node.label
+        case PSum(items, _, fn) if fn is not None:
+            text = f"fold({node.fn_name}, {expr_text(PPar(items), 0, limit)})"
+        case PSeq(items) | PPar(items) | PSum(items):
+            prec, op = _PREC[type(node)], _OPS[type(node)]
+            parts = [expr_text(i, prec + 1, limit) for i in items]
+            text = op.join(parts) if items else {PSeq: "seq()", PPar: "par()", PSum: "sum()"}[type(node)]
+            if len(text) > limit and len(parts) > 3:
+                text = f"{parts[0]}{op}{parts[1]}{op}...{op}{parts[-1]}"
+            if prec < outer and len(items) > 1:
+                text = f"({text})"
+        case _:
+            raise TypeError(node)
+    return text
 
 
 @dataclass(frozen=True)
@@ -77,6 +182,10 @@ class Plan:
         """Compact structure, e.g. ``Seq[Par[a, b, c], d, Sum[a, b, c, d]]``."""
         return _shape(self.root) if self.root is not None else "(empty)"
 
+    def deferred(self) -> int:
+        """How many deferred calls the plan holds (each makes at most one job at run time)."""
+        return 0 if self.root is None else sum(isinstance(n, Deferred) for n in walk(self.root))
+
 
 def _shape(node: PlanNode) -> str:
     match node:
@@ -86,9 +195,21 @@ def _shape(node: PlanNode) -> str:
             return "Seq[" + ", ".join(_shape(i) for i in items) + "]"
         case PPar(items):
             return "Par[" + ", ".join(_shape(i) for i in items) + "]"
+        case PSum(items, _, fn) if fn is not None:
+            return f"Fold[{node.fn_name}: " + ", ".join(_shape(i) for i in items) + "]"
         case PSum(items):
             return "Sum[" + ", ".join(_shape(i) for i in items) + "]"
+        case Deferred() | Local():
+            return f"{node.label}"
     raise TypeError(node)
+
+
+def children(node: PlanNode) -> tuple[PlanNode, ...]:
+    if isinstance(node, JobRef):
+        return ()
+    if isinstance(node, (Deferred, Local)):
+        return node.inputs
+    return node.items
 
 
 def walk(node: PlanNode) -> Iterator[PlanNode]:
@@ -101,14 +222,15 @@ def walk(node: PlanNode) -> Iterator[PlanNode]:
             continue
         seen.add(id(n))
         yield n
-        if not isinstance(n, JobRef):
-            stack.extend(reversed(n.items))
+        stack.extend(reversed(children(n)))
 
 
 # ------------------------------------------------------------------ renderers
 
 def render_text(plan: Plan) -> str:
-    lines = [f"{plan.filename}: {len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''}"]
+    deferred = plan.deferred()
+    more = f" + {deferred} deferred (commands built at run time)" if deferred else ""
+    lines = [f"{plan.filename}: {len(plan.jobs)} job{'s' if len(plan.jobs) != 1 else ''}{more}"]
     if plan.root is None:
         lines.append("  (no expression)")
         return "\n".join(lines) + "\n"
@@ -130,6 +252,18 @@ def render_text(plan: Plan) -> str:
                                      for i in job.files.inputs)
                         lines.extend(f"{pad}    > {o.pattern}" + (f" (publish data:{o.publish})" if o.publish else "")
                                      for o in job.files.outputs)
+            case Deferred():
+                lines.append(f"{pad}{node.label}  (deferred: the def is called when its inputs have values)")
+                for item in node.inputs:
+                    go(item, depth + 1)
+            case Local():
+                lines.append(f"{pad}{node.label}  (local)")
+                for item in node.inputs:
+                    go(item, depth + 1)
+            case PSum(items, _, fn) if fn is not None:
+                lines.append(f"{pad}Fold {node.fn_name}")
+                for item in items:
+                    go(item, depth + 1)
             case PSeq(items) | PPar(items) | PSum(items):
                 lines.append(f"{pad}{type(node).__name__[1:]}")
                 for item in items:
@@ -143,9 +277,25 @@ def _node_json(node: PlanNode) -> dict:
     match node:
         case JobRef(job):
             return {"job": job.id}
+        case PSum(items, _, fn) if fn is not None:
+            return {"op": "fold", "function": node.fn_name, "items": [_node_json(i) for i in items]}
         case PSeq(items) | PPar(items) | PSum(items):
             return {"op": type(node).__name__[1:].lower(), "items": [_node_json(i) for i in items]}
+        case Deferred():
+            return {"op": "call", "deferred": True, "task": node.task, "label": node.label,
+                    "args": [_slot_json(a) for a in node.args],
+                    "kwargs": {k: _slot_json(v) for k, v in node.kwargs}, "target": node.target,
+                    "where": node.where, "inputs": [_node_json(i) for i in node.inputs]}
+        case Local():
+            return {"op": "local", "function": node.name, "label": node.label,
+                    "args": [_slot_json(a) for a in node.args],
+                    "kwargs": {k: _slot_json(v) for k, v in node.kwargs},
+                    "where": node.where, "inputs": [_node_json(i) for i in node.inputs]}
     raise TypeError(node)
+
+
+def _slot_json(arg: Any) -> Any:
+    return {"input": arg.index} if isinstance(arg, Input) else _jsonable(arg)
 
 
 def job_json(job: Job) -> dict:
@@ -159,9 +309,13 @@ def job_json(job: Job) -> dict:
 
 
 def _jsonable(value):
-    if isinstance(value, tuple):
+    if isinstance(value, (tuple, list)):
         return [_jsonable(v) for v in value]
-    return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return values.label(value, 1000)
 
 
 def render_json(plan: Plan) -> str:

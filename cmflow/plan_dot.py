@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .ast import unparse_literal
-from .plan import Job, JobRef, Plan, PlanNode, PPar, PSeq, PSum, walk
+from .plan import Deferred, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum, walk
 
 LINE_CHARS = 60          # a command line is cut after this many characters
 COMMAND_LINES = 3        # and a command after this many lines
@@ -223,8 +223,22 @@ class _DotWriter:
                 return self.fork_join(node, items, "| at once", 'shape=circle, label="|", ordering=out',
                                       "shape=point, width=0.08", "")
             case PSum(items):
-                return self.fork_join(node, items, "+ added", "shape=point, width=0.08, ordering=out",
-                                      'shape=circle, label="+"', "ordering=in, ")
+                op = node.fn_name if node.fn is not None else "+"
+                return self.fork_join(node, items, f"{op} added" if op == "+" else f"fold {op}",
+                                      "shape=point, width=0.08, ordering=out",
+                                      f"shape=circle, label={dot_string(op)}", "ordering=in, ")
+            case Deferred() | Local():
+                # inputs first, then the call that waits for their values
+                text = node.label + ("\n(deferred)" if isinstance(node, Deferred) else "\n(local)")
+                n = self.node(f"shape=box, style={'dashed' if isinstance(node, Deferred) else 'rounded'}, "
+                              f"label={dot_string(text)}")
+                self.drawn[id(node)] = n
+                entry = n
+                for i, item in enumerate(node.inputs):
+                    first, last = self.draw(item)
+                    entry = first if i == 0 else entry
+                    self.edge(last, n)
+                return entry, n
         items = getattr(node, "items", ())          # a kind of node this renderer does not know yet
         n = self.node(f"shape=box, style=rounded, label={dot_string(type(node).__name__)}")
         self.drawn[id(node)] = n

@@ -45,7 +45,7 @@ class Session:
         base = TaskLoader.for_flow(None)
         loader = TaskLoader(base.flow_dir, [*self.task_dirs, *base.search_path])
         return compile_flow(Flow((*self.statements, *new), "<repl>"), text, loader=loader,
-                            is_target=self.inventory.is_target, target_names=self.inventory.target_names())
+                            **api.target_kw(self.inventory))
 
     def handle(self, text: str) -> str:
         """One input (a line, or a def block); returns what to print."""

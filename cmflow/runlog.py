@@ -1,8 +1,12 @@
 """The run directory: job output files, a GNU parallel joblog, JSON-lines records.
 
-Lines are written as jobs end and flushed at once, so a run that is killed
-leaves a truthful log of everything that finished. Whole files (the plan, the
-summary) are written to a temp file and renamed into place.
+Lines are written as jobs end and flushed before the event loop next waits
+(one write per file for all the jobs that ended in one turn of the loop, not
+two per job), so a run that is killed leaves a truthful log of everything that
+finished. Whole files (the plan, the summary) are written to a temp file and
+renamed into place, one top-level key or item per line, each compact: the C
+JSON encoder, never the slow indenting one, and a plan of a million jobs is
+streamed, not built as one document first.
 
 The joblog is byte for byte what GNU parallel's ``--joblog`` writes (its
 ``print_joblog``), because users hand it to ``parallel --retry-failed`` and
@@ -17,19 +21,23 @@ in its place and calls it done.
 """
 from __future__ import annotations
 
+import asyncio
 import json
+import operator
 import os
 import secrets
 import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+from .plan import Plan, PlanNode, PPar, PSeq, PSum, _node_json, job_json
 
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)   # not frozen: one is built per attempt, and a frozen one pays a setattr call per field
 class JobRecord:
     seq: int
     task: str
@@ -63,18 +71,22 @@ class JobRecord:
 
 
 _FIELDS = tuple(f.name for f in fields(JobRecord))
+_VALUES = operator.attrgetter(*_FIELDS)
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write a whole file or nothing: temp file in the same folder, then rename."""
+def write_atomic(path: Path, text: str | Iterable[str]) -> None:
+    """Write a whole file or nothing: temp file in the same folder, then rename. ``text`` may come in pieces."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            if isinstance(text, str):
+                f.write(text)
+            else:
+                f.writelines(text)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -101,10 +113,12 @@ class RunLog:
         self._joblog.write(JOBLOG_HEADER)
         self._joblog.flush()
         self._records = open(run_dir / "jobs.jsonl", "w", encoding="utf-8")
+        self._flush_due = False
 
     def paths(self, seq: int, attempt: int) -> tuple[Path, Path]:
-        stem = self.jobs_dir / f"{seq}.{attempt}"
-        return Path(f"{stem}.out"), Path(f"{stem}.err")
+        # two Paths joined onto the folder's, not three parsed from strings: this runs for every attempt
+        jobs, stem = self.jobs_dir, f"{seq}.{attempt}"
+        return jobs / f"{stem}.out", jobs / f"{stem}.err"
 
     def record(self, rec: JobRecord, final: bool = True) -> None:
         """One attempt: always a jobs.jsonl record; a joblog line when it is the job's last attempt."""
@@ -114,7 +128,7 @@ class RunLog:
             self._logged.add(rec.seq)
         else:
             self._pending[rec.seq] = rec
-        doc = {f: getattr(rec, f) for f in _FIELDS}   # not asdict(): it deep-copies every value
+        doc = dict(zip(_FIELDS, _VALUES(rec)))   # not asdict(): it deep-copies every value
         doc["runtime"] = round(rec.runtime, 6)
         try:
             line = json.dumps(doc, default=repr)
@@ -122,11 +136,29 @@ class RunLog:
             doc["value"] = repr(rec.value)
             line = json.dumps(doc, default=repr)
         self._records.write(line + "\n")
-        self._records.flush()
+        self._flush_soon()
 
     def _write_joblog(self, line: str) -> None:
         self._joblog.write(line)
-        self._joblog.flush()
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        """Flush once the jobs ending in this turn of the event loop are written (now, outside a loop)."""
+        if self._flush_due:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.flush()
+            return
+        self._flush_due = True
+        loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_due = False
+        for f in (self._joblog, self._records):
+            if not f.closed:
+                f.flush()
 
     def finish(self, jobs: Iterable[tuple[int, str]]) -> None:
         """At the end of a run: a line for each (seq, command) that has none yet.
@@ -142,12 +174,54 @@ class RunLog:
             self._logged.add(seq)
 
     def write_json(self, name: str, doc: Any) -> None:
-        write_atomic(self.dir / name, json.dumps(doc, indent=2, default=repr) + "\n")
+        write_atomic(self.dir / name, _json_lines(doc))
+
+    def write_plan(self, plan: Plan) -> None:
+        """plan.json: the flow, its jobs (one a line) and its structure, streamed."""
+        def chunks() -> Iterator[str]:
+            yield f'{{"flow": {json.dumps(plan.filename)},\n "jobs": [\n'
+            for i, job in enumerate(plan.jobs):
+                yield ("  " if not i else ",\n  ") + json.dumps(job_json(job), default=repr)
+            yield '\n ],\n "root": '
+            if plan.root is None:
+                yield "null"
+            else:
+                yield from _node_chunks(plan.root)
+            yield "\n}\n"
+        write_atomic(self.dir / "plan.json", chunks())
 
     def close(self) -> None:
         for f in (self._joblog, self._records):
             if not f.closed:
                 f.close()
+
+
+def _json_lines(doc: Any) -> Iterator[str]:
+    """JSON with one top-level key (or item) per line, each compact."""
+    if isinstance(doc, dict) and doc:
+        yield "{\n"
+        yield ",\n".join(f"  {json.dumps(k)}: {json.dumps(v, default=repr)}" for k, v in doc.items())
+        yield "\n}\n"
+    elif isinstance(doc, list) and doc:
+        yield "[\n"
+        yield ",\n".join(f"  {json.dumps(v, default=repr)}" for v in doc)
+        yield "\n]\n"
+    else:
+        yield json.dumps(doc, default=repr) + "\n"
+
+
+def _node_chunks(node: PlanNode) -> Iterator[str]:
+    """``_node_json(node)`` as text, a wide node's items streamed one by one."""
+    match node:
+        case PSeq(items) | PPar(items) | PSum(items) if len(items) > 1000:
+            yield f'{{"op": "{type(node).__name__[1:].lower()}", "items": ['
+            for i, item in enumerate(items):
+                if i:
+                    yield ", "
+                yield from _node_chunks(item)
+            yield "]}"
+        case _:
+            yield json.dumps(_node_json(node), default=repr)
 
 
 def joblog_line(rec: JobRecord, local: bool) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import traceback
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +83,37 @@ def options_of(fn: Callable) -> TaskOptions:
     return getattr(fn, _ATTR, DEFAULT_OPTIONS)
 
 
+_LOCAL = "__cmflow_local__"
+
+
+def local(fn: Callable) -> Callable:
+    """Mark a def as a local function: cmflow calls it in its own process on values
+    (when its run-time arguments are ready) and uses what it returns as a value.
+    It is not a job: it is not sent to any host and returns a value, not a command."""
+    if not callable(fn):
+        raise TypeError("@local decorates a def; write @local, not @local(...)")
+    setattr(fn, _LOCAL, True)
+    return fn
+
+
+def is_local(fn: Any) -> bool:
+    return getattr(fn, _LOCAL, False) is True
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def user_frames(exc: BaseException, heading: str = "the task's own frames") -> list[str]:
+    """The traceback without cmflow's own frames: the def's file and line are what matter."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PKG_DIR)]
+    out = [f"    Traceback ({heading}):"]
+    for f in frames:
+        out.append(f'      File "{f.filename}", line {f.lineno}, in {f.name}')
+        if f.line:
+            out.append(f"        {f.line}")
+    return out if frames else []
+
+
 class ModuleNotFound(Exception):
     pass
 
@@ -150,6 +182,6 @@ def public_tasks(module: types.ModuleType) -> dict[str, Callable]:
 def exec_inline_def(source: str, filename: str, first_line: int) -> dict[str, Any]:
     """Compile an inline def so its code objects carry the flow file's line numbers."""
     code = compile("\n" * (first_line - 1) + source + "\n", filename, "exec")
-    namespace: dict[str, Any] = {"task": task, "__name__": "__cmflow_flow__"}
+    namespace: dict[str, Any] = {"task": task, "local": local, "__name__": "__cmflow_flow__"}
     exec(code, namespace)  # noqa: S102 - the flow's own code, as a Python module would run
     return namespace

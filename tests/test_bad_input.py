@@ -256,3 +256,19 @@ def test_fuzz_finds_are_config_errors(text, what):
     with pytest.raises(ConfigError) as e:
         parse_inventory(text, "inv.yaml")
     assert what in str(e.value) and len(str(e.value)) < 300
+
+
+def test_nested_calls_fast_path_stays_within_the_limit():
+    from cmflow.fastparse import Fallback, fast_parse
+
+    for depth in (10, 48, 60, 99):
+        text = "f(" * depth + "a" + ")" * depth + "\n"
+        try:
+            fast = fast_parse(text, "f")
+        except Fallback:
+            fast = None
+        ref = parse_reference(text)
+        assert fast is None or fast == ref
+    with pytest.raises(FlowError) as e:
+        parse("f(" * 101 + "a" + ")" * 101 + "\n", "f.flow")
+    assert "nested too deeply" in str(e.value)

@@ -295,3 +295,47 @@ def test_live_display_shows_staging_and_fetching(tmp_path):
         assert "1 staging" in text and "1 fetching" in text and "0 running" in text and "↑↓··" in text
     finally:
         live.close()
+
+
+def test_status_while_the_run_goes(tmp_path):
+    """Two jobs hold (each blocks on a FIFO) while `cmflow status` reads the run from outside."""
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    flow = project(tmp_path, f'''
+        from cmflow import command
+        def hold(i): return command(f"cat data/part{{i}}.csv > o.txt; touch {tmp_path}/ready{{i}}; cat {fifo}",
+                                    inputs=[f"data/part{{i}}.csv"], outputs=["o.txt"])
+        def quick(): return command("echo q > q.txt", outputs=["q.txt"])
+        ''', "from tk import *\n(hold(1) | hold(2)); quick\n")
+    (tmp_path / "inv.yaml").write_text("hosts:\n  here: {local: true, slots: 4}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", str(flow), "--hosts", str(tmp_path / "inv.yaml"),
+                             "--run-dir", str(tmp_path / "run"), "-q"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((tmp_path / "ready1").exists() and (tmp_path / "ready2").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        st = json.loads(cmflow("status", str(tmp_path / "run"), "--format", "json").stdout)
+        assert not st["finished"] and st["hosts"]["here"]["running"] == 2
+        assert st["done"] == 0 and st["waiting"] == 1 and st["total"] == 3
+        text = cmflow("status", str(tmp_path / "run")).stdout
+        assert ": running, 0/3 done" in text
+    finally:
+        try:   # both readers get EOF: the jobs end (no reader, the run is gone already: nothing to release)
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            proc.kill()
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    st = json.loads(cmflow("status", str(tmp_path / "run"), "--format", "json").stdout)
+    assert st["finished"] and st["done"] == 3 and st["hosts"]["here"]["bytes_fetched"] == 4 + 4 + 2
+    watch = cmflow("status", str(tmp_path / "run"), "--watch")
+    assert watch.returncode == 0 and "finished ok, 3/3 done" in watch.stdout

@@ -41,6 +41,19 @@ SHAPES = [
     ("(a\n | b\n)", A.Par((a, b))),
     ("f(1,\n  2)", A.Call(n("f"), (1, 2))),
     ("a + # comment\n b", A.Sum((a, b))),
+    ("par(run(n) for n in range(8))",
+     A.Gen(n("par"), A.Call(n("run"), (n("n"),)), (A.For(("n",), A.Call(n("range"), (8,))),))),
+    ("sum(f(i, s) for i in range(1, 5) for s in ['x', 'y'])",
+     A.Gen(n("sum"), A.Call(n("f"), (n("i"), n("s"))),
+           (A.For(("i",), A.Call(n("range"), (1, 5))), A.For(("s",), ("x", "y"))))),
+    ("par(setup @ h for h in hosts(node[01-04]))",
+     A.Gen(n("par"), A.Placed(n("setup"), "h"), (A.For(("h",), A.HostsOf("node[01-04]")),))),
+    ("seq(a for x, y in [[1, 'x']])", A.Gen(n("seq"), a, (A.For(("x", "y"), ((1, "x"),)),))),
+    ("report(a | b)", A.Call(n("report"), (A.Par((a, b)),))),
+    ("plot(fit(x), bins=20)", A.Call(n("plot"), (A.Call(n("fit"), (n("x"),)),), (("bins", 20),))),
+    ("twice(sq(3))", A.Call(n("twice"), (A.Call(n("sq"), (3,)),))),
+    ("fold(f, a | b)", A.Call(n("fold"), (n("f"), A.Par((a, b))))),
+    ("hosts + b", A.Sum((n("hosts"), b))),
 ]
 
 
@@ -77,6 +90,10 @@ def test_inline_def_is_captured_with_decorators():
     ("a @", "1:4", "unexpected end of input"),
     ("f(x=1, 2)", "1:1", "positional argument after keyword argument"),
     ("a $ b", "1:3", "unexpected character '$'"),
+    ("par(1 for i in range(3))", "1:7", "unexpected 'for'"),
+    ("par(a for i range(3))", "1:13", "expected"),
+    ("par(a for i in hosts())", "1:22", "unexpected ')'"),
+    ("f(a, b for i in [1])", "1:8", "unexpected 'for'"),
     ("f('abc)", "1:3", "unterminated string"),
 ])
 def test_syntax_errors_are_positioned(text, where, message):
@@ -102,6 +119,28 @@ leaves = st.one_of(names.map(lambda x: A.Name(tuple(x.split(".")))), calls)
 targets = st.sampled_from(["h1", "gpu", "node[01-04]", "web-1", "a b", "x.y"])
 
 
+loop_names = st.sampled_from(["i", "n", "h", "x_1"])
+iterables = st.one_of(
+    st.builds(lambda args: A.Call(A.Name(("range",)), tuple(args)),
+              st.lists(st.one_of(st.integers(-5, 20), loop_names.map(lambda x: A.Name((x,)))), min_size=1, max_size=3)),
+    st.builds(A.HostsOf, targets),
+    st.lists(literals, max_size=3).map(tuple),
+    names.map(lambda x: A.Name(tuple(x.split(".")))),
+)
+clauses = st.builds(A.For, st.lists(loop_names, min_size=1, max_size=2).map(tuple), iterables)
+
+
+def _v2(inner):
+    """v2 forms: calls with expression arguments, generators."""
+    args = st.one_of(st.integers(-5, 5), st.text(st.characters(blacklist_characters="\0"), max_size=3), inner)
+    return st.one_of(
+        st.builds(lambda nm, a, kw: A.Call(A.Name(tuple(nm.split("."))), tuple(a), tuple(kw.items())),
+                  names, st.lists(args, max_size=3), st.dictionaries(st.sampled_from(["k", "n"]), args, max_size=2)),
+        st.builds(lambda nm, item, cl: A.Gen(A.Name((nm,)), item, tuple(cl)),
+                  st.sampled_from(["par", "sum", "seq", "mean"]), inner, st.lists(clauses, min_size=1, max_size=2)),
+    )
+
+
 def _exprs():
     return st.recursive(
         leaves,
@@ -110,17 +149,18 @@ def _exprs():
             st.lists(inner, min_size=2, max_size=4).map(A.par),
             st.lists(inner, min_size=2, max_size=4).map(A.plus),
             st.builds(A.Placed, inner, targets),
+            _v2(inner),
         ), max_leaves=12)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_exprs())
 def test_unparse_parse_round_trip(tree):
     text = A.unparse(tree)
     assert parse_expr(text) == tree, text
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(_exprs(), min_size=1, max_size=3))
 def test_flow_round_trip(exprs):
     flow = A.Flow((A.Import("tasks", "t"), A.FromImport("m", (("a", "b"),)),
@@ -129,9 +169,11 @@ def test_flow_round_trip(exprs):
 
 
 ALPHABET = "ab()|;+@=,.[]'\"\n #:01xyz_-\t\\*"
+V2_WORDS = st.sampled_from(["for ", " in ", "hosts(", "range(", "par(", "sum(", "f(", "n", ")", ",", "[", "]",
+                            " ", "\n", "1", "'x'", "@ h", "|", "=", "a"])
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=ALPHABET, max_size=40))
 def test_fuzz_only_positioned_errors(text):
     try:
@@ -141,7 +183,7 @@ def test_fuzz_only_positioned_errors(text):
         assert all(d.line >= 1 and d.column >= 1 for d in e.diagnostics)
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(st.text(max_size=30))
 def test_fuzz_any_unicode(text):
     try:
@@ -186,7 +228,7 @@ def same_as_reference(text: str) -> None:
     assert positions(fast) == positions(ref), text
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_exprs(), min_size=1, max_size=3), st.sampled_from(["", "\n", "  # c\n", "\n\n"]))
 def test_fast_path_matches_reference_on_generated_flows(exprs, gap):
     from cmflow.fastparse import fast_parse
@@ -199,13 +241,32 @@ def test_fast_path_matches_reference_on_generated_flows(exprs, gap):
     same_as_reference(text)
 
 
-@settings(max_examples=1500)
+@settings(max_examples=1500, deadline=None)
 @given(st.text(alphabet=ALPHABET + "def@TrueNonas-", max_size=60))
 def test_fast_path_matches_reference_on_random_text(text):
     same_as_reference(text)
 
 
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(V2_WORDS, max_size=25).map("".join))
+def test_fast_path_matches_reference_on_v2_fragments(text):
+    same_as_reference(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(V2_WORDS, max_size=25).map("".join))
+def test_v2_fragments_only_positioned_errors(text):
+    try:
+        parse(text, "fuzz.flow")
+    except FlowError as e:
+        assert str(e).startswith("fuzz.flow:")
+        assert all(d.line >= 1 and d.column >= 1 for d in e.diagnostics)
+
+
 def test_fast_path_positions_examples():
     for text in ["(a | b) @ h; c\n", "import t\nx = (a;\n b) + t.c(1, [2], k='v')\n",
-                 "a |\n  b @\n  h1 + c\n", "from m import *\n\n\n# x\nf(-1, +2.5e3)\n"]:
+                 "a |\n  b @\n  h1 + c\n", "from m import *\n\n\n# x\nf(-1, +2.5e3)\n",
+                 "par(run(n) for n in range(8))\n", "x = sum(\n  f(i, j)\n  for i in range(3)\n  for j in [1, 2])\n",
+                 "par(setup @ h for h in hosts(node[01-04])) ; report(a | b, k=(c))\n",
+                 "fold(f, par(g(x) for x, y in [[1, 'a']]))\n", "twice(sq(3))\n"]:
         same_as_reference(text)

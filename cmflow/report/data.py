@@ -201,6 +201,11 @@ def host_figures(data: RunData) -> list[dict[str, Any]]:
     return out
 
 
+def _operands(node: dict[str, Any]) -> list[dict[str, Any]]:
+    # a deferred call or a local function ("op": "call" / "local") waits for its inputs
+    return node.get("items") or node.get("inputs") or []
+
+
 def critical_path(data: RunData) -> list[int]:
     """The chain of jobs that decided the run's end: every step of a Seq, the latest-finishing operand of a
     Par or Sum. Jobs that did not run in this run (cached, never started) count as finishing at once."""
@@ -223,13 +228,13 @@ def critical_path(data: RunData) -> list[int]:
         elif node["op"] == "seq":
             path: list[int] = []
             end = 0.0
-            for item in node["items"]:
+            for item in _operands(node):
                 e, p = walk(item)
                 path += p
                 end = max(end, e)
             got = (end, path)
         else:
-            got = max((walk(item) for item in node["items"]), key=lambda t: t[0], default=(0.0, []))
+            got = max((walk(item) for item in _operands(node)), key=lambda t: t[0], default=(0.0, []))
         memo[key] = got
         return got
 

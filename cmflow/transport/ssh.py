@@ -79,8 +79,10 @@ def ssh_base_argv(host: Host, ssh_config: str | None, connect_timeout: float = C
 
 
 class SshTransport(SlotTransport):
-    def __init__(self, host: Host, ssh_config: str | None = None, connect_timeout: float = CONNECT_TIMEOUT):
+    def __init__(self, host: Host, ssh_config: str | None = None, connect_timeout: float = CONNECT_TIMEOUT,
+                 window: asyncio.Semaphore | None = None):
         super().__init__(host)
+        self._window = window     # the run's fanout: connections being opened at once, all hosts
         self.base = ssh_base_argv(host, ssh_config, connect_timeout)
         self._dir: str | None = None
         self._n_masters = max(1, -(-host.slots // SESSIONS_PER_MASTER))
@@ -113,7 +115,11 @@ class SshTransport(SlotTransport):
         self._masters[index] = (path, fut)
         try:
             async with self._master_lock:
-                await self._start_master(path)
+                if self._window is None:
+                    await self._start_master(path)
+                else:
+                    async with self._window:
+                        await self._start_master(path)
         except BaseException as e:
             fut.set_exception(e if isinstance(e, Exception) else ConnectionLost("cancelled"))
             fut.exception()  # mark retrieved
