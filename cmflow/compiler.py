@@ -29,6 +29,7 @@ from .tasks import (ModuleNotFound, TaskLoader, exec_inline_def, is_local, optio
                     user_frames)
 
 _MISSING = object()
+MAX_ITEMS = 1_000_000     # items one generator (fan-out) may make: a flow of a few bytes stays cheap
 _PLAN_KIND = {ast.Seq: PSeq, ast.Par: PPar, ast.Sum: PSum}
 
 
@@ -420,6 +421,11 @@ class _Compiler:
                 if env is None:
                     ok = False
                     continue
+                if len(items) >= MAX_ITEMS:
+                    # a generator is an expansion like a node range: bounded, and the error says so
+                    self.error(node.pos, f"generator makes more than {MAX_ITEMS} items", len(node.name.dotted))
+                    ok = False
+                    break
                 # names resolve per item: the identity cache holds only within one item
                 self.env, self._refs = env, {}
                 item = self.expr(node.item, target)
@@ -486,6 +492,10 @@ class _Compiler:
                         return None
                     nums.append(a)
                 try:
+                    if len(range(*nums)) > MAX_ITEMS:
+                        self.error(it.pos, f"range{tuple(nums)!r} has more than {MAX_ITEMS} values"
+                                   .replace(",)", ")"), 5)
+                        return None
                     return list(range(*nums))
                 except (TypeError, ValueError) as e:
                     self.error(it.pos, f"range{tuple(nums)!r}: {e}".replace(",)", ")"), 5)
