@@ -205,7 +205,8 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
                 inv = await clusters.open(inv)
                 _write_hosts(log, inv)
             shown = _observers(display, plan, inv)
-            status = StatusLog(rdir, len(plan.jobs), {h.name: h.slots for h in inv.hosts})
+            # a deferred call (built at run time) is a job too, at most one each
+            status = StatusLog(rdir, len(plan.jobs) + plan.deferred(), {h.name: h.slots for h in inv.hosts})
             window = asyncio.Semaphore(options.fanout)   # ssh handshakes at once, all hosts together
             executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters, window) for h in inv.hosts}, log,
                                 options, [*shown, status, *observers], files=files, journal=journal,

@@ -439,7 +439,7 @@ class Executor:
                 static = self._static_calls().get(key)
                 fut = self._nodes[key] = self._eval(JobRef(static)) if static is not None else \
                     self._build_and_submit(node, args, kwargs)
-            self._then(fut, out.set_result)
+            self._then(fut, lambda _i, r: out.set_result(r), 0)   # _then passes (index, result)
 
         self._inputs(node, out, ready)
 

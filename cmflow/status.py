@@ -92,15 +92,14 @@ class Status:
         return asdict(self)
 
 
-def latest_run(root: Path = Path("runs")) -> Path:
-    """The most recently started run directory under ./runs."""
-    try:
-        runs = [p for p in root.iterdir() if (p / EVENTS).is_file() or (p / "plan.json").is_file()]
-    except OSError:
-        runs = []
-    if not runs:
-        raise UsageError(f"no run directory under {root}/ (give one: cmflow status RUN_DIR)")
-    return max(runs, key=lambda p: ((p / EVENTS).stat().st_mtime if (p / EVENTS).exists() else 0, p.name))
+def latest_run() -> Path:
+    """The newest run under ./runs (``runs/latest`` when it points at one)."""
+    from .rundir import latest_run as newest
+
+    found = newest()
+    if found is None:
+        raise UsageError("no run directory under runs/ (give one: cmflow status RUN_DIR)")
+    return found
 
 
 def read_status(run_dir: Path, now: float | None = None) -> Status:
@@ -159,6 +158,7 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     done = sum(1 for e in ended.values() if e.get("ok"))
     failed = len(ended) - done
     waiting = 0 if finished else max(total - len(ended) - len({k[0] for k in live}), 0)
+    total = max(total, len(ended) + len({k[0] for k in live}))   # a deferred call equal to a planned job
     remaining = total - len(ended)
     eta = None
     if not finished and ended and remaining > 0:

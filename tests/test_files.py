@@ -227,9 +227,11 @@ def test_files_arguments_are_staged_under_their_job_names(tmp_path):
     other = tmp_path / "out.json"
     other.write_text("[]")
     files = Files([str(a / "out.json"), str(b / "out.json")])
-    args, kwargs, staged = stage_arguments([files, 3], {"more": [Files([str(other)])]})
+    args, kwargs, staged = stage_arguments([files, 3], {"more": [Files([str(other)]), 1]})
     assert args == [Files(["1-analyse/out.json", "2-analyse/out.json"]), 3]
-    assert kwargs == {"more": [Files(["out.json"])]}
+    assert kwargs == {"more": [Files(["out.json"]), 1]}
+    flat, _, _ = stage_arguments([[Files([str(a / "out.json")]), Files([str(b / "out.json")])]], {})
+    assert flat == [Files(["1-analyse/out.json", "2-analyse/out.json"])]     # par(...) of Files: one Files
     assert [(i.dest, Path(i.source).parent.name) for i in staged] == \
         [("1-analyse/out.json", "1-analyse"), ("2-analyse/out.json", "2-analyse"), ("out.json", tmp_path.name)]
     cmd, jf = job_files(command("cat " + " ".join(args[0]) + " > merged", outputs=["merged"]), None, tmp_path,

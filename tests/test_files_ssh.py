@@ -267,3 +267,42 @@ def test_host_lost_while_moving_files_fails_over(tmp_path, state):
     finally:
         hosts.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_done_when_sixteen_staged_jobs_reduced_by_merge_over_three_hosts(hosts_with_workdirs, tmp_path):
+    """The issue's done-when: 16 jobs read a staged input and write an output; `merge` receives the 16
+    fetched files (staged to wherever it runs) and writes the merged file, equal to computing it here."""
+    inv_file, dirs = hosts_with_workdirs
+    (tmp_path / "data").mkdir()
+    for i in range(16):
+        (tmp_path / "data" / f"part{i}.txt").write_text("".join(f"{(i * 37 + k * 11) % 101}\n" for k in range(30)))
+    (tmp_path / "tk.py").write_text(textwrap.dedent('''
+        from cmflow import command
+
+        def analyse(i):
+            return command(f"sort -n data/part{i}.txt | awk '{{s += $1}} END {{print {i}, NR, s}}' > out.txt",
+                           inputs=[f"data/part{i}.txt"], outputs=["out.txt"])
+
+        def merge(parts):
+            return command("cat " + " ".join(parts) + " | sort -n > merged.txt", outputs=["merged.txt"])
+        '''))
+    (tmp_path / "f.flow").write_text("from tk import analyse, merge\nmerge(par(analyse(i) for i in range(16)))\n")
+    r = cmflow("run", "f.flow", "--hosts", str(inv_file), "--run-dir", "run", "--format", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    (merged,) = json.loads(r.stdout)
+    local = "".join(f"{i} 30 {sum((i * 37 + k * 11) % 101 for k in range(30))}\n" for i in range(16))
+    assert Path(merged).read_text() == local
+    # every output in results/, verified (the journal's record of each fetch matches the bytes)
+    run = tmp_path / "run"
+    fetched = [json.loads(line) for line in (run / "journal.jsonl").read_text().splitlines()
+               if '"fetched"' in line]
+    assert len(fetched) == 17
+    for ev in fetched:
+        for f in ev["files"]:
+            data = (run / f["path"]).read_bytes()
+            assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"]
+    assert leftovers(dirs) == []
+    st = json.loads(cmflow("status", str(run), "--format", "json").stdout)
+    assert st["finished"] and st["done"] == 17
+    busy = {n: h for n, h in st["hosts"].items() if h["done"]}
+    assert len(busy) >= 2 and all(h["bytes_sent"] > 0 and h["bytes_fetched"] > 0 for h in busy.values())

@@ -2,8 +2,9 @@
 
 The executor calls a def whose arguments are other jobs' values (language
 v2). Before it does, ``stage_arguments`` swaps every ``Files`` value (also
-inside lists and dicts) for the names its files will have in the new job's
-work directory, and returns those files as inputs: the def builds its command
+inside lists and dicts; a list of nothing but Files, the value of
+``par(...)``, becomes one Files) for the names its files will have in the new
+job's work directory, and returns those files as inputs: the def builds its command
 from names that exist where it runs. ``job_files`` then resolves what the def
 returned, exactly as the compiler does for a call with literal arguments.
 """
@@ -31,6 +32,9 @@ def stage_arguments(args: list[Any], kwargs: dict[str, Any]) -> tuple[list[Any],
     inputs: dict[str, Input] = {}
 
     def swap(value: Any) -> Any:
+        if isinstance(value, list) and value and all(isinstance(v, Files) for v in value):
+            # par(...) of jobs with outputs: the def gets their files as one Files, in order (as sum(...) gives)
+            value = sum(value, Files())
         if isinstance(value, Files):
             names = []
             for path in value:
