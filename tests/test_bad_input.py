@@ -272,3 +272,13 @@ def test_nested_calls_fast_path_stays_within_the_limit():
     with pytest.raises(FlowError) as e:
         parse("f(" * 101 + "a" + ")" * 101 + "\n", "f.flow")
     assert "nested too deeply" in str(e.value)
+
+
+def test_a_generator_is_bounded(flowdir):
+    """A fan-out is an expansion too: range(10**8) is refused at once with the limit."""
+    from cmflow.compiler import MAX_ITEMS, compile_text
+
+    flowdir("t.py", "def a(i):\n    return f'echo {i}'\n")
+    with pytest.raises(FlowError) as e:
+        compile_text("from t import a\nmax(a(i) for i in range(100000000))\n", str(flowdir.path / "f.flow"))
+    assert f"range(100000000) has more than {MAX_ITEMS} values" in str(e.value)
