@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -28,7 +29,7 @@ from .parser import parse_expr
 from .plan import Plan
 from .resume import ResumeIndex
 from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
-from .runlog import RunLog, new_run_id
+from .runlog import RunLog, new_run_id, write_atomic
 from .status import StatusLog
 from .tasks import TaskLoader
 from .transport import Transport
@@ -128,7 +129,7 @@ def resume_source(plan: Plan, run_dir: str | Path | None, root: Path = Path("run
     """The run a resume reuses: the given directory, else the latest run of this flow under root."""
     if run_dir is not None:
         src = Path(run_dir)
-        if not (src / "journal.jsonl").is_file():
+        if not (src / "journal.jsonl").is_file() and not (src / "run.json").is_file():
             raise UsageError(f"--resume: {src} is not a run directory with a journal")
         return src
     src = latest_run(root, flow_id(plan))
@@ -176,17 +177,18 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
         lock = RunLock(rdir)
     except RunBusy as e:
         raise _busy(e) from None
-    log = RunLog(rdir, {h.name for h in inv.hosts if h.local})
-    journal = Journal(rdir)
     started = time.time()
-    files = FileMover(rdir, options.keep_remote)
-    status: StatusLog | None = None
-    log.write_json("run.json", {
+    # first, so that even a run killed at once tells a resume which run it was resuming
+    write_atomic(rdir / "run.json", json.dumps({
         "id": rdir.name, "flow": flow_id(plan), "argv": ["cmflow", *sys.argv[1:]] if sys.argv[0].endswith(("cmflow", "__main__.py")) else sys.argv, "cwd": os.getcwd(), "started": started,
         "pid": os.getpid(), "controller": socket.gethostname(), "jobs": len(plan.jobs),
-        "resumed_from": str(resume) if resume is not None else None,
+        "resumed_from": str(Path(resume).resolve()) if resume is not None else None,
         "options": {"jobs": options.jobs, "timeout": options.timeout, "retries": options.retries,
-                    "halt": options.halt, "deep": options.deep}})
+                    "halt": options.halt, "deep": options.deep}}, indent=2) + "\n")
+    log = RunLog(rdir, {h.name for h in inv.hosts if h.local})
+    journal = Journal(rdir)
+    files = FileMover(rdir, options.keep_remote)
+    status: StatusLog | None = None
     _write_hosts(log, inv)
     log.write_plan(plan)
     point_latest(rdir)

@@ -24,6 +24,7 @@ from .files.mover import FileMover, Moved, safe_name
 from .files.runtime import job_files, stage_arguments
 from .files.spec import Command, SpecError
 from .files.value import Files
+from . import _gc
 from .hosts import Host, Inventory
 from .journal import Journal, KeyParts, Keys, job_inputs
 from .plan import Deferred, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum, fill
@@ -211,12 +212,17 @@ class Executor:
         self._static: dict[tuple, Job] | None = None
         self.journal = journal
         self.resume = resume
+        self._phase_marks: dict[tuple[int, int], list[tuple[str, float]]] = {}   # (job, attempt) -> (state, time)
         self.keys = Keys(options.deep)
 
     # ---------------------------------------------------------------- driver
     async def run(self) -> RunResult:
         if self.plan.root is None:
             return RunResult(True, None)
+        with _gc.relaxed():
+            return await self._run(self.plan.root)
+
+    async def _run(self, root_node: PlanNode) -> RunResult:
         result: Result | None = None
         halted = False
         self._loop = asyncio.get_running_loop()
@@ -225,7 +231,7 @@ class Executor:
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                root = self._eval(self.plan.root)
+                root = self._eval(root_node)
                 halt = tg.create_task(self._halt_now.wait())
                 await asyncio.wait([root, halt, self._fatal], return_when=asyncio.FIRST_COMPLETED)
                 if self._fatal.done():
@@ -629,7 +635,10 @@ class Executor:
         if self.files is None:
             self.files = FileMover(self.log.dir, self.options.keep_remote)
 
+        marks = self._phase_marks[(job.id, attempt)] = []
+
         def emit(state: str, sent: int = 0, fetched: int = 0) -> None:
+            marks.append((state, time.time()))   # the report draws staging/running/fetching from these
             self._emit_optional("job_files", job, host, attempt, state, sent, fetched)
 
         assert job.files is not None
@@ -732,7 +741,9 @@ class Executor:
                 "timed_out": outcome.timed_out, "connection_failed": outcome.connection_failed,
                 "error": rec.error, "stdout": f"jobs/{out.name}" if outcome.stdout_bytes else "",
                 "stderr": f"jobs/{err.name}" if outcome.stderr_bytes else "",
-                "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes})
+                "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes,
+                **({"bytes_sent": moved.bytes_sent, "bytes_fetched": moved.bytes_fetched} if moved else {}),
+                **_phases(self._phase_marks.pop((job.id, attempt), ()), time.time())})
         self._emit("job_ended", rec, final, isinstance(result, Ok))
 
     def _fail(self, failure: Failure) -> Failure:
@@ -743,6 +754,16 @@ class Executor:
         elif self.options.halt == "soon":
             self.scheduler.close()
         return failure
+
+
+def _phases(marks: Sequence[tuple[str, float]], end: float) -> dict[str, Any]:
+    """State changes of a job with files -> {"phases": {"staging": [t0, t1], ...}} for the journal."""
+    spans: dict[str, list[float]] = {}
+    for i, (state, t) in enumerate(marks):
+        if state in ("staging", "running", "fetching"):
+            nxt = marks[i + 1][1] if i + 1 < len(marks) else end
+            spans[state] = [round(t, 6), round(max(nxt, t), 6)]
+    return {"phases": spans} if spans else {}
 
 
 def _frames(exc: BaseException, heading: str = "the task's own frames") -> str:

@@ -6,7 +6,10 @@ as ``cmflow run`` does the work.
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence, TextIO
@@ -19,7 +22,8 @@ from .hosts import Inventory
 from .ast import ExprStmt, Flow, Stmt
 from .parser import parse
 from .plan import render_text
-from .runlog import new_run_id
+from .rundir import SESSION, RunLock
+from .runlog import new_run_id, write_atomic
 from .tasks import TaskLoader
 
 HELP = """Enter a flow expression to run it, e.g.  a | b   or   (a | b); a + b
@@ -39,6 +43,25 @@ class Session:
     task_dirs: list[str] = field(default_factory=list)   # folders of --tasks files, searched first
     statements: list[Stmt] = field(default_factory=list)     # parsed once, each from its own input
     run_root: Path = Path("runs")
+    session_dir: Path | None = field(default=None, init=False)   # runs/repl-ID, made at the first evaluation
+    evaluations: int = field(default=0, init=False)
+    _lock: RunLock | None = field(default=None, init=False, repr=False)
+
+    def next_run_dir(self) -> Path:
+        """The session shares one folder: each evaluation is a run directory inside it (0001, 0002, ...)."""
+        if self.session_dir is None:
+            d = self.run_root / f"repl-{new_run_id()}"
+            d.mkdir(parents=True, exist_ok=True)
+            write_atomic(d / SESSION, json.dumps({"kind": "repl", "started": time.time(), "pid": os.getpid()}) + "\n")
+            self._lock = RunLock(d)   # held while the session lasts: runs clean leaves it alone
+            self.session_dir = d
+        self.evaluations += 1
+        return self.session_dir / f"{self.evaluations:04d}"
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _compile(self, text: str, new: tuple[Stmt, ...]):
         # error positions are those of the new input: earlier statements compiled already
@@ -60,8 +83,7 @@ class Session:
             self.statements.extend(new)
             return ""
         plan = self._compile(text, new)
-        run = api.run_sync(plan, self.inventory, self.options, self.run_root / f"repl-{new_run_id()}",
-                           display="quiet")
+        run = api.run_sync(plan, self.inventory, self.options, self.next_run_dir(), display="quiet")
         if run.result.ok:
             from .cli import format_value
 
@@ -97,33 +119,36 @@ def run_repl(tasks: Sequence[str], inventory: Inventory, stdin: TextIO = sys.std
         except ImportError:
             pass
         stdout.write("cmflow repl: :help for help, Ctrl-D to leave\n")
-    while True:
-        try:
-            line = input("cmflow> ") if interactive else stdin.readline()
-        except EOFError:
-            break
-        except KeyboardInterrupt:
-            stdout.write("\n")
-            continue
-        if not interactive and line == "":
-            break
-        if line.strip() in (":quit", ":q", ":exit"):
-            break
-        block = line if line.endswith("\n") else line + "\n"
-        if line.lstrip().startswith(("def ", "@")):
-            # a def block: read on until a blank line
-            while True:
-                more = input("   ...> ") if interactive else stdin.readline()
-                if not more.strip():
-                    break
-                block += more if more.endswith("\n") else more + "\n"
-        try:
-            out = session.handle(block)
-        except CmflowError as e:
-            out = str(e)
-        except KeyboardInterrupt:
-            out = "interrupted"
-        if out:
-            stdout.write(out + "\n")
-            stdout.flush()
+    try:
+        while True:
+            try:
+                line = input("cmflow> ") if interactive else stdin.readline()
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                stdout.write("\n")
+                continue
+            if not interactive and line == "":
+                break
+            if line.strip() in (":quit", ":q", ":exit"):
+                break
+            block = line if line.endswith("\n") else line + "\n"
+            if line.lstrip().startswith(("def ", "@")):
+                # a def block: read on until a blank line
+                while True:
+                    more = input("   ...> ") if interactive else stdin.readline()
+                    if not more.strip():
+                        break
+                    block += more if more.endswith("\n") else more + "\n"
+            try:
+                out = session.handle(block)
+            except CmflowError as e:
+                out = str(e)
+            except KeyboardInterrupt:
+                out = "interrupted"
+            if out:
+                stdout.write(out + "\n")
+                stdout.flush()
+    finally:
+        session.close()
     return 0

@@ -15,6 +15,7 @@ from typing import Any
 
 from .journal import JOURNAL, KeyParts, read_journal
 from .plan import Job
+from .rundir import read_json
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,22 @@ class ResumeIndex:
 
     @classmethod
     def load(cls, run_dir: Path) -> "ResumeIndex":
+        """The results of run_dir and of the runs it resumed, newest last: a resume killed before it
+        adopted every earlier result must not lose those results for the next resume."""
         index = cls(run_dir)
+        chain: list[Path] = []
+        d: Path | None = run_dir
+        while d is not None and d.resolve() not in {c.resolve() for c in chain}:
+            chain.append(d)
+            meta = read_json(d / "run.json") or {}
+            prev = meta.get("resumed_from")
+            d = Path(meta.get("cwd") or ".", prev) if prev else None   # an absolute prev ignores cwd
+        for d in reversed(chain):
+            index._read(d)
+        return index
+
+    def _read(self, run_dir: Path) -> None:
+        index = self
         files: dict[str, tuple[dict[str, Any], ...]] = {}
         for ev in read_journal(run_dir / JOURNAL):
             key = ev.get("key")
@@ -72,7 +88,6 @@ class ResumeIndex:
             if key in index.by_key:
                 e = index.by_key[key]
                 index.by_key[key] = Entry(e.run_dir, e.doc, e.state, fs)
-        return index
 
     def _put(self, entry: Entry) -> None:
         doc = entry.doc
@@ -119,6 +134,9 @@ class ResumeIndex:
             if path not in before:
                 return f"input {path} is new"
             if before[path] != fp:
+                if before[path].startswith("sha256:") != fp.startswith("sha256:"):
+                    now = "by content (--deep)" if fp.startswith("sha256:") else "by size and mtime"
+                    return f"input {path} compared {now} now, not as before"
                 return f"input {path} changed"
         for path in before:
             if path not in dict(parts.inputs):

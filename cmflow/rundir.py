@@ -24,6 +24,7 @@ from .journal import JOURNAL, read_journal
 
 RUNS_ROOT = Path("runs")
 LATEST = "latest"
+SESSION = "session.json"
 
 
 # ------------------------------------------------------------------ writing side (the controller)
@@ -78,7 +79,9 @@ def is_running(run_dir: Path) -> bool:
 def point_latest(run_dir: Path) -> None:
     """Make ``<runs root>/latest`` a relative symlink to run_dir (atomically), when run_dir sits in a
     folder named ``runs`` (a run dir chosen elsewhere with --run-dir leaves its folder alone)."""
-    parent = run_dir.parent
+    parent, target = run_dir.parent, run_dir.name
+    if is_session_dir(parent):              # an evaluation of a REPL session: runs/latest -> repl-ID/0003
+        parent, target = parent.parent, f"{parent.name}/{run_dir.name}"
     if parent.name != RUNS_ROOT.name:
         return
     tmp = parent / f".{LATEST}.{os.getpid()}"
@@ -86,7 +89,7 @@ def point_latest(run_dir: Path) -> None:
         os.unlink(tmp)
     except FileNotFoundError:
         pass
-    os.symlink(run_dir.name, tmp)
+    os.symlink(target, tmp)
     os.replace(tmp, parent / LATEST)
 
 
@@ -101,7 +104,8 @@ class RunInfo:
 
     @property
     def id(self) -> str:
-        return self.dir.name
+        # an evaluation of a REPL session is named session/evaluation
+        return f"{self.dir.parent.name}/{self.dir.name}" if is_session_dir(self.dir.parent) else self.dir.name
 
     @property
     def flow(self) -> str:
@@ -147,6 +151,11 @@ def is_run_dir(path: Path) -> bool:
         (path / n).exists() for n in ("run.json", "plan.json", JOURNAL, "joblog"))
 
 
+def is_session_dir(path: Path) -> bool:
+    """A REPL session's folder: one per session, each evaluation a run directory inside it."""
+    return (path / SESSION).is_file()
+
+
 def read_run(run_dir: Path) -> RunInfo:
     return RunInfo(run_dir, read_json(run_dir / "run.json") or {}, read_json(run_dir / "summary.json"),
                    is_running(run_dir))
@@ -156,7 +165,12 @@ def list_runs(root: Path = RUNS_ROOT) -> list[RunInfo]:
     """Every run directory under root, oldest first."""
     if not root.is_dir():
         return []
-    runs = [read_run(p) for p in root.iterdir() if is_run_dir(p)]
+    runs = []
+    for p in root.iterdir():
+        if is_run_dir(p):
+            runs.append(read_run(p))
+        elif is_session_dir(p) and not p.is_symlink():
+            runs += [read_run(c) for c in p.iterdir() if is_run_dir(c)]
     return sorted(runs, key=lambda r: (r.started, r.id))
 
 
@@ -199,6 +213,9 @@ def remove_runs(runs: list[RunInfo]) -> Iterator[RunInfo]:
         if r.running or is_running(r.dir):
             continue
         shutil.rmtree(r.dir, ignore_errors=True)
+        parent = r.dir.parent
+        if is_session_dir(parent) and not is_running(parent) and not any(is_run_dir(c) for c in parent.iterdir()):
+            shutil.rmtree(parent, ignore_errors=True)   # a REPL session with no evaluation left
         yield r
 
 

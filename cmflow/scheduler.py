@@ -20,8 +20,10 @@ by another class, a host marked down, a cancelled request) are dropped
 lazily when they reach the front, each once.
 
 A request is a small object, not a Task: the executor subclasses
-``Request`` and is called back (``granted`` / ``refused``) from inside
-``release``; ``acquire`` wraps the same in a Future for coroutine callers.
+``Request`` and is called back (``granted`` / ``refused``); ``acquire`` wraps
+the same in a Future for coroutine callers. A worker that finishes a job calls
+``handoff``: the oldest request that may use that very slot comes back to it
+directly (no release, no grant, no new Task), else the slot is released.
 """
 from __future__ import annotations
 

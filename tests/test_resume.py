@@ -55,10 +55,16 @@ def start_run(cwd: Path, *args: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def kill_after(proc: subprocess.Popen, counter: Path, more: int, timeout: float = 60) -> bool:
-    """SIGKILL proc once the counter has grown by `more` lines; False if the run ended first."""
-    target = len(lines(counter)) + more
+def kill_after(proc: subprocess.Popen, run_dir: Path, counter: Path, more: int, timeout: float = 60) -> bool:
+    """SIGKILL proc once its run has begun (its journal exists: jobs still finishing from an earlier
+    kill must not trigger this one) and the counter has grown by `more` lines; False if it ended first."""
     deadline = time.monotonic() + timeout
+    while proc.poll() is None and not (run_dir / "journal.jsonl").exists():
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("the run did not start")
+        time.sleep(0.01)
+    target = len(lines(counter)) + more
     while proc.poll() is None and len(lines(counter)) < target:
         if time.monotonic() > deadline:
             proc.kill()
@@ -82,7 +88,7 @@ def kill_and_resume(d: Path, counter: Path, hosts: list[str], kills: int = 5, se
         run_dir = d / "runs" / f"k{k}"
         resume = ["--resume", str(prev)] if prev else []
         proc = start_run(d, *hosts, "--run-dir", str(run_dir), *resume)
-        killed = kill_after(proc, counter, rng.randint(1, 8))
+        killed = kill_after(proc, run_dir, counter, rng.randint(1, 8))
         if killed:
             slack += in_flight(run_dir)
         prev = run_dir
@@ -238,3 +244,69 @@ def test_resume_usage_errors(tmp_path):
     assert none.returncode == 2 and "no earlier run of f.flow" in none.stderr
     bad = cmflow("plan", "f.flow", "--resume", "nowhere", cwd=tmp_path)
     assert bad.returncode == 2 and "nowhere is not a run directory" in bad.stderr
+
+
+def cached_lines(plan_text: str) -> int:
+    return sum(line.endswith("  cached") for line in plan_text.splitlines())
+
+
+def test_a_changed_input_file_reruns_exactly_its_jobs(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha\n")
+    (tmp_path / "b.txt").write_text("beta\n")
+    (tmp_path / "tk.py").write_text(
+        "from cmflow import command\n"
+        "def up(name):\n"
+        "    return command(f'tr a-z A-Z < {name} > out.txt; wc -c < {name}', inputs=[name], outputs=['out.txt'])\n")
+    (tmp_path / "f.flow").write_text('from tk import up\nup("a.txt") + up("b.txt")\n')
+    first = cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "b.txt").write_text("beta, longer\n")
+    plan = cmflow("plan", "f.flow", "--resume", "r1", cwd=tmp_path)
+    assert f"runs: input {tmp_path / 'b.txt'} changed" in plan.stdout and cached_lines(plan.stdout) == 1
+    second = cmflow("run", "f.flow", "--resume", "r1", "--run-dir", "r2", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "cached #1" in second.stderr and "ok #2" in second.stderr
+    outputs = sorted((tmp_path / "r2" / "results").rglob("out.txt"))
+    assert [p.read_text() for p in outputs] == ["ALPHA\n", "BETA, LONGER\n"]
+    # deep: same size and mtime put back, different content: only --deep sees it
+    switched = cmflow("plan", "f.flow", "--resume=deep", "r2", cwd=tmp_path)
+    assert "compared by content (--deep) now, not as before" in switched.stdout
+    deep_run = cmflow("run", "f.flow", "-q", "--resume", "r2", "--deep", "--run-dir", "r3", cwd=tmp_path)
+    assert deep_run.returncode == 0, deep_run.stderr
+    st = (tmp_path / "a.txt").stat()
+    (tmp_path / "a.txt").write_text("gamma\n")
+    os.utime(tmp_path / "a.txt", ns=(st.st_atime_ns, st.st_mtime_ns))
+    shallow = cmflow("plan", "f.flow", "--resume", "r2", cwd=tmp_path)
+    assert cached_lines(shallow.stdout) == 2
+    deep = cmflow("plan", "f.flow", "--resume=deep", "r3", cwd=tmp_path)
+    assert cached_lines(deep.stdout) == 1 and f"#1 up(\"a.txt\")  runs: input {tmp_path / 'a.txt'} changed" in deep.stdout
+
+
+def test_a_resume_killed_early_keeps_the_results_it_had_not_adopted_yet(tmp_path):
+    counter = tmp_path / "counter"
+    write_flow(tmp_path, counter, n=4, sleep=0)
+    assert cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path).returncode == 0
+    # r2 resumed r1 and died before adopting anything: only its run.json says where it came from
+    (tmp_path / "r2").mkdir()
+    (tmp_path / "r2" / "run.json").write_text(json.dumps({"resumed_from": str(tmp_path / "r1"), "started": 1}))
+    done = cmflow("run", "f.flow", "-q", "--resume", "r2", "--run-dir", "r3", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "10", done.stderr
+    assert summary(tmp_path / "r3")["jobs_cached"] == 4 and len(lines(counter)) == 4
+
+
+def test_an_edited_argument_reruns_its_dependants_too(tmp_path):
+    """`twice(sq(3))`: twice takes sq's value, so editing sq's argument re-runs both; `other` stays cached."""
+    counter = tmp_path / "count"
+    (tmp_path / "tk.py").write_text(
+        f'def sq(i): return f"echo sq{{i}} >> {counter}; echo $(({{i}}*{{i}}))"\n'
+        f'def twice(x): return f"echo twice{{x}} >> {counter}; echo $((2*{{x}}))"\n'
+        f'def other(): return "echo other >> {counter}; echo 1"\n')
+    (tmp_path / "f.flow").write_text("from tk import *\ntwice(sq(3)) + other\n")
+    first = cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path)
+    assert first.returncode == 0 and first.stdout.strip() == "19", first.stderr
+    assert sorted(lines(counter)) == ["other", "sq3", "twice9"]
+    (tmp_path / "f.flow").write_text("from tk import *\ntwice(sq(4)) + other\n")
+    again = cmflow("run", "f.flow", "-q", "--resume", "r1", "--run-dir", "r2", cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.strip() == "33", again.stderr
+    assert lines(counter)[3:] == ["sq4", "twice16"]          # exactly the edited job and its dependant
+    assert summary(tmp_path / "r2")["jobs_cached"] == 1

@@ -62,3 +62,20 @@ def test_clean_needs_a_rule(tmp_path):
     assert bad.returncode == 2 and "--keep" in bad.stderr
     neg = cmflow("runs", "clean", "--keep", "x", cwd=tmp_path)
     assert neg.returncode == 2 and "whole number" in neg.stderr
+
+
+def test_a_repl_session_shares_one_run_directory(tmp_path):
+    (tmp_path / "tk.py").write_text('def a(): return "echo 5"\ndef b(): return "echo 6"\n')
+    out = cmflow("repl", "--tasks", "tk.py", cwd=tmp_path, input="a\nb\na + b\n")
+    assert out.returncode == 0 and out.stdout.split() == ["5", "6", "11"], out.stderr
+    entries = [p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()]
+    assert len(entries) == 1 and entries[0].name.startswith("repl-")
+    session = entries[0]
+    assert sorted(p.name for p in session.iterdir() if p.is_dir()) == ["0001", "0002", "0003"]
+    assert os.readlink(tmp_path / "runs" / "latest") == f"{session.name}/0003"
+    rows = json.loads(cmflow("runs", "ls", "--format", "json", cwd=tmp_path).stdout)
+    assert [r["id"] for r in rows] == [f"{session.name}/000{i}" for i in (1, 2, 3)]
+    assert all(r["state"] == "ok" for r in rows)
+    cleaned = cmflow("runs", "clean", "--keep", "1", cwd=tmp_path)
+    assert cleaned.returncode == 0 and "2 runs removed, 1 kept" in cleaned.stdout
+    assert sorted(p.name for p in session.iterdir() if p.is_dir()) == ["0003"]

@@ -113,6 +113,10 @@ def load_run(run_dir: Path) -> RunData:
                         str(ev.get("error") or ""), int(ev.get("stdout_bytes") or 0),
                         int(ev.get("stderr_bytes") or 0), int(ev.get("bytes_sent") or 0),
                         int(ev.get("bytes_fetched") or 0), str(ev.get("stderr") or ""), dict(ev.get("phases") or {}))
+            spans = [v for v in a.phases.values() if isinstance(v, list) and len(v) == 2]
+            if spans:   # the bar covers staging before the command and fetching after it
+                a.start = min([a.start, *(v[0] for v in spans)])
+                a.end = max([a.end, *(v[1] for v in spans)])
             job.attempts.append(a)
             attempts.append(a)
             job.label = ev.get("label") or job.label

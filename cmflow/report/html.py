@@ -180,7 +180,8 @@ function drawTimeline() {
 }
 $('legend').innerHTML = D.tasks.slice(0, 40).map((t, i) => '<span><i style="background:' + colour(i) + '"></i>' + esc(t) + '</span>').join('') +
   '<span><i style="border:2px solid var(--failed)"></i>failed</span><span><i style="border:2px dashed var(--retried)"></i>retried</span>' +
-  '<span><i style="background:#b9bec6;height:2px"></i>waiting</span>';
+  '<span><i style="background:#b9bec6;height:2px"></i>waiting</span>' +
+  (D.phases.length ? '<span><i style="background:#ccc"></i>paler part: staging inputs / fetching outputs</span>' : '');
 function attemptText(k) {
   const a = D.attempts[k], j = D.jobs[a[0]];
   const lines = ['#' + j[0] + ' ' + j[1] + (a[8] > 1 ? '  (attempt ' + a[8] + ')' : ''),
