@@ -16,7 +16,7 @@ Usage:
   cmflow repl [--tasks=MODULE]... [--hosts=FILE]
   cmflow hosts list [TARGET] [--hosts=FILE]
   cmflow hosts check [TARGET...] [--hosts=FILE] [--connect-timeout=SECS]
-  cmflow hosts trust HOST... [--hosts=FILE] [--yes]
+  cmflow hosts trust HOST... [--hosts=FILE] [--yes] [--replace] [--connect-timeout=SECS]
   cmflow exec COMMAND [--on=TARGET] [--hosts=FILE] [--timeout=SECS] [--connect-timeout=SECS]
   cmflow data add FILE [--service=NAME] [--name=NAME] [--force] [--config=FILE]
   cmflow data ls [--service=NAME] [--format=FMT] [--config=FILE]
@@ -47,8 +47,10 @@ Commands:
                 clean removes old ones (never a running one, never the newest).
   hosts list    Show the inventory as the executor sees it.
   hosts check   Connect to every host at once: reachable, CPUs and load, or why not.
-  hosts trust   Fetch host keys with ssh-keyscan, show fingerprints, add to known_hosts.
-  exec          Run one command on every host of a target at once; merge equal outputs.
+  hosts trust   Fetch a host's key as ssh reaches it (ssh -G: alias, port, jumps), show
+                its fingerprint, file it where and as ssh looks it up.
+  exec          Run one command on every host of a target at once; stdout gathered as
+                `clush -b` does (equal outputs, node sets folded), stderr apart.
   data          Store files in a storage service and keep a record of each in a database.
   vm up         Start N machines with Vagrant (again with a larger N: add nodes); they
                 are hosts at once: DIR/hosts.yaml, host keys pinned, checking strict.
@@ -91,6 +93,7 @@ Options:
   --on=TARGET             Hosts for exec: a host, group, label or node[1-4] [default: all].
   --connect-timeout=SECS  Give up connecting after SECS [default: 10].
   --yes                   Trust the fetched keys / destroy the VMs without asking.
+  --replace               Trust a key that differs from the one on file.
   --service=NAME          Storage service (default: the config's default).
   --name=NAME             data add: record name (default: its file name);
                           vm: node name prefix, nodes NAME1..NAMEN (default: vm).

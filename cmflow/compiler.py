@@ -477,7 +477,12 @@ class _Compiler:
         it = clause.iter
         match it:
             case ast.HostsOf(where):
-                return self._hosts_of(where, it.pos)
+                value = self.env.get(where, where)   # hosts(g) with g a loop variable: its value
+                if not isinstance(value, str):
+                    self.error(it.pos, f"hosts() of loop variable '{where}': it is {_lit(value)}, "
+                               "not a host, group or label name", 5)
+                    return None
+                return self._hosts_of(value, it.pos)
             case ast.Call(ast.Name(("range",)), args, kwargs):
                 if kwargs:
                     self.error(it.pos, "range() takes no keyword arguments", 5)

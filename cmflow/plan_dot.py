@@ -223,22 +223,13 @@ class _DotWriter:
                 return self.fork_join(node, items, "| at once", 'shape=circle, label="|", ordering=out',
                                       "shape=point, width=0.08", "")
             case PSum(items):
-                op = node.fn_name if node.fn is not None else "+"
+                op = node.fn_name if node.fn is not None else "+"     # fold(f, ...) reduces with f, in order
                 return self.fork_join(node, items, f"{op} added" if op == "+" else f"fold {op}",
                                       "shape=point, width=0.08, ordering=out",
-                                      f"shape=circle, label={dot_string(op)}", "ordering=in, ")
+                                      'shape=circle, label="+"' if op == "+" else
+                                      f"shape=ellipse, label={dot_string(op)}", "ordering=in, ")
             case Deferred() | Local():
-                # inputs first, then the call that waits for their values
-                text = node.label + ("\n(deferred)" if isinstance(node, Deferred) else "\n(local)")
-                n = self.node(f"shape=box, style={'dashed' if isinstance(node, Deferred) else 'rounded'}, "
-                              f"label={dot_string(text)}")
-                self.drawn[id(node)] = n
-                entry = n
-                for i, item in enumerate(node.inputs):
-                    first, last = self.draw(item)
-                    entry = first if i == 0 else entry
-                    self.edge(last, n)
-                return entry, n
+                return self.call(node, node.inputs)
         items = getattr(node, "items", ())          # a kind of node this renderer does not know yet
         n = self.node(f"shape=box, style=rounded, label={dot_string(type(node).__name__)}")
         self.drawn[id(node)] = n
@@ -246,6 +237,26 @@ class _DotWriter:
             entry, _ = self.draw(item)
             self.edge(n, entry)
         return n, n
+
+    def call(self, node: Deferred | Local, inputs: Sequence[PlanNode]) -> tuple[str, str]:
+        """A call on run-time values (a task whose command needs them, or a local function): its inputs first,
+        then the call, so it sits right of what it waits for."""
+        ends = [self.draw(part) for part in self.groups(inputs)]
+        if isinstance(node, Deferred):
+            n = self.node(f"shape=box, style=dashed, label={dot_string(node.label + chr(10) + '(deferred)')}")
+        else:
+            n = self.node(f"shape=box, style=rounded, label={dot_string(node.label + chr(10) + '(local)')}")
+        self.drawn[id(node)] = n
+        if not ends:
+            return n, n
+        if len(ends) == 1:
+            self.edge(ends[0][1], n)
+            return ends[0][0], n
+        fork = self.node("shape=point, width=0.08, ordering=out")
+        for entry, exit_ in reversed(ends):
+            self.edge(fork, entry)
+            self.edge(exit_, n)
+        return fork, n
 
     def sequence(self, node: PlanNode, items: Sequence[PlanNode]) -> tuple[str, str]:
         nested = node is not self.plan.root

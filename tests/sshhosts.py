@@ -43,6 +43,29 @@ def stop_process(proc: subprocess.Popen | None) -> None:
             proc.wait()
 
 
+def sshd_config(h: "SshdHost", keys: Path, user: str, listen: str = "127.0.0.1", max_sessions: int = 10,
+                max_startups: str = "10:30:100") -> str:
+    """A throwaway sshd: its own host key and pid file, key logins of one user only, quiet."""
+    return f"""Port {h.port}
+ListenAddress {listen}
+HostKey {h.dir / "host_key"}
+PidFile {h.dir}/sshd.pid
+AuthorizedKeysFile {keys}/client.pub
+AllowUsers {user}
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+PrintMotd no
+PrintLastLog no
+LogLevel ERROR
+MaxSessions {max_sessions}
+MaxStartups {max_startups}
+"""
+
+
 def have_sshd() -> bool:
     return os.access(SSHD, os.X_OK) and shutil.which("ssh") is not None
 
@@ -72,6 +95,8 @@ class SshdHosts:
     hosts: list[SshdHost] = field(default_factory=list)
     user: str = ""
     cgroup: str | None = None          # a cgroup.procs file every sshd joins (benchmarks' CPU accounting)
+    prefix: str = "h"                  # hosts are named prefix + number: h1, h2... or node01... with width 2
+    width: int = 0
     _own_user: bool = False
 
     @property
@@ -115,36 +140,21 @@ class SshdHosts:
         known = []
         config = []
         for i in range(1, self.n + 1):
-            h = SshdHost(f"h{i}", free_port(), self.base / f"h{i}")
+            name = f"{self.prefix}{i:0{self.width}d}"
+            h = SshdHost(name, free_port(), self.base / name)
             h.dir.mkdir(exist_ok=True)
             hostkey = h.dir / "host_key"
             if not hostkey.exists():
                 subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(hostkey)], check=True)
-            (h.dir / "sshd_config").write_text(f"""Port {h.port}
-ListenAddress 127.0.0.1
-HostKey {hostkey}
-PidFile {h.dir}/sshd.pid
-AuthorizedKeysFile {keys}/client.pub
-AllowUsers {self.user}
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-UseDNS no
-PrintMotd no
-PrintLastLog no
-LogLevel ERROR
-MaxSessions {self.max_sessions}
-MaxStartups {self.max_startups}
-""")
+            (h.dir / "sshd_config").write_text(sshd_config(h, keys, self.user, max_sessions=self.max_sessions,
+                                                          max_startups=self.max_startups))
             self.hosts.append(h)
             self._launch(h)
             pub = (h.dir / "host_key.pub").read_text().split()[:2]
             known.append(f"[127.0.0.1]:{h.port} {' '.join(pub)}")
             config.append(f"Host {h.name}\n    HostName 127.0.0.1\n    Port {h.port}\n")
         self.known_hosts.write_text("\n".join(known) + "\n")
-        config.append(f"""Host h*
+        config.append(f"""Host {self.prefix}*
     User {self.user}
     IdentityFile {client}
     IdentitiesOnly yes

@@ -23,7 +23,7 @@ class LocalTransport(SlotTransport):
         try:
             proc = await asyncio.create_subprocess_exec(
                 *boot_argv(sys.executable), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 16)
+                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 20)
         except OSError as e:
             raise ConnectionLost(f"cannot start a slot server ({sys.executable}): {e.strerror}") from None
         return proc, None

@@ -35,7 +35,9 @@ import sys
 import time
 
 HDR = struct.Struct(">cI")
-CHUNK = 1 << 16
+CHUNK = 1 << 18
+PIPE_SIZE = 1 << 18      # a job's stdout pipe: fewer, larger reads for big outputs
+F_SETPIPE_SZ = 1031
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -259,6 +261,11 @@ class Server:
     def spawn(self, command):
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        try:
+            import fcntl
+            fcntl.fcntl(out_r, F_SETPIPE_SZ, PIPE_SIZE)
+        except (ImportError, OSError):
+            pass   # not Linux, or over /proc/sys/fs/pipe-max-size: the default size works too
         argv = ["/bin/sh", "-c", command]
         if hasattr(os, "posix_spawn") and sys.version_info >= (3, 8):
             pid = os.posix_spawn("/bin/sh", argv, self.env, setsid=True,

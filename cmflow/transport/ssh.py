@@ -44,7 +44,7 @@ def classify_ssh_error(stderr: str, host: Host) -> str:
             "host key for" in low and "not known" in low or "remote host identification has changed" in low:
         changed = "changed" in low
         return (f"host key of {host.name} {'has CHANGED' if changed else 'is not known'}; check it, then run "
-                f"`cmflow hosts trust {host.name}`")
+                f"`cmflow hosts trust {host.name}{' --replace' if changed else ''}`")
     if "permission denied" in low:
         return f"authentication failed for {host.user + '@' if host.user else ''}{host.hostname}"
     if "timed out" in low:
@@ -161,7 +161,7 @@ class SshTransport(SlotTransport):
             proc = await asyncio.create_subprocess_exec(
                 *self.base, *self._mux(path), "--", self.host.hostname, REMOTE_COMMAND,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, limit=1 << 16)
+                start_new_session=True, limit=1 << 20)
         except BaseException:
             self._sessions[index] -= 1
             raise
