@@ -120,7 +120,9 @@ error, 130/143 interrupted by Ctrl-C/SIGTERM.
 """
 from __future__ import annotations
 
+import difflib
 import json
+import re
 import sys
 from dataclasses import replace
 from typing import Any
@@ -185,6 +187,16 @@ def _print_failures(run: Any) -> None:
         err.write(f"run directory: {run.run_dir}\n")
 
 
+def _say_implicit_inventory(args: dict, inv: Any) -> None:
+    """A run on hosts nobody named on the command line says where they came from, once."""
+    from .hosts import BUILTIN
+
+    if not args.get("--hosts") and inv.source != BUILTIN:
+        n = len(inv.hosts)
+        sys.stderr.write(f"cmflow: using inventory {inv.source} ({n} host{'s' if n != 1 else ''}; "
+                         "--hosts FILE to choose another)\n")
+
+
 def _run(args: dict, plan: Any, inv: Any) -> int:
     from . import api
     from .executor import RunOptions
@@ -200,6 +212,7 @@ def _run(args: dict, plan: Any, inv: Any) -> int:
                          fanout=_int(args, "--fanout", 1) or 64)
     run_dir = None if args["--run-dir"] in (None, "runs/<id>") else args["--run-dir"]
     display = "quiet" if args["--quiet"] else "auto"
+    _say_implicit_inventory(args, inv)
     resume = api.resume_source(plan, args["RUN_DIR"]) if args.get("--resume") else None
     options = replace(options, deep=bool(args.get("--deep")))
     run = api.run_sync(plan, inv, options, run_dir, display, resume=resume, report=not args["--no-report"])
@@ -222,6 +235,91 @@ def _plan_resume(args: dict, plan: Any, inv: Any) -> int:
     return 0
 
 
+class _Word:
+    name = None
+
+    def __init__(self, value: str):
+        self.value = value
+
+
+def _usage_entries() -> list[tuple[str, str]]:
+    """(command words, its usage text) for each usage line of __doc__, continuation lines included."""
+    body = __doc__.split("Usage:", 1)[1].split("\n\n", 1)[0]
+    entries: list[tuple[str, str]] = []
+    for line in body.splitlines():
+        if line.startswith("  cmflow "):
+            words = []
+            for w in line.split()[1:]:
+                if not re.fullmatch(r"[a-z][a-z-]*", w):
+                    break
+                words.append(w)
+            entries.append((" ".join(words), line))
+        elif line.strip() and entries:
+            entries[-1] = (entries[-1][0], entries[-1][1] + "\n" + line)
+    return [(k, v) for k, v in entries if k]
+
+
+def _options_of(usage: str) -> set[str]:
+    """The options a usage text names, with their other spellings from the Options section (-j and --jobs)."""
+    names = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", usage))
+    section = __doc__.split("\nOptions:", 1)[1] if "\nOptions:" in __doc__ else ""
+    for line in section.splitlines():
+        spellings = re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", line.split("  ", 2)[1] if line.startswith("  -")
+                               and len(line.split("  ", 2)) > 2 else "")
+        if names & set(spellings):
+            names |= set(spellings)
+    return names
+
+
+def _close(word: str, options: list[str]) -> str:
+    near = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def usage_error(argv: list[str], left: list[Any] = ()) -> str:
+    """What is wrong with a command line, in one line, and the usage of the command it names."""
+    entries = _usage_entries()
+    commands = sorted({k.split()[0] for k, _ in entries})
+    known_options = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", __doc__))
+    words = [a for a in argv if not a.startswith("-")]
+    short = "Usage: cmflow COMMAND [ARGS]...; commands: " + ", ".join(commands) + "\n(cmflow --help says more)"
+    if not words:
+        bad = next((a for a in argv if a.split("=")[0] not in known_options), None)
+        if bad:
+            return f"cmflow: unknown option {bad.split('=')[0][:40]!r}" + _close(bad.split("=")[0], sorted(known_options)) \
+                + "\n" + short
+        return "cmflow: missing command\n" + short
+    cmd = words[0]
+    if cmd not in commands:
+        return f"cmflow: unknown command {cmd[:40]!r}" + _close(cmd, commands) + "\n" + short
+    mine = [(k, v) for k, v in entries if k.split()[0] == cmd]
+    subs = sorted({k.split()[1] for k, _ in mine if len(k.split()) > 1})
+    what = cmd
+    if subs and len(words) > 1 and words[1] in subs:
+        what = f"{cmd} {words[1]}"
+        mine = [(k, v) for k, v in mine if k == what or k == cmd]
+    usage = "Usage:\n" + "\n".join(v for _, v in mine)
+    allowed = _options_of("\n".join(v for _, v in mine)) | {"-h", "--help"}
+    for a in argv:
+        if a == "--":
+            break
+        name = a.split("=", 1)[0] if a.startswith("--") else a[:2]
+        if a.startswith("-") and len(a) > 1 and name not in allowed:
+            if name in known_options:
+                return f"cmflow {what}: option {name!r} does not apply here\n" + usage
+            return f"cmflow {what}: unknown option {name[:40]!r}" + _close(name, sorted(allowed)) + "\n" + usage
+    if subs and what == cmd and not any(k == cmd for k, _ in mine):
+        sub = words[1] if len(words) > 1 else ""
+        if sub:
+            return f"cmflow: unknown command '{cmd} {sub[:40]}'" + _close(f"{cmd} {sub}", [f"{cmd} {x}" for x in subs]) \
+                + "\n" + usage
+        return f"cmflow {cmd}: missing sub-command ({', '.join(subs)})\n" + usage
+    extra = [str(getattr(p, "value", "")) for p in left if getattr(p, "name", "") is None]
+    if extra and extra[0]:
+        return f"cmflow {what}: unexpected argument {extra[0][:40]!r}\n" + usage
+    return f"cmflow {what}: missing or misplaced arguments\n" + usage
+
+
 def main(argv: list[str] | None = None) -> int:
     # --resume=deep reads as --resume --deep (docopt cannot give one option an optional value)
     argv = sys.argv[1:] if argv is None else argv
@@ -229,7 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = docopt(__doc__, argv=argv, version=f"cmflow {__version__}")
     except DocoptExit as e:
-        sys.stderr.write(f"{e}\n")
+        # one line that says what is wrong (never docopt's internals), then the usage that applies;
+        # docopt names the arguments it could not place only in its message
+        left = list(e.left) or [_Word(w) for w in re.findall(r"Argument\(None, '((?:[^'\\]|\\.)*)'\)", str(e))]
+        sys.stderr.write(usage_error(argv, left) + "\n")
         return 2
     try:
         return dispatch(args)

@@ -13,20 +13,23 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 from . import ast, values
 from ._gc import paused
-from .errors import Diagnostic, FlowError
+from .errors import Diagnostic, FlowError, short
 from .files.spec import Command, JobFiles, SpecError
 from .files.spec import resolve as resolve_files
 from .parser import parse
 from .plan import Deferred, Input, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum
-from .tasks import ModuleNotFound, TaskLoader, exec_inline_def, is_local, options_of, public_tasks, user_frames
+from .tasks import (ModuleNotFound, TaskLoader, exec_inline_def, is_local, options_of, public_tasks, reraise_interrupt,
+                    user_frames)
 
 _MISSING = object()
+MAX_ITEMS = 1_000_000     # items one generator (fan-out) may make: a flow of a few bytes stays cheap
 _PLAN_KIND = {ast.Seq: PSeq, ast.Par: PPar, ast.Sum: PSum}
 
 
@@ -56,6 +59,8 @@ class _Compiler:
         # the namespace is unchanged (every statement that binds a name clears it) and
         # the AST is alive (so no id is reused)
         self._refs: dict[tuple, PlanNode | None] = {}
+        self._signatures: dict[int, _Signature | None] = {}
+        self._alive: list[Callable] = []
 
     # -------------------------------------------------------------- reporting
     def error(self, pos: ast.Pos, message: str, width: int = 1, notes: tuple[str, ...] = ()) -> None:
@@ -91,8 +96,8 @@ class _Compiler:
                     for name, alias in names or ():
                         fn = getattr(mod, name, None)
                         if not callable(fn):
-                            self.error(stmt.pos, f"module '{module}' has no task '{name}'"
-                                       + self._suggest(name, list(available)), len(f"from {module}"))
+                            self.error(self._imported_name_pos(stmt.pos, name), f"module '{module}' has no task "
+                                       f"'{name}'" + self._suggest(name, list(available)), len(name))
                             continue
                         self.names[alias or name] = fn
             case ast.Def(name, source):
@@ -106,6 +111,16 @@ class _Compiler:
                 return expr
         return None
 
+    def _imported_name_pos(self, pos: ast.Pos, name: str) -> ast.Pos:
+        """Where a name stands after 'import' on a from-import's line (the statement's start if not found)."""
+        line = self.lines[pos.line - 1] if 0 < pos.line <= len(self.lines) else ""
+        at = re.search(r"\bimport\b", line[pos.column - 1:])
+        if at:
+            m = re.compile(rf"\b{re.escape(name)}\b").search(line, pos.column - 1 + at.end())
+            if m:
+                return ast.Pos(pos.line, m.start() + 1)
+        return pos
+
     def _load(self, module: str, pos: ast.Pos) -> types.ModuleType | None:
         try:
             return self.loader.load(module)
@@ -114,7 +129,8 @@ class _Compiler:
                        f"on CMFLOW_PATH and on sys.path)", 1)
         except SyntaxError as e:
             self.error(pos, f"task module '{module}' has a syntax error: {e.filename}:{e.lineno}: {e.msg}")
-        except Exception as e:  # the module's own code raised while importing
+        except BaseException as e:  # the module's own code raised while importing (sys.exit too)
+            reraise_interrupt(e)
             self.error(pos, f"task module '{module}' failed to import: {type(e).__name__}: {e}",
                        notes=tuple(user_frames(e)))
         return None
@@ -126,8 +142,9 @@ class _Compiler:
             pos = ast.Pos(e.lineno or stmt.pos.line, e.offset or 1)
             self.error(pos, f"invalid Python in def {name}: {e.msg}")
             return
-        except Exception as e:  # a decorator raised (e.g. @task with a bad option)
-            self.error(stmt.pos, f"def {name}: {type(e).__name__}: {e}", 3, tuple(user_frames(e)))
+        except BaseException as e:  # a decorator raised (e.g. @task with a bad option), sys.exit too
+            reraise_interrupt(e)
+            self.error(stmt.pos, f"def {name}: {type(e).__name__}: {str(e)[:300]}", 3, tuple(user_frames(e)))
             return
         fn = namespace.get(name)
         if not callable(fn):
@@ -169,6 +186,11 @@ class _Compiler:
                     parts.append(self.expr(item, target))
             if None in parts:
                 return None
+            if kind is ast.Sum:
+                # a job's reference is shared by every place that names it; an operand of '+'
+                # gets its own, so a failed addition points at the operands as written
+                parts = [JobRef(p.job, item.pos) if type(p) is JobRef and p.pos != item.pos else p
+                         for p, item in zip(parts, node.items)]  # type: ignore[union-attr]
             return _PLAN_KIND[kind](tuple(parts), node.pos)  # type: ignore[arg-type]
         if kind is ast.Placed:
             where = self._target(node.target, node.pos)  # type: ignore[union-attr]
@@ -199,11 +221,14 @@ class _Compiler:
         return ast.Pos(pos.line, col)
 
     def _check_target(self, where: str, pos: ast.Pos) -> bool:
-        if self.is_target is None or self.is_target(where):
-            return True
         shown = next((k for k, v in self.env.items() if v == where), where)
-        self.error(self._target_pos(shown, pos), f"unknown host, group or label '{where}'"
-                   + self._suggest(where, self.target_names), len(shown))
+        try:
+            if self.is_target is None or self.is_target(where):
+                return True
+            why = f"unknown host, group or label {short(where)}" + self._suggest(where, self.target_names)
+        except ValueError as e:      # a bad or too large node set
+            why = str(e)
+        self.error(self._target_pos(shown, pos), why, len(shown))
         return False
 
     def _lookup(self, name: ast.Name) -> Any:
@@ -226,8 +251,9 @@ class _Compiler:
                 return None
             nxt = getattr(value, part, None)
             if nxt is None or not callable(nxt) and not isinstance(nxt, types.ModuleType):
-                self.error(name.pos, f"module '{prefix}' has no task '{part}'"
-                           + self._suggest(part, list(public_tasks(value))), len(name.dotted))
+                # the caret under the part that is wrong, not the whole dotted name
+                self.error(ast.Pos(name.pos.line, name.pos.column + len(prefix) + 1), f"module '{prefix}' has no "
+                           f"task '{part}'" + self._suggest(part, list(public_tasks(value))), len(part))
                 return None
             value = nxt
         return value
@@ -395,6 +421,11 @@ class _Compiler:
                 if env is None:
                     ok = False
                     continue
+                if len(items) >= MAX_ITEMS:
+                    # a generator is an expansion like a node range: bounded, and the error says so
+                    self.error(node.pos, f"generator makes more than {MAX_ITEMS} items", len(node.name.dotted))
+                    ok = False
+                    break
                 # names resolve per item: the identity cache holds only within one item
                 self.env, self._refs = env, {}
                 item = self.expr(node.item, target)
@@ -466,6 +497,10 @@ class _Compiler:
                         return None
                     nums.append(a)
                 try:
+                    if len(range(*nums)) > MAX_ITEMS:
+                        self.error(it.pos, f"range{tuple(nums)!r} has more than {MAX_ITEMS} values"
+                                   .replace(",)", ")"), 5)
+                        return None
                     return list(range(*nums))
                 except (TypeError, ValueError) as e:
                     self.error(it.pos, f"range{tuple(nums)!r}: {e}".replace(",)", ")"), 5)
@@ -523,8 +558,10 @@ class _Compiler:
             if not self._check_target(options.hosts, pos):
                 return None
             target = options.hosts
+        # one invocation however it is written: f(1), f(level=1) and f() (default 1) bind alike;
         # repr keeps 1, 1.0 and True apart (they hash alike)
-        key = (id(fn), repr(args), repr(kwargs), target)
+        bound = _bind(self._signature(fn), args, kwargs)
+        key = (id(fn), repr(bound), "", target) if bound is not None else (id(fn), repr(args), repr(kwargs), target)
         job = self.jobs.get(key)
         if job is None:
             command = self._command(fn, name, args, kwargs, pos)
@@ -544,6 +581,13 @@ class _Compiler:
             ref = self.job_refs[job.id] = JobRef(job, pos)
         return ref
 
+    def _signature(self, fn: Callable) -> _Signature | None:
+        sig = self._signatures.get(id(fn), _MISSING)
+        if sig is _MISSING:
+            sig = self._signatures[id(fn)] = _signature_of(fn)
+            self._alive.append(fn)     # the id stays this function's for the compilation
+        return sig  # type: ignore[return-value]
+
     def _files(self, command: str | Command, options: Any, name: ast.Name, pos: ast.Pos) -> JobFiles | None:
         own = options.files
         try:
@@ -560,13 +604,14 @@ class _Compiler:
         py_kwargs = {k: _to_python(v) for k, v in kwargs}
         try:
             command = fn(*py_args, **py_kwargs)
-        except Exception as e:
+        except BaseException as e:     # SystemExit, GeneratorExit...: all the def's own error
+            reraise_interrupt(e)
             # A TypeError may be a bad call or the def's own bug: the signature tells
             # (bound only here, off the hot path: binding costs more than calling).
             if isinstance(e, TypeError) and (why := _bad_arguments_of(fn, py_args, py_kwargs)):
                 self.error(pos, f"bad arguments for task '{name.dotted}': {why}", len(name.dotted))
             else:
-                self.error(pos, f"task '{name.dotted}' raised {type(e).__name__}: {e}", len(name.dotted),
+                self.error(pos, f"task '{name.dotted}' raised {type(e).__name__}: {str(e)[:300]}", len(name.dotted),
                            tuple(user_frames(e)))
             return None
         if not isinstance(command, (str, Command)):
@@ -574,6 +619,51 @@ class _Compiler:
                        len(name.dotted))
             return None
         return command
+
+
+# A def's parameters: (names in order, how many take a position, the names a keyword may give, defaults)
+_Signature = tuple[tuple[str, ...], int, frozenset[str], dict[str, Any]]
+
+
+def _signature_of(fn: Callable) -> _Signature | None:
+    """The parameters, when every one is named (no *args or **kwargs); else None (calls compare as written)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    names: list[str] = []
+    positional = 0
+    by_keyword: set[str] = set()
+    defaults: dict[str, Any] = {}
+    for p in params:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            return None
+        names.append(p.name)
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            positional += 1
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            by_keyword.add(p.name)
+        if p.default is not p.empty:
+            defaults[p.name] = p.default
+    return tuple(names), positional, frozenset(by_keyword), defaults
+
+
+def _bind(sig: _Signature | None, args: tuple, kwargs: tuple) -> tuple | None:
+    """The call's arguments in parameter order, defaults filled in; None if it does not bind (the call says why)."""
+    if sig is None:
+        return None
+    names, positional, by_keyword, defaults = sig
+    if len(args) > positional:
+        return None
+    bound = dict(zip(names, args))
+    for k, v in kwargs:
+        if k in bound or k not in by_keyword:
+            return None
+        bound[k] = v
+    try:
+        return tuple(bound[n] if n in bound else defaults[n] for n in names)
+    except KeyError:
+        return None
 
 
 def _bad_arguments_of(fn: Callable, args: list, kwargs: dict) -> str | None:

@@ -660,6 +660,8 @@ class Executor:
         more = f" ({outcome.message})" if outcome.message else ""
         if outcome.timed_out:
             return failure(f"timed out after {outcome.end - outcome.start:.1f}s{more}")
+        if outcome.exit_status is None and outcome.message and not outcome.signal:
+            return failure(outcome.message)     # the transport could not start it (e.g. no workdir)
         if outcome.exit_status is None:
             return failure(f"killed by signal {outcome.signal}{more}")
         if outcome.exit_status != 0:
@@ -672,7 +674,7 @@ class Executor:
         try:
             text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
             return Ok(read_value(text, job.options.parse))
-        except Exception as e:  # a task's own parse= callable may raise anything
+        except (Exception, SystemExit, GeneratorExit) as e:  # a task's own parse= callable may raise anything
             return failure(f"cannot read its value ({job.options.parse if isinstance(job.options.parse, str) else 'parse'}): "
                            f"{type(e).__name__}: {e}")
 
@@ -714,6 +716,9 @@ class Executor:
         self._emit("job_cached", job)
         return Ok(value)
 
+    def _attempts(self, job: Job) -> int:
+        return 1 + (job.options.retries if job.options.retries is not None else self.options.retries)
+
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
                 result: Result, final: bool, killed: bool = False,
                 keyed: tuple[KeyParts, str, float] | None = None, moved: Moved | None = None) -> None:
@@ -723,7 +728,7 @@ class Executor:
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
             outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
             result.reason if isinstance(result, Failure) else "", killed, outcome.ref,
-            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0)
+            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0, self._attempts(job))
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
         self.log.record(rec, final or isinstance(result, Ok))
         if self.journal is not None and keyed is not None:

@@ -6,7 +6,6 @@ what was expected. Read with ``yaml.safe_load`` only.
 from __future__ import annotations
 
 import difflib
-import itertools
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from . import slurmspec, yamlfile
-from .errors import ConfigError
+from .errors import ConfigError, short
 
 BUILTIN = "<built-in>"
 
@@ -22,6 +21,14 @@ _HOST_KEYS = {"hostname", "user", "port", "identity", "slots", "labels", "env", 
 _TOP_KEYS = {"defaults", "hosts", "groups", "ssh_config", "include"}
 MAX_INCLUDE_DEPTH = 8
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+# what ssh gets as the host: a DNS name, an alias of the user's ssh config, an IPv4
+# or IPv6 address; never anything ssh could read as an option
+_HOSTNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,252}|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(%[A-Za-z0-9_.\-]+)?")
+_USER_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-@$\\]{0,63}")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+MAX_NODES = 100_000      # names one node set (or one inventory) may expand to
+MAX_SLOTS = 4096         # jobs at once on one host (a Slurm allocation: 16 times that)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -64,120 +71,144 @@ class Inventory:
         return [h.name for h in self.hosts] + [g for g, _ in self.groups] + sorted(self.labels) + ["all"]
 
     def resolve(self, target: str | None) -> tuple[Host, ...]:
-        """Hosts a target names: a host, group, label, node range, or a comma list of these.
+        """Hosts a target names: hosts, groups, labels, node sets, joined by ClusterShell's operators.
 
-        Raises KeyError naming the first part that matches nothing.
+        ``a,b`` union, ``a!b`` difference, ``a&b`` intersection, ``a^b``
+        symmetric difference, left to right (as ``nodeset`` does). Raises
+        KeyError naming the first part that matches nothing, ValueError for a bad
+        or too large node set.
         """
         if target is None or target == "all":
             return self.hosts
-        groups = dict(self.groups)
         chosen: dict[str, Host] = {}
-        for part in split_targets(target):
-            names: list[str]
-            if part in self._by_name:
-                names = [part]
-            elif part in groups:
-                names = list(groups[part])
-            elif any(part in h.labels for h in self.hosts):
-                names = [h.name for h in self.hosts if part in h.labels]
-            else:
-                expanded = expand_nodeset(part)
-                if len(expanded) > 1 or expanded[0] != part:
-                    missing = [n for n in expanded if n not in self._by_name]
-                    if missing:
-                        raise KeyError(missing[0])
-                    names = expanded
-                else:
-                    raise KeyError(part)
-            for n in names:
-                chosen.setdefault(n, self._by_name[n])
+        for op, term in _target_terms(target):
+            if not term:
+                raise ValueError(f"empty name {'before' if op == ',' else 'after'} {op!r} in target {short(target)}")
+            names = self._names(term)
+            if op == ",":
+                for n in names:
+                    chosen.setdefault(n, self._by_name[n])
+            elif op == "!":
+                for n in names:
+                    chosen.pop(n, None)
+            elif op == "&":
+                keep = set(names)
+                chosen = {n: h for n, h in chosen.items() if n in keep}
+            else:  # ^
+                for n in names:
+                    if chosen.pop(n, None) is None:
+                        chosen[n] = self._by_name[n]
         return tuple(chosen.values())
 
+    def _names(self, part: str) -> list[str]:
+        if part == "all":
+            return list(self._by_name)
+        if part in self._by_name:
+            return [part]
+        groups = dict(self.groups)
+        if part in groups:
+            return list(groups[part])
+        if any(part in h.labels for h in self.hosts):
+            return [h.name for h in self.hosts if part in h.labels]
+        expanded = expand_nodeset(part)
+        if len(expanded) == 1 and expanded[0] == part:
+            raise KeyError(part)
+        for n in expanded:
+            if n not in self._by_name:
+                raise KeyError(n)
+        return expanded
+
     def is_target(self, target: str) -> bool:
+        """Whether a target names any host; a bad or too large node set raises ValueError."""
         try:
             return bool(self.resolve(target))
-        except (KeyError, ValueError):
+        except KeyError:
             return False
+
+
+_OPERATORS = ",!&^"
 
 
 def split_targets(text: str) -> list[str]:
     """Split ``a,node[1-3],b`` on commas outside brackets."""
-    parts, depth, cur = [], 0, ""
-    for ch in text:
+    return [t for op, t in _target_terms(text) if t]
+
+
+def _target_terms(text: str) -> list[tuple[str, str]]:
+    """``a,n[1-3]!n2`` -> [(',', 'a'), (',', 'n[1-3]'), ('!', 'n2')]: operators outside brackets."""
+    terms: list[tuple[str, str]] = []
+    op, depth, start = ",", 0, 0
+    for i, ch in enumerate(text):
         if ch == "[":
             depth += 1
         elif ch == "]":
             depth -= 1
-        if ch == "," and depth == 0:
-            parts.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    if cur.strip():
-        parts.append(cur.strip())
-    return parts
+        elif depth == 0 and ch in _OPERATORS:
+            terms.append((op, text[start:i].strip()))
+            op, start = ch, i + 1
+    terms.append((op, text[start:].strip()))
+    return terms
+
+
+_RANGE_ITEM = re.compile(r"\s*(\d{1,18})\s*(?:-\s*(\d{1,18})\s*(?:/\s*(\d{1,18})\s*)?)?")
+
+
+def _upper_bound(pattern: str) -> int:
+    """How many names a ClusterShell pattern can expand to, counted without expanding it."""
+    total = 0
+    for _, term in _target_terms(pattern):
+        product = 1
+        for body in re.findall(r"\[([^\]]*)\]", term):
+            size = 0
+            for item in body.split(","):
+                m = _RANGE_ITEM.fullmatch(item)
+                if m is None:
+                    if re.search(r"\d{19}", item):
+                        raise ValueError(f"a number in node set {short(pattern)} is too long")
+                    size += 1      # not a range: ClusterShell words the error
+                    continue
+                lo, hi, step = int(m[1]), int(m[2] or m[1]), int(m[3] or 1)
+                size += max(0, hi - lo) // max(step, 1) + 1
+            product *= max(size, 1)
+        total += product
+    return total
 
 
 def expand_nodeset(pattern: str) -> list[str]:
-    """ClusterShell-style ranges: ``node[01-03,7]`` -> node01 node02 node03 node07.
+    """ClusterShell's NodeSet (the notation's reference): ``node[01-03,7]``, ``n[1-10/2]``, ``r[1-2]n[1-3]``.
 
-    Zero padding follows the range's own width; several brackets multiply.
+    Names come sorted and de-duplicated, as ``nodeset -e`` prints them; the
+    operators ``,`` ``!`` ``&`` ``^`` work left to right as in ClusterShell;
+    ``@group`` is not used (groups are the inventory's). Raises ValueError with
+    ClusterShell's reason, or when the set would hold more than MAX_NODES names
+    (counted before anything is expanded).
     """
-    pieces = re.split(r"(\[[^\]]*\])", pattern)
-    choices: list[list[str]] = []
-    for piece in pieces:
-        if piece.startswith("[") and piece.endswith("]"):
-            values: list[str] = []
-            for item in piece[1:-1].split(","):
-                item = item.strip()
-                m = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
-                if not m:
-                    raise ValueError(f"bad range '{item}' in '{pattern}' (expected N or N-M)")
-                lo, hi = m.group(1), m.group(2) or m.group(1)
-                if int(hi) < int(lo):
-                    raise ValueError(f"bad range '{item}' in '{pattern}' ({hi} < {lo})")
-                width = len(lo) if lo.startswith("0") else 0
-                if int(hi) - int(lo) > 100_000:
-                    raise ValueError(f"range '{item}' in '{pattern}' is too large")
-                values.extend(str(i).zfill(width) for i in range(int(lo), int(hi) + 1))
-            choices.append(values)
-        elif "[" in piece or "]" in piece:
-            raise ValueError(f"unbalanced bracket in '{pattern}'")
-        else:
-            choices.append([piece])
-    return ["".join(combo) for combo in itertools.product(*choices)]
+    if _upper_bound(pattern) > MAX_NODES:
+        raise ValueError(f"node set {short(pattern)} expands to more than {MAX_NODES} names")
+    if "@" in pattern:
+        raise ValueError(f"'@' in node set {short(pattern)}: ClusterShell groups are not used; "
+                         "name an inventory group instead")
+    from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
+
+    try:
+        ns = NodeSet(pattern, resolver=RESOLVER_NOGROUP)
+    except (NodeSetException, AssertionError, ValueError, OverflowError) as e:
+        # ClusterShell asserts on some inputs (n[1-4]99999...: "range too large")
+        raise ValueError(f"bad node set {short(pattern)}: {str(e)[:120]}") from None
+    if len(ns) > MAX_NODES:
+        raise ValueError(f"node set {short(pattern)} expands to more than {MAX_NODES} names")
+    return list(ns)
 
 
 def fold_nodeset(names: Iterable[str]) -> str:
-    """The inverse of expand_nodeset for display: h1 h2 h3 web -> h[1-3],web."""
-    groups: dict[tuple[str, str, int], list[int]] = {}
-    plain: list[str] = []
-    for name in names:
-        m = re.fullmatch(r"(.*?)(\d+)(\D*)", name)
-        if not m:
-            plain.append(name)
-            continue
-        prefix, digits, suffix = m.groups()
-        width = len(digits) if digits.startswith("0") and len(digits) > 1 else 0
-        groups.setdefault((prefix, suffix, width), []).append(int(digits))
-    out: list[str] = []
-    for (prefix, suffix, width), nums in groups.items():
-        nums = sorted(set(nums))
-        if len(nums) == 1:
-            out.append(f"{prefix}{str(nums[0]).zfill(width)}{suffix}")
-            continue
-        ranges: list[str] = []
-        start = prev = nums[0]
-        for n in nums[1:] + [None]:  # type: ignore[list-item]
-            if n is not None and n == prev + 1:
-                prev = n
-                continue
-            a, b = str(start).zfill(width), str(prev).zfill(width)
-            ranges.append(a if start == prev else f"{a}-{b}")
-            if n is not None:
-                start = prev = n
-        out.append(f"{prefix}[{','.join(ranges)}]{suffix}")
-    return ",".join(out + plain)
+    """Names folded as ClusterShell folds them (``nodeset -f``, ``clush -b``): node[01-16], x[1-2]y[1-3]."""
+    names = list(names)
+    from ClusterShell.NodeSet import RESOLVER_NOGROUP, NodeSet, NodeSetException
+
+    try:
+        return str(NodeSet.fromlist(names, resolver=RESOLVER_NOGROUP))
+    except (NodeSetException, AssertionError, ValueError, OverflowError):
+        return ",".join(sorted(set(names)))
 
 
 def builtin_inventory() -> Inventory:
@@ -224,26 +255,28 @@ def parse_inventory(text: str, filename: str = "hosts.yaml", _including: tuple[s
     v.mapping(raw_hosts, "hosts", "a mapping from host name to settings")
     hosts: dict[str, Host] = {}
     for key, settings in raw_hosts.items():
-        path = f"hosts.{key}"
+        path = f"hosts.{_key(key)}"
         if not isinstance(key, str) or not key:
             raise ConfigError(filename, path, "a host name must be a non-empty string")
         try:
             names = expand_nodeset(key)
         except ValueError as e:
             raise ConfigError(filename, path, str(e)) from None
+        if len(hosts) + len(names) > MAX_NODES:
+            raise ConfigError(filename, path, f"more than {MAX_NODES} hosts in one inventory")
         settings = {} if settings is None else settings
         v.mapping(settings, path, "a mapping of host settings (or nothing)")
         v.known_keys(settings, path, _HOST_KEYS)
         merged = {**defaults, **settings}
         for name in names:
             if not _NAME_RE.fullmatch(name):
-                raise ConfigError(filename, path, f"'{name}' is not a valid host name (letters, digits, '_.-')")
+                raise ConfigError(filename, path, f"{short(name)} is not a valid host name (letters, digits, '_.-')")
             if name in hosts:
                 raise ConfigError(filename, path, f"host '{name}' is defined twice")
             hosts[name] = v.host(name, merged, path)
     ssh_config = doc.get("ssh_config")
     if ssh_config is not None:
-        if not isinstance(ssh_config, str):
+        if not isinstance(ssh_config, str) or not ssh_config or _CONTROL_RE.search(ssh_config):
             raise ConfigError(filename, "ssh_config", "expected a path to an ssh config file")
         ssh_config = str(_relative_to(filename, os.path.expanduser(ssh_config)))
         hosts = {n: replace(h, ssh_config=ssh_config) for n, h in hosts.items()}
@@ -259,10 +292,14 @@ def parse_inventory(text: str, filename: str = "hosts.yaml", _including: tuple[s
             groups.append((gname, members))
     if not hosts:
         raise ConfigError(filename, "hosts", "no hosts defined")
+    if len(hosts) > MAX_NODES:
+        raise ConfigError(filename, "include", f"more than {MAX_NODES} hosts in one inventory")
     raw_groups = doc.get("groups") or {}
     v.mapping(raw_groups, "groups", "a mapping from group name to a list of hosts")
     for gname, members in raw_groups.items():
-        path = f"groups.{gname}"
+        path = f"groups.{_key(gname)}"
+        if not isinstance(gname, str) or not _NAME_RE.fullmatch(gname):
+            raise ConfigError(filename, path, "a group name must be letters, digits and '_.-'")
         if isinstance(members, str):
             members = [members]
         if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
@@ -276,7 +313,7 @@ def parse_inventory(text: str, filename: str = "hosts.yaml", _including: tuple[s
             try:
                 for n in expand_nodeset(m):
                     if n not in hosts:
-                        raise ConfigError(filename, f"{path}[{i}]", f"unknown host '{n}'"
+                        raise ConfigError(filename, f"{path}[{i}]", f"unknown host {short(n)}"
                                           + _did_you_mean(n, hosts))
                     expanded.append(n)
             except ValueError as e:
@@ -313,8 +350,16 @@ def _relative_to(inventory_file: str, path: str) -> Path:
     return p if p.is_absolute() else (Path(inventory_file).resolve().parent / p)
 
 
+def _key(key: Any) -> str:
+    """A YAML key as it stands in a key path, cut short."""
+    text = str(key)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
 def _did_you_mean(name: str, options: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(options), n=1)
+    if len(name) > 100:
+        return ""
+    close = difflib.get_close_matches(name, list(options)[:1000], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
@@ -332,7 +377,7 @@ class _Validator:
     def known_keys(self, value: dict, path: str, allowed: set[str]) -> None:
         for k in value:
             if k not in allowed:
-                self.fail(f"{path}.{k}" if path else str(k),
+                self.fail(f"{path}.{_key(k)}" if path else _key(k),
                           "unknown key" + _did_you_mean(str(k), allowed) + f"; expected one of {', '.join(sorted(allowed))}")
 
     def host(self, name: str, s: dict, path: str) -> Host:
@@ -346,36 +391,53 @@ class _Validator:
 
         slurm = slurmspec.parse(s["slurm"], f"{path}.slurm", self.fail) if "slurm" in s else None
         slots = get("slots", int, "a positive integer (jobs at once)", slurmspec.default_slots(slurm) if slurm else 1)
-        if slots < 1:
-            self.fail(f"{path}.slots", f"expected a positive integer (jobs at once), got {slots}")
+        most = MAX_SLOTS * 16 if slurm else MAX_SLOTS     # an allocation spans many nodes
+        if not 1 <= slots <= most:
+            self.fail(f"{path}.slots", f"expected a positive integer (jobs at once) up to {most}, got {short(slots)}")
         port = get("port", int, "a port number (1-65535)")
         if port is not None and not 0 < port < 65536:
-            self.fail(f"{path}.port", f"expected a port number (1-65535), got {port}")
-        hostname = get("hostname", (str, int, float), "a host name or address", name)
-        hostname = str(hostname).replace("{name}", name)
+            self.fail(f"{path}.port", f"expected a port number (1-65535), got {short(port)}")
+        hostname = str(get("hostname", (str, int, float), "a host name or address", name))
+        for placeholder in _PLACEHOLDER_RE.findall(hostname):
+            if placeholder != "name":
+                self.fail(f"{path}.hostname", f"unknown placeholder {{{_key(placeholder)}}} in {short(hostname)} "
+                                              "(the one placeholder is {name})")
+        hostname = hostname.replace("{name}", name)
+        if not _HOSTNAME_RE.fullmatch(hostname):
+            self.fail(f"{path}.hostname", f"{short(hostname)} is not a host name or address (letters, digits, "
+                                          "'_.-', or an IP address; it may not start with '-')")
+        user = get("user", str, "a user name")
+        if user is not None and not _USER_RE.fullmatch(user):
+            self.fail(f"{path}.user", f"{short(user)} is not a user name (it may not start with '-' or hold "
+                                      "blanks or control characters)")
         labels = get("labels", list, "a list of labels", [])
         for i, label in enumerate(labels):
             if not isinstance(label, str) or not _NAME_RE.fullmatch(label):
-                self.fail(f"{path}.labels[{i}]", f"expected a label (letters, digits, '_.-'), got {label!r}")
+                self.fail(f"{path}.labels[{i}]", f"expected a label (letters, digits, '_.-'), got {short(label)}")
         env = get("env", dict, "a mapping of environment variables", {})
         for k, val in env.items():
             if not isinstance(k, str) or not _ENV_NAME_RE.fullmatch(k):
-                self.fail(f"{path}.env.{k}", "expected an environment variable name")
-            if not isinstance(val, (str, int, float, bool)):
+                self.fail(f"{path}.env.{_key(k)}", "expected an environment variable name")
+            if not isinstance(val, (str, int, float, bool)) or isinstance(val, str) and "\0" in val:
                 self.fail(f"{path}.env.{k}", f"expected a string value, got {_kind(val)}")
         ssh_options = get("ssh_options", (list, dict), "a list of 'Key=Value' strings or a mapping", [])
         if isinstance(ssh_options, dict):
             ssh_options = [f"{k}={v}" for k, v in ssh_options.items()]
         for i, opt in enumerate(ssh_options):
-            if not isinstance(opt, str) or "=" not in opt or opt.startswith("-"):
-                self.fail(f"{path}.ssh_options[{i}]", f"expected 'Key=Value' (an ssh -o option), got {opt!r}")
+            if not isinstance(opt, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*[ \t]*=[^\x00-\x1f\x7f]*", opt):
+                self.fail(f"{path}.ssh_options[{i}]", f"expected 'Key=Value' (an ssh -o option), got {short(opt)}")
         identity = get("identity", str, "a path to a private key file")
+        if identity is not None and (not identity or _CONTROL_RE.search(identity)):
+            self.fail(f"{path}.identity", f"expected a path to a private key file, got {short(identity)}")
+        workdir = get("workdir", str, "a directory path")
+        if workdir is not None and (not workdir or _CONTROL_RE.search(workdir)):
+            self.fail(f"{path}.workdir", f"expected a directory path, got {short(workdir)}")
         return Host(
             name=name, hostname=hostname, slots=slots,
-            user=get("user", str, "a user name"), port=port,
+            user=user, port=port,
             identity=os.path.expanduser(identity) if identity else None,
             labels=tuple(labels), env=tuple((k, str(v)) for k, v in env.items()),
-            workdir=get("workdir", str, "a directory path"), local=get("local", bool, "true or false", False),
+            workdir=workdir, local=get("local", bool, "true or false", False),
             ssh_options=tuple(ssh_options), slurm=slurm,
         )
 
@@ -383,5 +445,7 @@ class _Validator:
 def _kind(value: Any) -> str:
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", str: f"the string {value!r}", bool: f"{value}".lower(),
-            int: f"the number {value}", float: f"the number {value}"}.get(type(value), type(value).__name__)
+    if isinstance(value, bool):
+        return str(value).lower()
+    return {dict: "a mapping", list: "a list", str: f"the string {short(value)}", int: f"the number {short(value)}",
+            float: f"the number {short(value)}"}.get(type(value), type(value).__name__)

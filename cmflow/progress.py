@@ -59,6 +59,10 @@ class _Counts:
         return f"{elapsed / ran * (self.total - self.done):.0f}s"
 
 
+def _of(rec: JobRecord) -> str:
+    return f"{rec.attempt}/{rec.attempts}" if rec.attempts and not rec.connection_failed else str(rec.attempt)
+
+
 class PlainProgress:
     """One line per finished job (and per host marked down), for logs and pipes."""
 
@@ -76,10 +80,17 @@ class PlainProgress:
 
     def job_ended(self, rec: JobRecord, final: bool, ok: bool) -> None:
         self.c.end(rec, final, ok)
-        status = "ok" if ok else ("FAILED" if final else "retry")
         why = f" ({rec.error})" if rec.error else ""
-        self.stream.write(f"[{self.c.done}/{self.c.total}] {status} #{rec.seq} {rec.label} on {rec.host} "
-                          f"{rec.runtime:.2f}s{why}\n")
+        if not final and not ok:
+            # the attempt that comes next, counted as the user set it: --retries 2 is attempts 1/3..3/3
+            nxt = f"attempt {rec.attempt + 1}" + (f"/{rec.attempts}" if rec.attempts and not rec.connection_failed
+                                                  else "")
+            self.stream.write(f"[{self.c.done}/{self.c.total}] retry {rec.label}: attempt {_of(rec)} on {rec.host} "
+                              f"{rec.runtime:.2f}s{why}; {nxt} next\n")
+        else:
+            tries = f", attempt {_of(rec)}" if rec.attempt > 1 else ""
+            self.stream.write(f"[{self.c.done}/{self.c.total}] {'ok' if ok else 'FAILED'} #{rec.seq} {rec.label} "
+                              f"on {rec.host} {rec.runtime:.2f}s{tries}{why}\n")
         self.stream.flush()
 
     def host_down(self, host: str, reason: str) -> None:

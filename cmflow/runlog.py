@@ -63,6 +63,7 @@ class JobRecord:
     ref: str = ""          # Slurm's id of the attempt (JOBID.STEP, JOBID_TASK), if it ran under Slurm
     bytes_sent: int = 0        # inputs staged to the host (cmflow/files)
     bytes_fetched: int = 0     # outputs fetched from it, verified
+    attempts: int = 0      # attempts allowed for the command's own failures (retries + 1); 0: not known
 
     @property
     def runtime(self) -> float:

@@ -69,6 +69,16 @@ def task(fn: Callable | None = None, *, parse: str | Callable[[str], Any] = "aut
     return mark(fn) if fn is not None else mark
 
 
+def reraise_interrupt(e: BaseException) -> None:
+    """Re-raise Ctrl-C; any other exception out of a task's own code (even SystemExit) is that code's error.
+
+    A task module that calls sys.exit() while imported, or a def that raises
+    GeneratorExit or a bare BaseException, must not end cmflow (with status 0).
+    """
+    if isinstance(e, KeyboardInterrupt):
+        raise e
+
+
 def options_of(fn: Callable) -> TaskOptions:
     return getattr(fn, _ATTR, DEFAULT_OPTIONS)
 

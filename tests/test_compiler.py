@@ -114,9 +114,9 @@ GOLDEN = [
      "f.flow:1:1: error: no task module 'nosuch' (looked for nosuch.py next to the flow, on CMFLOW_PATH and on "
      "sys.path)\n    from nosuch import x\n    ^"),
     ("from tk import zz\n",
-     "f.flow:1:1: error: module 'tk' has no task 'zz'\n    from tk import zz\n    ^^^^^^^"),
+     "f.flow:1:16: error: module 'tk' has no task 'zz'\n    from tk import zz\n                   ^^"),
     ("import tk as t\nt.bb\n",
-     "f.flow:2:1: error: module 't' has no task 'bb' (did you mean 'b'?)\n    t.bb\n    ^^^^"),
+     "f.flow:2:3: error: module 't' has no task 'bb' (did you mean 'b'?)\n    t.bb\n      ^^"),
     ("import tk\ntk\n",
      "f.flow:2:1: error: 'tk' is a module; name one of its tasks (tk.NAME)\n    tk\n    ^^"),
     ("from tk import a\nx = a\nx(1)\n",

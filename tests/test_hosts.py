@@ -103,7 +103,7 @@ def test_cli_bad_inventory(cli, tmp_path):
     (tmp_path / "hosts.yaml").write_text("hosts:\n  gpu1: {slots: -1}\n")
     r = cli("hosts", "list", cwd=tmp_path)
     assert r.returncode == 2
-    assert r.stderr.strip() == "hosts.yaml: hosts.gpu1.slots: expected a positive integer (jobs at once), got -1"
+    assert r.stderr.strip() == "hosts.yaml: hosts.gpu1.slots: expected a positive integer (jobs at once) up to 4096, got -1"
     assert "Traceback" not in r.stderr
 
 

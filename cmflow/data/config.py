@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import yamlfile
-from ..errors import ConfigError
+from ..errors import ConfigError, short
 
 KINDS_DB = {"local", "mongo"}
 KINDS_SERVICE = {"local", "azure", "s3", "google", "gdrive", "box"}
@@ -116,6 +116,21 @@ def _modern(settings: dict[str, Any], legacy: dict[str, str]) -> dict[str, Any]:
     return settings
 
 
+NUMBERS = {"timeout", "chunk_size", "chunked_threshold"}      # settings that must be numbers
+
+
+def number_setting(section: Section, key: str, default: float) -> float:
+    """A numeric setting (it may come from the environment, so it is checked when read)."""
+    value = section.get(key, default)
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        n = -1.0
+    if not n > 0 or n == float("inf"):
+        raise ConfigError(section.source, f"{section.path}.{key}", f"expected a positive number, got {short(value)}")
+    return n
+
+
 def load_config(explicit: str | None = None) -> DataConfig:
     path = find_config(explicit)
     if path is None:
@@ -156,6 +171,10 @@ def parse_config(text: str, source: str) -> DataConfig:
                     settings["path"] = str(p if os.path.isabs(p) else base_dir / p)
                 elif not isinstance(p, dict):
                     raise ConfigError(source, f"{path}.path", "expected a folder path")
+            for k, v in settings.items():
+                if k in NUMBERS and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                                         or isinstance(v, dict) and set(v) == {"env"}):
+                    raise ConfigError(source, f"{path}.{k}", f"expected a positive number, got {short(v)}")
             out[str(name)] = Section(str(name), kind, settings, source, key)
         return out
 
@@ -169,6 +188,9 @@ def parse_config(text: str, source: str) -> DataConfig:
         dbs = fallback.dbs
     if not services:
         services = fallback.services
+    for k in ("db", "service"):
+        if default.get(k) is not None and not isinstance(default.get(k), str):
+            raise ConfigError(source, f"default.{k}", f"expected the name of a {'database' if k == 'db' else 'service'}")
     default_db = default.get("db") or next(iter(dbs))
     default_service = default.get("service") or next(iter(services))
     if default_db not in dbs:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any
 
+from ..errors import short
 from .errors import DataError
 
 _FORBIDDEN = ("/", "\\", "\0")
@@ -71,6 +72,14 @@ class Record:
         if missing:
             raise DataError(f"{where}: missing {', '.join(sorted(missing))}")
         values = {k: doc[k] for k in names if k in doc}
+        for f in fields(cls):
+            if f.name in ("readers", "public") or f.name not in values:
+                continue
+            v = values[f.name]
+            want = int if f.name == "size" else str
+            if not isinstance(v, want) or isinstance(v, bool) or want is int and v < 0:
+                raise DataError(f"{where}: {f.name} must be {'a size in bytes' if want is int else 'a string'}, "
+                                f"got {short(v)}")
         readers = values.get("readers", ())
         if not isinstance(readers, (list, tuple)) or not all(isinstance(r, str) for r in readers):
             raise DataError(f"{where}: readers must be a list of user names")

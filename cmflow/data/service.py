@@ -20,7 +20,7 @@ from typing import BinaryIO, Iterator
 
 from .config import DataConfig
 from .db import RecordDB, open_db
-from ..errors import CmflowError
+from ..errors import CmflowError, ConfigError
 from .errors import DataError, Exists, NotFound
 from .record import Record, check_name
 from .storage import CHUNK, Storage, open_storage
@@ -68,7 +68,8 @@ class DataService:
     @property
     def db(self) -> RecordDB:
         if self._db is None:
-            self._db = open_db(self.config.dbs[self.config.default_db])
+            section = self.config.dbs[self.config.default_db]
+            self._db = _opened(section, open_db)
         return self._db
 
     def storage(self, name: str | None) -> tuple[str, Storage]:
@@ -76,7 +77,7 @@ class DataService:
         if name not in self.config.services:
             raise DataError(f"unknown service '{name}' (configured: {', '.join(self.config.services)})")
         if name not in self._stores:
-            self._stores[name] = open_storage(self.config.services[name])
+            self._stores[name] = _opened(self.config.services[name], open_storage)
         return name, self._stores[name]
 
     # ------------------------------------------------------------------ add
@@ -160,10 +161,18 @@ class DataService:
 
     # ------------------------------------------------------------------ get
     def get(self, name: str, dest: str | Path | None = None, force: bool = False) -> Path:
-        record = self.db.get(check_name(name))
-        target = Path(dest) if dest else Path(record.name)
-        if target.is_dir():
-            target = target / record.name
+        name = check_name(name)
+        record = self.db.get(name)
+        # the local file name is the validated NAME asked for, never the record's own field
+        # (a tampered record may say ../../x); a DEST ending in '/' is a folder
+        if dest is None or str(dest) == "":
+            target = Path(name)
+        else:
+            target = Path(dest)
+            if str(dest).endswith(("/", os.sep)) and not target.is_dir():
+                raise DataError(f"no such folder: {dest}")
+            if target.is_dir():
+                target = target / name
         if target.exists() and not force:
             raise Exists(f"{target} exists (use --force to overwrite it)")
         if not target.parent.is_dir():
@@ -177,6 +186,7 @@ class DataService:
             if sha.hexdigest() != record.sha256:
                 raise DataError(f"'{name}': downloaded bytes do not match the record's sha256 "
                                 f"({sha.hexdigest()[:12]}… != {record.sha256[:12]}…); nothing written")
+            os.chmod(tmp, 0o666 & ~_umask())    # mkstemp makes 0600; a download is an ordinary new file
             os.replace(tmp, target)
         finally:
             if os.path.exists(tmp):
@@ -209,6 +219,21 @@ class DataService:
                     detail, ok = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", False
                 out.append(ServiceStatus(kind, name, section.kind, ok, detail, name == default))
         return out
+
+
+def _opened(section, opener):
+    """A database or storage opened from its settings; settings of the wrong shape are the config's error."""
+    try:
+        return opener(section)
+    except (TypeError, ValueError, AttributeError, KeyError) as e:
+        raise ConfigError(section.source, section.path, f"cannot use these settings ({type(e).__name__}: "
+                                                        f"{str(e).splitlines()[0][:120] if str(e) else ''})") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 class _HashingWriter:

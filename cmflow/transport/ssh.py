@@ -57,6 +57,8 @@ def classify_ssh_error(stderr: str, host: Host) -> str:
     return last
 
 
+# Every ssh call below ends its options with "--" before the host: a host name can
+# never be read as an option (hosts.py also refuses names that start with '-').
 def ssh_base_argv(host: Host, ssh_config: str | None, connect_timeout: float = CONNECT_TIMEOUT) -> list[str]:
     """ssh options for a host: the inventory's settings, never a shell; host keys stay strict."""
     argv = ["ssh"]
@@ -134,7 +136,7 @@ class SshTransport(SlotTransport):
         # "ready" signal; a short ControlPersist ends an orphaned master soon after
         # its sessions close (cmflow killed), and ends nothing while a slot is open.
         argv = [*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
-                "-o", f"ControlPersist={CONTROL_PERSIST}", "-N", "-f", self.host.hostname]
+                "-o", f"ControlPersist={CONTROL_PERSIST}", "-N", "-f", "--", self.host.hostname]
         try:
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
                                                         stdout=asyncio.subprocess.DEVNULL,
@@ -157,7 +159,7 @@ class SshTransport(SlotTransport):
         try:
             path = await self._master(index)
             proc = await asyncio.create_subprocess_exec(
-                *self.base, *self._mux(path), self.host.hostname, REMOTE_COMMAND,
+                *self.base, *self._mux(path), "--", self.host.hostname, REMOTE_COMMAND,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 start_new_session=True, limit=1 << 20)
         except BaseException:
@@ -203,7 +205,7 @@ class SshTransport(SlotTransport):
             except ConnectionLost as e:
                 return Helper(None, b"", str(e))
             proc = await asyncio.create_subprocess_exec(
-                *self.base, *self._mux(path), self.host.hostname, f"sh -c {shlex.quote(script)}",
+                *self.base, *self._mux(path), "--", self.host.hostname, f"sh -c {shlex.quote(script)}",
                 stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True)
@@ -230,7 +232,7 @@ class SshTransport(SlotTransport):
 
     async def _exit_master(self, path: str) -> None:
         proc = await asyncio.create_subprocess_exec(
-            "ssh", "-o", f"ControlPath={path}", "-O", "exit", self.host.hostname,
+            "ssh", "-o", f"ControlPath={path}", "-O", "exit", "--", self.host.hostname,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
         try:

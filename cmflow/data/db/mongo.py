@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..config import Section
+from ...errors import ConfigError
+from ..config import Section, number_setting
 from ..errors import Exists, NotFound, Unavailable
 from ..record import Record, check_name
 
@@ -14,10 +15,19 @@ class MongoDB:
 
         self._pymongo = pymongo
         self.url = section.get("url", "mongodb://127.0.0.1:27017", required=True)
-        timeout_ms = int(float(section.get("timeout", 5)) * 1000)
-        self.client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=timeout_ms,
-                                          connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 4)
-        self.coll = self.client[section.get("database", "cmflow")][section.get("collection", "records")]
+        if not isinstance(self.url, str) or not self.url.startswith(("mongodb://", "mongodb+srv://")):
+            raise ConfigError(section.source, f"{section.path}.url",
+                              "expected mongodb://[USER:PASSWORD@]HOST[:PORT][/DATABASE] (or mongodb+srv://)")
+        timeout_ms = int(1000 * number_setting(section, "timeout", 5))
+        try:
+            self.client = pymongo.MongoClient(self.url, serverSelectionTimeoutMS=timeout_ms,
+                                              connectTimeoutMS=timeout_ms, socketTimeoutMS=timeout_ms * 4)
+            self.coll = self.client[str(section.get("database", "cmflow"))][str(section.get("collection", "records"))]
+        except (pymongo.errors.ConfigurationError, pymongo.errors.InvalidName, ValueError, TypeError) as e:
+            # pymongo's words may quote the URL, and so a password: the reason's kind only
+            raise ConfigError(section.source, f"{section.path}.url",
+                              f"not a usable MongoDB URL or database name ({type(e).__name__}); "
+                              "expected mongodb://[USER:PASSWORD@]HOST[:PORT][/DATABASE]") from None
         self._indexed = False
 
     def _call(self, fn, *args, **kw):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import tempfile
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..config import Section
+from ..config import Section, number_setting
 from ..errors import DataError, NotFound, Unavailable
 from . import CHUNK
 
@@ -25,7 +25,7 @@ class BoxStorage:
         self.service = f"box:{section.name}"
         self.section = section
         self.folder_name = section.get("folder", "cmflow")
-        self.threshold = int(section.get("chunked_threshold", 20 * 1024 * 1024))
+        self.threshold = int(number_setting(section, "chunked_threshold", 20 * 1024 * 1024))
         self._client: Any = None
         self._folder: str | None = None
         self._ids: dict[str, str] = {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import quote, urlparse
 
-from ..config import Section
+from ..config import Section, number_setting
 from ..errors import DataError, NotFound, Unavailable
 from . import CHUNK
 
@@ -112,7 +112,7 @@ def azure_storage(section: Section) -> LibcloudStorage:
     account = section.get("account", required=True)
     key = section.get("key", required=True)
     host, port, secure, base = _endpoint(section, None)
-    timeout = float(section.get("timeout", 10))
+    timeout = number_setting(section, "timeout", 10)
     kw: dict[str, Any] = {"secure": secure, "timeout": timeout}
     if host:
         kw.update(host=host, port=port)
@@ -131,7 +131,7 @@ def s3_storage(section: Section) -> LibcloudStorage:
     secret = section.get("secret_key", required=True)
     region = section.get("region", "us-east-1")
     host, port, secure, base = _endpoint(section, None)
-    timeout = float(section.get("timeout", 10))
+    timeout = number_setting(section, "timeout", 10)
     kw: dict[str, Any] = {"secure": secure, "timeout": timeout, "region": region}
     if host:
         kw.update(host=host, port=port)

@@ -13,7 +13,7 @@ import json
 from typing import Any, BinaryIO, Iterator
 from urllib.parse import quote
 
-from ..config import Section
+from ..config import Section, number_setting
 from ..errors import DataError, NotFound
 from . import CHUNK
 from .http import RestClient, TokenSource
@@ -69,11 +69,11 @@ class DriveStorage:
         self.service = f"gdrive:{section.name}"
         self.api = str(section.get("endpoint", API)).rstrip("/")
         self.folder_name = section.get("folder", "cmflow")
-        self.chunk = int(section.get("chunk_size", 32 * GRAIN))
+        self.chunk = int(number_setting(section, "chunk_size", 32 * GRAIN))
         if self.chunk <= 0 or self.chunk % GRAIN:
             raise DataError(f"{self.service}: chunk_size must be a positive multiple of 256 KiB")
         tokens, secrets = _tokens(section, self.service)
-        self.http = RestClient(self.service, tokens, float(section.get("timeout", 30)), secrets=secrets)
+        self.http = RestClient(self.service, tokens, number_setting(section, "timeout", 30), secrets=secrets)
         self._folder: str | None = None
         self._ids: dict[str, str] = {}
 

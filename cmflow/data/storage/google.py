@@ -17,7 +17,7 @@ import os
 from datetime import timedelta
 from typing import Any, BinaryIO, Callable, Iterator
 
-from ..config import Section
+from ..config import Section, number_setting
 from ..errors import DataError, NotFound, Unavailable
 from . import CHUNK
 from .cloud import LibcloudStorage, _endpoint
@@ -38,7 +38,7 @@ def _hmac_storage(section: Section) -> LibcloudStorage:
     access = section.get("access_key", required=True)
     secret = section.get("secret_key", required=True)
     host, port, secure, base = _endpoint(section, GCS_HOST)
-    timeout = float(section.get("timeout", 10))
+    timeout = number_setting(section, "timeout", 10)
     driver = get_driver(Provider.S3)(access, secret, secure=secure, timeout=timeout, host=host, port=port,
                                      region="us-east-1")
     driver.region_name = section.get("region", "auto")   # the V4 signer reads it; GCS wants `auto`
@@ -51,7 +51,7 @@ class GcsJsonStorage:
         self.section = section
         self.bucket_name = section.get("bucket", "cmflow")
         self.service = f"google:{section.name}"
-        self.timeout = float(section.get("timeout", 10))
+        self.timeout = number_setting(section, "timeout", 10)
         self._bucket: Any = None
         self._credentials: Any = None
 
