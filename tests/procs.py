@@ -109,6 +109,12 @@ def stop_run(folder: Path, inventory: Path, how: str, env: dict | None = None) -
             wanted = set(range(len(SHAPES))) - ENDS_AT_ONCE
             if not wait_until(lambda: wanted <= running_sleeps(marker) or proc.poll() is not None):
                 raise AssertionError(f"the shapes never all ran: {sorted(running_sleeps(marker))}")
+            if how == "SIGKILL":
+                # the shape that ends at once must have ended *for cmflow* before the kill: its record
+                # in the run directory is that event (written as the job ends, not at exit)
+                records = folder / f"run-{how}" / "jobs.jsonl"
+                if not wait_until(lambda: records.exists() and records.stat().st_size > 0 or proc.poll() is not None):
+                    raise AssertionError("no job record was written while the run went on")
             proc.send_signal(getattr(signal, how))
         _, err = proc.communicate(timeout=120)
     finally:

@@ -7,12 +7,13 @@ timeouts reported by exit code, not as output.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 
 import pytest
 
-from conftest import cmflow, need_tool
-from sshhosts import SshdHosts
+from conftest import cmflow, need_tool, world_dir
+from sshhosts import SshdHosts, have_sshd
 
 
 def _clush(hosts: SshdHosts, nodes: str, command: str, *flags: str) -> subprocess.CompletedProcess:
@@ -82,3 +83,22 @@ def test_a_job_killed_by_a_signal_exits_128_plus_n_as_clush_says(tmp_path):
     assert _stderr_lines(ours.stderr, "cmflow") == _stderr_lines(theirs.stderr, "clush") == \
         ["PROG: here: exited with exit code 137"]
     assert ours.returncode == 1
+
+
+@pytest.mark.slow
+def test_sixteen_hosts_fold_to_one_line():
+    """Sixteen real sshd hosts (about 5 s to start): `echo hi` on node[01-16] is one line, as clush folds it."""
+    if not have_sshd():
+        pytest.skip("openssh-server is not installed (.ci/run installs it)")
+    base = world_dir("cmflow-sixteen-")
+    hosts = SshdHosts(base, n=16, prefix="node", width=2).start()
+    try:
+        ours = _exec(hosts, "node[01-16]", "echo hi")
+        assert ours.returncode == 0 and ours.stderr == "", ours.stderr
+        assert ours.stdout == "node[01-16]: hi\n"
+        assert ours.stdout == _clush(hosts, "node[01-16]", "echo hi", "-bL").stdout
+        assert _clush(hosts, "node[01-16]", "echo hi", "-b").stdout == \
+            "---------------\nnode[01-16] (16)\n---------------\nhi\n"
+    finally:
+        hosts.stop()
+        shutil.rmtree(base, ignore_errors=True)
