@@ -57,10 +57,15 @@ async def _kill(proc: asyncio.subprocess.Process) -> None:
 async def _drain(proc: asyncio.subprocess.Process) -> str:
     """What ssh said on stderr before it died (after the framing, nothing else writes there)."""
     await _kill(proc)
+    return await stderr_text(proc)
+
+
+async def stderr_text(proc: asyncio.subprocess.Process) -> str:
+    """What a dead process left on its stderr pipe, up to EOF (bounded: a grandchild may hold it)."""
     data = b""
     if proc.stderr:
         try:
-            data = await asyncio.wait_for(proc.stderr.read(), 5)   # what is buffered, up to EOF
+            data = await asyncio.wait_for(proc.stderr.read(), 5)
         except (asyncio.TimeoutError, ConnectionError):
             pass
     return data.decode("utf-8", "replace")

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..hosts import Host
 from . import ConnectionLost, JobSpec, Outcome
-from .framing import _kill
+from .framing import _kill, stderr_text
 from .output import StreamedOutput
 
 SERVER_CODE = (Path(__file__).with_name("server.py")).read_bytes()
@@ -219,10 +219,4 @@ async def _close(proc: asyncio.subprocess.Process) -> None:
 async def _drain(proc: asyncio.subprocess.Process) -> str:
     """What the process said on stderr before it died (only ssh and a failing server write there)."""
     await _close(proc)
-    data = b""
-    if proc.stderr:
-        try:
-            data = await asyncio.wait_for(proc.stderr.read(), 5)   # what is buffered, up to EOF
-        except (asyncio.TimeoutError, ConnectionError):
-            pass
-    return data.decode("utf-8", "replace")
+    return await stderr_text(proc)
