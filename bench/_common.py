@@ -18,6 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+# Every `python3 -m cmflow` a benchmark starts runs this checkout, installed or not.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
+def failed(what: str, rc: int, stderr: str) -> None:
+    """A side that failed has no time worth a ratio: stop the benchmark, loudly."""
+    sys.exit(f"benchmark aborted: {what} exited {rc}: {stderr[:300]} ... {stderr[-300:]}")
 
 CG_ROOT = Path("/sys/fs/cgroup/cpuacct/cmflow-bench")
 
@@ -64,7 +71,7 @@ def measure(cmd: str, groups: dict[str, Path] | None, env: dict | None = None, c
     time.sleep(0.3)   # let sshd sessions finish their accounting
     c1, s1 = cg_cpu(client), cg_cpu(server)
     if proc.returncode != 0:
-        print(f"  ! exit {proc.returncode}: {proc.stderr[:300]} ... {proc.stderr[-300:]}", file=sys.stderr)
+        failed(cmd[:80], proc.returncode, proc.stderr)
     rusage = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     return Sample(wall, (c1 - c0) if client else rusage, s1 - s0, proc.returncode)
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT  # noqa: F401  (puts tests/ on sys.path)
+from _common import ROOT, failed  # noqa: F401  (puts tests/ on sys.path)
 from sshhosts import SshdHosts, have_sshd
 
 HOSTS, SLOTS = 4, 4
@@ -39,7 +39,7 @@ def timed(cmd: str, cwd: Path) -> tuple[float, int]:
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
-        print(f"  ! exit {r.returncode}: {r.stderr[-500:]}", file=sys.stderr)
+        failed(cmd[:80], r.returncode, r.stderr)
     return wall, int(rss_file.read_text().split()[-1])
 
 

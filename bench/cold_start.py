@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT  # noqa: F401  (puts tests/ on sys.path)
+from _common import ROOT, failed  # noqa: F401  (puts tests/ on sys.path)
 from sshhosts import SshdHosts, have_sshd
 
 
@@ -33,7 +33,7 @@ def wall(cmd: list[str], cwd: Path) -> float:
     r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     w = time.perf_counter() - t0
     if r.returncode != 0:
-        print(f"  ! {cmd[0]} exit {r.returncode}: {r.stderr[-300:]}", file=sys.stderr)
+        failed(" ".join(cmd)[:80], r.returncode, r.stderr)
     return w
 
 

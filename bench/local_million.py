@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import flow_of
+from _common import failed, flow_of
 
 
 def child(cmd: str, cwd: Path) -> dict:
@@ -44,7 +44,7 @@ def child(cmd: str, cwd: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", probe, cmd], capture_output=True, text=True, cwd=cwd)
     doc = json.loads(out.stdout)
     if doc["rc"]:
-        print(f"  ! exit {doc['rc']}: {cmd}\n{out.stderr[-500:]}", file=sys.stderr)
+        failed(cmd[:80], doc["rc"], out.stderr)
     return doc
 
 

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Sample, flow_of, measure
+from _common import Sample, failed, flow_of, measure
 from slurmcluster import SlurmCluster, have_slurm
 
 
@@ -77,7 +77,7 @@ def cmflow_jobs(cluster: SlurmCluster, work: Path, flow: Path, inv: Path) -> dic
                        env={**cluster.env, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
     wall = time.perf_counter() - t0
     if r.returncode != 0:
-        print(f"  ! cmflow exit {r.returncode}: {r.stderr[-800:]}", file=sys.stderr)
+        failed("cmflow run (job mode)", r.returncode, r.stderr)
     stats = json.loads(next((work / "jrun" / "slurm").glob("stats-*.json")).read_text())
     stats["seconds"] = wall   # the whole command, start-up included
     stats["calls_per_minute"] = sum(stats["calls"].values()) * 60 / wall
