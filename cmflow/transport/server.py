@@ -88,6 +88,7 @@ class Server:
         self.kill_asked = False
         self.main_status = None
         self.main_pid = None
+        self.children_left = True    # the last reap found children still alive (False: none at all)
         r, w = os.pipe()
         for fd in (r, w):
             os.set_blocking(fd, False)
@@ -197,13 +198,15 @@ class Server:
         return table
 
     def reap(self):
-        """Collect every child that has exited; note the main process's status."""
+        """Collect every child that has exited; note the main process's status, and whether any child is left."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                self.children_left = False
                 return
             if pid == 0:
+                self.children_left = True
                 return
             self.exempt.discard(pid)
             if pid == self.main_pid:
@@ -312,7 +315,10 @@ class Server:
                     self.exempt.update(self.descendants())
                     self.drain(pipes, 0)
                     break
-                if self.descendants():
+                # No child left at all means no descendant either (the usual case, and no /proc walk):
+                # the job's orphans are re-parented to us (subreaper) before its main process can be
+                # reaped, and any other descendant lives under a child of ours.
+                if self.children_left and self.descendants():
                     # left behind by the job: ended now, so it cannot touch the next job
                     killed = True
                     self.kill_tree(self.grace)
