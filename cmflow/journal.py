@@ -3,10 +3,12 @@
 ``journal.jsonl`` in the run directory gets one JSON line per event: a job
 started (``start``), an attempt ended (``end``), a job reused from an earlier
 run (``cached``), a job's output files fetched and verified (``fetched``).
-The lines of one turn of the event loop go to the kernel in one ``write()`` on
-an ``O_APPEND`` descriptor before the loop next waits (cmflow/flushing.py), so
-a SIGKILL of cmflow loses only the jobs still in flight; a torn last line
-(power cut, full disk) is skipped by the reader, never fatal. No fsync per line: a crash of the whole
+Lines go to the kernel in one ``write()`` on an ``O_APPEND`` descriptor: a
+start at once, with every line before it (a job's start is in the file before
+the job can run), the other lines of a turn of the event loop together before
+the loop next waits (cmflow/flushing.py). So a SIGKILL of cmflow loses only the
+jobs still in flight; a torn last line (power cut, full disk) is skipped by the
+reader, never fatal. No fsync per line: a crash of the whole
 machine may lose the last few seconds (the page cache), a kill of cmflow never.
 
 The key of an invocation is a sha256 over what decides its result:
@@ -162,8 +164,11 @@ class Journal:
             data = data[n:]
 
     def started(self, seq: int, key: str, host: str, attempt: int, ready: float, start: float) -> None:
+        """Written ahead: in the file (with every line before it) before the job may start, so a
+        job that ran is never missing from a killed run's journal (a resume counts it in flight)."""
         self.append({"ev": "start", "seq": seq, "key": key, "host": host, "attempt": attempt,
                      "ready": round(ready, 6), "start": round(start, 6)})
+        self.flush()
 
     def ended(self, doc: dict[str, Any]) -> None:
         self.append({"ev": "end", **doc})
