@@ -67,6 +67,7 @@ class Failure:
 
 
 Result = Ok | Failure
+_SILENT = Ok("")   # the value of a job that succeeded with an empty stdout (read_value("", "auto"))
 
 
 class Observer(Protocol):
@@ -162,25 +163,30 @@ class _Result:
         if self.callbacks is not None:
             self.callbacks.append(fn)
         else:
-            _Result.call(fn, self)
+            self._call([fn])
 
     def set_result(self, result: Result) -> None:
         if self.callbacks is None:
             raise asyncio.InvalidStateError("result already set")
         callbacks, self.callbacks, self.value = self.callbacks, None, result
-        for fn in callbacks:
-            _Result.call(fn, self)
+        if callbacks:
+            self._call(callbacks)
 
-    @staticmethod
-    def call(fn: Callable[["_Result"], None], cell: "_Result") -> None:
+    def _call(self, callbacks: list[Callable[["_Result"], None]]) -> None:
         if _Result.depth >= 40:
-            asyncio.get_running_loop().call_soon(fn, cell)
+            call_soon = asyncio.get_running_loop().call_soon
+            for fn in callbacks:
+                call_soon(fn, self)
             return
         _Result.depth += 1
         try:
-            fn(cell)
+            for fn in callbacks:
+                fn(self)
         finally:
             _Result.depth -= 1
+
+
+_NONE: frozenset[str] = frozenset()
 
 
 class _JobRun(Request):
@@ -193,12 +199,14 @@ class _JobRun(Request):
     __slots__ = ("ex", "job", "future", "attempt", "command_failures", "conn_failures", "avoid", "ready", "keyed")
 
     def __init__(self, ex: "Executor", job: Job, future: _Result):
-        super().__init__()
+        self.seq = 0              # Request's fields, set here: one call less per job
+        self.base = None
+        self.cancelled = False
         self.ex = ex
         self.job = job
         self.future = future
         self.attempt = self.command_failures = self.conn_failures = 0
-        self.avoid: frozenset[str] = frozenset()
+        self.avoid: frozenset[str] = _NONE
         self.ready = 0.0                                  # when it asked for a slot first
         self.keyed: tuple[KeyParts, str] | None = None    # its resume key, once known
 
@@ -227,7 +235,10 @@ class _Then:
         self.ex, self.fn, self.i = ex, fn, i
 
     def __call__(self, fut: _Result) -> None:
-        self.ex._guarded(self.fn, self.i, fut.value)
+        try:
+            self.fn(self.i, fut.value)
+        except BaseException as e:  # noqa: BLE001 - a bug in evaluation: handed to run(), which re-raises it
+            self.ex._bug(e)
 
 
 class Executor:
@@ -307,8 +318,11 @@ class Executor:
         try:
             fn(*args)
         except BaseException as e:  # noqa: BLE001 - handed to run(), which re-raises it
-            if self._fatal is not None and not self._fatal.done():
-                self._fatal.set_exception(e)
+            self._bug(e)
+
+    def _bug(self, e: BaseException) -> None:
+        if self._fatal is not None and not self._fatal.done():
+            self._fatal.set_exception(e)
 
     def _memo(self, node: PlanNode, start: Callable[[Any, _Result], None]) -> _Result:
         """The memoised evaluation of a node written as callbacks (no Task)."""
@@ -328,6 +342,10 @@ class Executor:
 
     def _eval(self, node: PlanNode) -> _Result:
         """The one evaluation of a node (memoised: shared nodes and repeated jobs run once)."""
+        if type(node) is JobRef:   # by far the most common node: no pattern match for it
+            job = node.job
+            fut = self._jobs.get(job.id)
+            return fut if fut is not None else self._submit(job)
         match node:
             case JobRef(job):
                 fut = self._jobs.get(job.id)
@@ -561,8 +579,8 @@ class Executor:
 
     def _submit(self, job: Job) -> _Result:
         """Queue a job for a slot; its future gets the final result (after any retries)."""
-        fut = self._jobs[job.id] = self._future()
-        target = self._target(job.target)
+        fut = self._jobs[job.id] = _Result()
+        target = self._targets.get(job.target) or self._target(job.target)
         if isinstance(target, str):
             fut.set_result(self._fail(Failure(target, job)))
             return fut
@@ -606,7 +624,8 @@ class Executor:
         """One attempt of a job on a slot it holds. Returns None when the job has its result,
         else the backoff before it asks for a slot again."""
         job = run.job
-        timeout = job.options.timeout if job.options.timeout is not None else self.options.timeout
+        options = job.options
+        timeout = options.timeout if options.timeout is not None else self.options.timeout
         run.attempt += 1
         attempt = run.attempt
         out, err = self.log.paths(job.id, attempt)
@@ -624,7 +643,7 @@ class Executor:
             self.journal.started(job.id, keyed[1], host, attempt, run.ready, started)
         moved: Moved | None = None
         try:
-            spec = JobSpec(job.id, job.command, out, err, timeout, job.options.detach)
+            spec = JobSpec(job.id, job.command, out, err, timeout, options.detach)
             if job.files:
                 outcome, moved = await self._with_files(job, host, attempt, spec)
             else:
@@ -641,6 +660,11 @@ class Executor:
         self.jobs_run += 1
         result = self._result_of(job, host, outcome, out, err, moved)
         final = True
+        if result is _SILENT:   # the commonest case, first
+            self._conn_failures[host] = 0
+            self._record(job, host, attempt, outcome, out, err, result, final, keyed=keyed)
+            run.future.set_result(result)
+            return None
         if outcome.connection_failed:
             run.conn_failures += 1
             self._conn_failures[host] += 1
@@ -688,6 +712,10 @@ class Executor:
 
     def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path,
                    moved: Moved | None = None) -> Result:
+        if outcome.exit_status == 0 and not outcome.stdout_bytes and moved is None and not outcome.timed_out \
+                and not outcome.connection_failed and job.options.parse == "auto":
+            return _SILENT   # the commonest job of all: it succeeded and printed nothing
+
         def failure(reason: str) -> Failure:
             if moved is not None and moved.kept:
                 reason += f" (work dir kept: {moved.kept})"
@@ -762,21 +790,22 @@ class Executor:
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
                 result: Result, final: bool, killed: bool = False,
                 keyed: tuple[KeyParts, str, float] | None = None, moved: Moved | None = None) -> None:
+        ok = type(result) is Ok
         rec = JobRecord(
             job, host, attempt, outcome.start, outcome.end,
             outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
-            outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "", killed, outcome.ref,
-            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0, self._attempts(job))
+            outcome.stdout_bytes, result.value if ok else None, "" if ok else result.reason, killed, outcome.ref,
+            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0,
+            1 + (job.options.retries if job.options.retries is not None else self.options.retries))
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
-        self.log.record(rec, final or isinstance(result, Ok))
+        self.log.record(rec, final or ok)
         if self.journal is not None and keyed is not None:
             parts, key, ready = keyed
             self.journal.ended({
                 "seq": job.id, "key": key, "parts": parts.to_json(), "task": job.task, "label": rec.label,
                 "where": job.where, "host": host, "attempt": attempt, "ready": round(ready, 6),
-                "start": round(outcome.start, 6), "end": round(outcome.end, 6), "ok": isinstance(result, Ok),
+                "start": round(outcome.start, 6), "end": round(outcome.end, 6), "ok": ok,
                 "final": final, "exit": outcome.exit_status, "signal": outcome.signal,
                 "timed_out": outcome.timed_out, "connection_failed": outcome.connection_failed,
                 "error": rec.error, "stdout": f"jobs/{out.name}" if outcome.stdout_bytes else "",
@@ -784,7 +813,6 @@ class Executor:
                 "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes,
                 **({"bytes_sent": moved.bytes_sent, "bytes_fetched": moved.bytes_fetched} if moved else {}),
                 **_phases(self._phase_marks.pop((job.id, attempt), ()), time.time())})
-        ok = isinstance(result, Ok)
         for hook in self._on_ended:
             hook(rec, final, ok)
 

@@ -59,7 +59,7 @@ class KeyParts:
 
     def key(self) -> str:
         doc = [KEY_VERSION, self.task, self.args, self.command, self.placement, self.env, list(self.inputs)]
-        return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+        return hashlib.sha256(_COMPACT(doc).encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "args": self.args, "command": self.command, "placement": self.placement,
@@ -71,8 +71,13 @@ class KeyParts:
                    tuple((p, f) for p, f in doc.get("inputs", ())))
 
 
+# encoders made once: json.dumps with options builds a new encoder per call, and these run per job
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=repr).encode
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+    return _CANONICAL(value)
 
 
 def _sha(text: str) -> str:

@@ -103,6 +103,7 @@ _FIELDS = ("seq", "task", "label", "args", "kwargs", "where", "host", "attempt",
            "signal", "timed_out", "connection_failed", "command", "stdout", "stderr", "stdout_bytes", "value",
            "error", "killed", "ref", "bytes_sent", "bytes_fetched", "attempts")
 _VALUES = operator.attrgetter(*_FIELDS)
+_ENCODE = json.JSONEncoder(default=repr).encode   # made once: json.dumps(default=) makes one per call
 
 
 def _join(folder: Path, name: str) -> Path:
@@ -169,10 +170,10 @@ class RunLog:
         doc = dict(zip(_FIELDS, _VALUES(rec)))   # not asdict(): it deep-copies every value
         doc["runtime"] = round(rec.runtime, 6)
         try:
-            line = json.dumps(doc, default=repr)
+            line = _ENCODE(doc)
         except ValueError:
             doc["value"] = repr(rec.value)
-            line = json.dumps(doc, default=repr)
+            line = _ENCODE(doc)
         self._records.write(line + "\n")
         flush_soon(self)
 

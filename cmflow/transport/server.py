@@ -218,11 +218,17 @@ class Server:
         except InterruptedError:
             r = []
         if r:
-            try:
-                while os.read(self.wake, 512):
-                    pass
-            except (BlockingIOError, InterruptedError):
+            self.clear_wake()
+        else:
+            self.reap()
+
+    def clear_wake(self):
+        """A signal came (the wake-up pipe is readable): empty the pipe, then reap."""
+        try:
+            while os.read(self.wake, 512):
                 pass
+        except (BlockingIOError, InterruptedError):
+            pass
         self.reap()
 
     def signal_all(self, pids, sig):
@@ -336,7 +342,7 @@ class Server:
                 continue
             for fd in ready:
                 if fd == self.wake:
-                    self.wait_wake(0)
+                    self.clear_wake()
                 elif fd == 0:
                     self.read_stdin()
                     line = self.next_message()
@@ -395,7 +401,7 @@ class Server:
                 except InterruptedError:
                     continue
                 if self.wake in ready:
-                    self.wait_wake(0)
+                    self.clear_wake()
                 if 0 in ready:
                     self.read_stdin()
         except ControllerGone:
