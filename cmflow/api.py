@@ -143,10 +143,10 @@ def _busy(e: RunBusy) -> UsageError:
 
 
 def _observers(display: Display, plan: Plan, inv: Inventory) -> list[Any]:
-    from .progress import LiveProgress, PlainProgress
-
     if display == "quiet":
         return []
+    from .progress import LiveProgress, PlainProgress   # not imported by quiet runs
+
     if display == "live" or (display == "auto" and sys.stderr.isatty()):
         return [LiveProgress(len(plan.jobs) + plan.deferred(), inv)]
     return [PlainProgress(len(plan.jobs) + plan.deferred(), inv)]
