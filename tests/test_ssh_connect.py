@@ -152,3 +152,20 @@ def test_failed_first_connection_fails_the_slots_waiting_for_it(sshd_hosts, tmp_
 def _closed_port() -> int:
     from sshhosts import free_port
     return free_port()       # bound and released: nothing listens there
+
+
+def test_open_file_limit_is_raised_for_many_slots():
+    """256 hosts x 2 slots need more than the usual 1024 open files: the soft limit is raised for them."""
+    import resource
+    from cmflow.api import open_files_for
+    from cmflow.hosts import Host
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"hard limit {hard} too low to check")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        open_files_for([Host(f"h{i}", "127.0.0.1", slots=2) for i in range(512)])
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 256 + 4 * 1024
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
