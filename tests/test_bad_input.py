@@ -282,3 +282,23 @@ def test_a_generator_is_bounded(flowdir):
     with pytest.raises(FlowError) as e:
         compile_text("from t import a\nmax(a(i) for i in range(100000000))\n", str(flowdir.path / "f.flow"))
     assert f"range(100000000) has more than {MAX_ITEMS} values" in str(e.value)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("time: 1:30\n", "1:30"),               # YAML 1.1 would read 90
+    ("time: 1:30:00\n", "1:30:00"),         # ... and 5400
+    ("t: 190:20:30.15\n", "190:20:30.15"),  # ... and a base-60 float
+    ("n: 90\n", 90),                        # plain numbers stay numbers
+    ("x: 1.5\n", 1.5),
+])
+def test_values_with_colons_are_text_not_base_60(text, value):
+    from cmflow.yamlfile import load
+
+    assert list(load(text, "v.yaml").values()) == [value]
+
+
+def test_slurm_time_unquoted_is_the_time_written():
+    from cmflow.hosts import parse_inventory
+
+    inv = parse_inventory("hosts:\n  c: {slurm: {nodes: 2, time: 1:30}}\n", "inv.yaml")
+    assert inv.hosts[0].slurm.time == "1:30"
