@@ -120,7 +120,6 @@ error, 130/143 interrupted by Ctrl-C/SIGTERM.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import sys
@@ -272,6 +271,8 @@ def _options_of(usage: str) -> set[str]:
 
 
 def _close(word: str, options: list[str]) -> str:
+    import difflib   # only on this error path: it costs start-up time on every run
+
     near = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
     return f" (did you mean '{near[0]}'?)" if near else ""
 
@@ -340,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        return 1
+    except OSError as e:
+        # the system refused something a user named (a path too long, a full disk, no permission):
+        # its own words and the name, not a traceback
+        name = f": {str(e.filename)[:100]}" if e.filename else ""
+        sys.stderr.write(f"cmflow: {e.strerror or e}{name}\n")
         return 1
 
 

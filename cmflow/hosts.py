@@ -5,7 +5,6 @@ what was expected. Read with ``yaml.safe_load`` only.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -336,11 +335,16 @@ def _included(doc: dict, filename: str, including: tuple[str, ...]) -> list[tupl
         raise ConfigError(filename, "include", f"includes nest deeper than {MAX_INCLUDE_DEPTH} files")
     out = []
     for i, item in enumerate(items):
-        path = _relative_to(filename, os.path.expanduser(item))
-        if str(path.resolve()) in chain:
+        try:
+            path = _relative_to(filename, os.path.expanduser(item))
+            resolved, is_file = str(path.resolve()), path.is_file()
+        except (OSError, ValueError) as e:   # a name too long, a NUL, a loop of links
+            raise ConfigError(filename, f"include[{i}]",
+                              f"cannot use {_key(item)!r}: {getattr(e, 'strerror', None) or e}") from None
+        if resolved in chain:
             raise ConfigError(filename, f"include[{i}]", f"{item} includes itself (through {' -> '.join(chain)})")
-        if not path.is_file():
-            raise ConfigError(filename, f"include[{i}]", f"no such inventory file: {path}")
+        if not is_file:
+            raise ConfigError(filename, f"include[{i}]", f"no such inventory file: {_key(str(path))}")
         out.append((i, parse_inventory(yamlfile.read_text(str(path), "inventory"), str(path), chain)))
     return out
 
@@ -359,6 +363,8 @@ def _key(key: Any) -> str:
 def _did_you_mean(name: str, options: Iterable[str]) -> str:
     if len(name) > 100:
         return ""
+    import difflib   # error path only (start-up time)
+
     close = difflib.get_close_matches(name, list(options)[:1000], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
