@@ -1,6 +1,6 @@
-"""How the ssh transport connects (issue 10.3): one connection per host carries its slots,
-the first slot's own ssh is the master, the fanout window bounds connections being opened,
-and closing a transport ends its masters (over the control socket, no ssh process)."""
+"""How the ssh transport connects (issue 10.3): one ssh process per host, its master; the slots'
+sessions are asked of it over its control socket; the fanout window bounds connections being
+opened; closing a transport ends its masters (over the control socket too)."""
 from __future__ import annotations
 
 import asyncio
@@ -41,10 +41,9 @@ def spawned_argvs(monkeypatch) -> list[list[str]]:
     return seen
 
 
-def test_slots_of_a_host_share_one_connection_whose_first_session_is_the_master(sshd_hosts, tmp_path, shared,
-                                                                                 monkeypatch):
+def test_slots_of_a_host_share_its_one_ssh_process(sshd_hosts, tmp_path, shared, monkeypatch):
     """Two jobs at once on a 2-slot host: both see the same client port (one TCP connection), and
-    cmflow started two ssh processes in all: the master that is also slot 1's session, then slot 2's."""
+    cmflow started one ssh process in all, the master: both sessions were asked of it over its socket."""
     argvs = spawned_argvs(monkeypatch)
 
     async def main():
@@ -67,9 +66,7 @@ def test_slots_of_a_host_share_one_connection_whose_first_session_is_the_master(
     conns = {(tmp_path / f"{i}.out").read_text().split()[1] for i in (1, 2)}
     assert len(conns) == 1, conns                   # the same client port: one connection
     assert len(paths) == 1
-    assert len(argvs) == 2
-    assert "ControlMaster=yes" in argvs[0] and "-N" not in argvs[0] and "-f" not in argvs[0]
-    assert "ControlMaster=no" in argvs[1]
+    assert len(argvs) == 1 and "ControlMaster=yes" in argvs[0] and "-N" in argvs[0]
     # closed: the master is gone (asked over its socket, not by another ssh process)
     assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
@@ -95,30 +92,18 @@ def test_fanout_window_bounds_connections_being_opened(sshd_hosts, tmp_path, mon
     """With a window of 1, a host's connection is started only once the previous one is up."""
     opening = 0
     most = 0
-    real_spawn, real_opened, real_unopened = ssh._spawn, SshTransport._opened, SshTransport._unopened
+    real = SshTransport._start_master
 
-    async def spawn(argv, **kw):
+    async def start_master(self, path):
         nonlocal opening, most
-        if "ControlMaster=yes" in argv:
-            opening += 1
-            most = max(most, opening)
-        return await real_spawn(argv, **kw)
-
-    def opened(self, tag):
-        nonlocal opening
-        if tag[2] is not None:
+        opening += 1
+        most = max(most, opening)
+        try:
+            await real(self, path)
+        finally:
             opening -= 1
-        real_opened(self, tag)
 
-    def unopened(self, tag):
-        nonlocal opening
-        if tag[2] is not None:
-            opening -= 1
-        real_unopened(self, tag)
-
-    monkeypatch.setattr(ssh, "_spawn", spawn)
-    monkeypatch.setattr(SshTransport, "_opened", opened)
-    monkeypatch.setattr(SshTransport, "_unopened", unopened)
+    monkeypatch.setattr(SshTransport, "_start_master", start_master)
 
     async def main():
         ts = transports(sshd_hosts, tmp_path, 1, ["h1", "h2", "h3"], window=asyncio.Semaphore(1))
@@ -132,8 +117,30 @@ def test_fanout_window_bounds_connections_being_opened(sshd_hosts, tmp_path, mon
     assert most == 1 and opening == 0
 
 
+def test_a_session_dies_with_its_master(sshd_hosts, tmp_path):
+    """A slot's session (asked of the master over its socket) reports the master's death as a lost
+    session, and the next job on that host connects anew."""
+    async def main():
+        (t,) = transports(sshd_hosts, tmp_path, 1, ["h3"])
+        try:
+            first = await t.run(spec(tmp_path, 1, "true"))
+            assert first.ok, first
+            old = t._paths[0]
+            assert await mux.terminate(old)     # the connection goes away under the idle slot
+            second = await t.run(spec(tmp_path, 2, "echo again"))
+            third = await t.run(spec(tmp_path, 3, "echo anew"))
+            return second, third, list(t._paths)
+        finally:
+            await t.aclose()
+
+    second, third, paths = asyncio.run(main())
+    assert second.connection_failed and "lost" in second.message, second
+    assert third.ok and (tmp_path / "3.out").read_text() == "anew\n"
+    assert len(paths) == 2
+
+
 def test_failed_first_connection_fails_the_slots_waiting_for_it(sshd_hosts, tmp_path):
-    """A host that refuses: the leader's error reaches every slot that waited for its master."""
+    """A host that refuses: every slot that waited for its master says why."""
     async def main():
         text = (f"ssh_config: {sshd_hosts.ssh_config}\nhosts:\n"
                 f"  gone: {{hostname: 127.0.0.1, port: {_closed_port()}, slots: 3}}\n")
