@@ -27,23 +27,27 @@ _MSG = struct.Struct(">III")      # length (8), type, one uint32 (version or req
 
 
 async def terminate(path: str, timeout: float = 5.0) -> bool:
-    """Ask the master on `path` to exit now (as ``ssh -O exit``); True once it has closed the socket.
+    """Ask the master on `path` to exit now (as ``ssh -O exit``); True once its process has ended.
 
-    False if no master listens there (already gone) or it did not answer in time.
+    False if no master listens there (already gone) or it did not end in time.
     """
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
     except (OSError, asyncio.TimeoutError):
         return False
+    pid = None
     try:
-        writer.write(_MSG.pack(8, MUX_MSG_HELLO, VERSION) + _MSG.pack(8, MUX_C_TERMINATE, 1))
-        # the master's hello, its answer to the request, then EOF when it exits
-        await asyncio.wait_for(reader.read(-1), timeout)
-        return True
-    except (OSError, asyncio.TimeoutError):
+        # its pid first, so that we can wait for the process itself: the master closes its
+        # sockets before it has finished exiting, and a caller may count processes next
+        writer.write(_MSG.pack(8, MUX_MSG_HELLO, VERSION) + _MSG.pack(8, MUX_C_ALIVE_CHECK, 1)
+                     + _MSG.pack(8, MUX_C_TERMINATE, 2))
+        pid = await asyncio.wait_for(_alive(reader), timeout)
+        await asyncio.wait_for(reader.read(-1), timeout)   # its answer, then EOF as it exits
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
         return False
     finally:
         writer.close()
+    return pid is None or await _ended(pid, timeout)
 
 
 async def master_pid(path: str, timeout: float = 5.0) -> int | None:
@@ -54,18 +58,41 @@ async def master_pid(path: str, timeout: float = 5.0) -> int | None:
         return None
     try:
         writer.write(_MSG.pack(8, MUX_MSG_HELLO, VERSION) + _MSG.pack(8, MUX_C_ALIVE_CHECK, 1))
-        while True:
-            length = struct.unpack(">I", await asyncio.wait_for(reader.readexactly(4), timeout))[0]
-            body = await asyncio.wait_for(reader.readexactly(length), timeout)
-            kind = struct.unpack(">I", body[:4])[0]
-            if kind == MUX_S_ALIVE:      # type, request id, pid
-                return struct.unpack(">I", body[8:12])[0]
-            if kind != MUX_MSG_HELLO:
-                return None
+        return await asyncio.wait_for(_alive(reader), timeout)
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
         return None
     finally:
         writer.close()
+
+
+async def _alive(reader: asyncio.StreamReader) -> int | None:
+    """The pid in the master's answer to an alive check (after its hello)."""
+    while True:
+        length = struct.unpack(">I", await reader.readexactly(4))[0]
+        body = await reader.readexactly(length)
+        kind = struct.unpack(">I", body[:4])[0]
+        if kind == MUX_S_ALIVE:      # type, request id, pid
+            return struct.unpack(">I", body[8:12])[0]
+        if kind != MUX_MSG_HELLO:
+            return None
+
+
+async def _ended(pid: int, timeout: float) -> bool:
+    """Wait for a process that is not our child to end (a pidfd turns readable when it does)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except (AttributeError, OSError):     # gone already, or no pidfd here: nothing to wait on
+        return True
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+    loop.add_reader(fd, lambda: ended.done() or ended.set_result(True))
+    try:
+        return await asyncio.wait_for(ended, timeout)
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
 
 
 # ---------------------------------------------------------------- sessions
@@ -211,10 +238,12 @@ async def open_session(path: str, command: str, limit: int = 1 << 16, timeout: f
         transport, protocol = await loop.connect_write_pipe(lambda: streams.FlowControlMixin(loop=loop),
                                                             os.fdopen(in_w, "wb", buffering=0))
         session.stdin = asyncio.StreamWriter(transport, protocol, None, loop)
-    except BaseException:
+    except BaseException as e:
         for fd in theirs + ours:
             os.close(fd)
         sock.close()
+        if isinstance(e, OSError):     # the master went away while we asked (or we ran out of descriptors)
+            raise MuxError(f"control socket: {e.strerror or e}") from None
         raise
     session._watch = asyncio.ensure_future(session._watch_exit())
     return session

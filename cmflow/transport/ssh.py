@@ -6,16 +6,18 @@ session that is already open costs well under a millisecond. So each host gets
 one long-lived session multiplexed over a master, running the slot server
 (server.py, sent down the session to the host's ``python3``). Jobs, their
 output and their ends travel as frames on that session (see slots.py).
-A master is the only ssh process of its connection: slots ask it for their
-sessions over its control socket (mux.py), as an ``ssh -S`` client would, and
-closing ends it the same way. One host x one job is one ssh, as with pssh.
+A connection is opened by its first slot, whose own ssh becomes the master
+(one ssh per host to the first job, as pssh); the other slots ask the master
+for their sessions over its control socket (mux.py), without an ssh process
+each; closing ends the masters the same way.
 
 Why a server and not a plain ``sh`` per slot: a job's outputs are its own
 pipes, so a process a job leaves behind cannot write into the next job's
 output, and the server (a child subreaper) ends everything the job started
-before the job counts as over. When cmflow dies, its control connections and
-pipes close, so the master closes their sessions; the server sees its stdin
-close, kills the running job and exits; the master follows ControlPersist s later.
+before the job counts as over. When cmflow dies, its ssh clients, control
+connections and pipes close, so the master closes their sessions; the server sees
+its stdin close, kills the running job and exits; the master follows ControlPersist
+seconds later.
 
 Limits of a stock sshd: ``MaxSessions 10`` channels per connection (we use at
 most 8 slots per master) and ``MaxStartups 10:30:100`` unauthenticated
@@ -30,6 +32,7 @@ import os
 import shlex
 import shutil
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from ..hosts import Host
@@ -83,6 +86,15 @@ def ssh_base_argv(host: Host, ssh_config: str | None, connect_timeout: float = C
     return argv
 
 
+@dataclass(eq=False)
+class _Leader:
+    """The first slot of a master: its own ssh is the ControlMaster (one process, one handshake)."""
+
+    done: asyncio.Future[None]
+    held: list[asyncio.Lock | asyncio.Semaphore]   # this host's connect lock and the run's fanout window
+    why: str = ""
+
+
 class SshTransport(SlotTransport):
     def __init__(self, host: Host, ssh_config: str | None = None, connect_timeout: float = CONNECT_TIMEOUT,
                  window: asyncio.Semaphore | None = None):
@@ -110,11 +122,17 @@ class SshTransport(SlotTransport):
     def _mux(self, path: str) -> list[str]:
         return ["-o", "ControlMaster=no", "-o", f"ControlPath={path}"]
 
+    def _usable(self, index: int) -> bool:
+        """A master that is up, or being brought up by a leader or `-N -f`."""
+        entry = self._masters.get(index)
+        return entry is not None and (not entry[1].done() or entry[1].exception() is None)
+
     async def _master(self, index: int) -> str:
         entry = self._masters.get(index)
-        if entry is not None and (not entry[1].done() or entry[1].exception() is None):
+        if entry is not None and self._usable(index):
             await asyncio.shield(entry[1])
             return entry[0]
+        # no slot is opening one (a helper came first): a master without a session
         path = self._new_control_path(index)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._masters[index] = (path, fut)
@@ -126,8 +144,7 @@ class SshTransport(SlotTransport):
                     async with self._window:
                         await self._start_master(path)
         except BaseException as e:
-            fut.set_exception(e if isinstance(e, Exception) else ConnectionLost("cancelled"))
-            fut.exception()  # mark retrieved
+            _fail(fut, e)
             raise
         fut.set_result(None)
         return path
@@ -154,42 +171,89 @@ class SshTransport(SlotTransport):
 
     # ------------------------------------------------------------------ slots
     async def _start(self) -> tuple[Any, Any]:
-        """A slot's session: opened over the master's control socket, no ssh process of its own.
-
-        The master is the host's only ssh process (one handshake, as pssh's one ssh per host);
-        each slot asks it for a session as ``ssh -S PATH`` would (mux.py), which saves that
-        client's exec and config parsing and about 1 MB of memory per slot.
-        """
+        """A slot's session: the first of a connection is its master's own (see _start_leader);
+        the others are asked of the master over its control socket (mux.py), as an ``ssh -S``
+        client would, without that client's process (exec, config parsing, ~1 MB per slot)."""
         # the master with the fewest sessions; never more than 8 on one connection
         index = min(range(self._n_masters), key=lambda i: self._sessions[i])
         self._sessions[index] += 1
+        why = ""
         try:
-            path = await self._master(index)
-            try:
-                proc = await mux.open_session(path, REMOTE_COMMAND, limit=1 << 20)
-            except mux.MuxError as e:
-                self._forget_master(index, path)    # the master died: the next slot connects anew
-                raise ConnectionLost(f"session to {self.host.name} not opened: {e}") from None
+            for _ in range(2):
+                if not self._usable(index):
+                    return await self._start_leader(index)
+                path = await self._master(index)
+                try:
+                    return await mux.open_session(path, REMOTE_COMMAND, limit=1 << 20), (index, path, None)
+                except mux.MuxError as e:
+                    # the master is gone (its connection died, or it outlived ControlPersist with no
+                    # session): a new connection, once; a second failure is the host's
+                    self._forget_master(index, path)
+                    why = str(e)
+            raise ConnectionLost(f"session to {self.host.name} not opened: {why}")
         except BaseException:
             self._sessions[index] -= 1
             raise
-        return proc, (index, path)
+
+    async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, Any]:
+        """Open a connection whose first session is this slot's, as pssh opens one ssh per host.
+
+        With ControlMaster=yes and ControlPersist, ssh authenticates, forks the master to the
+        background (its stdio on /dev/null) and becomes a client of it for this session. The
+        slot's ready frame is then the master's ready signal: the other slots of the host wait
+        for it and multiplex over the master. The host's connect lock and a place in the fanout
+        window are held until then (released in _opened/_unopened).
+        """
+        path = self._new_control_path(index)
+        leader = _Leader(asyncio.get_running_loop().create_future(), [])
+        self._masters[index] = (path, leader.done)
+        try:
+            for gate in (self._master_lock, self._window):
+                if gate is not None:
+                    await gate.acquire()
+                    leader.held.append(gate)
+            proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                                 "-o", f"ControlPersist={CONTROL_PERSIST}", "--", self.host.hostname,
+                                 REMOTE_COMMAND],
+                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+        except BaseException as e:
+            _release(leader)
+            _fail(leader.done, e)
+            raise
+        return proc, (index, path, leader)
+
+    def _opened(self, tag: Any) -> None:
+        leader = tag[2]
+        if leader is not None:
+            _release(leader)
+            if not leader.done.done():
+                leader.done.set_result(None)
 
     def _unopened(self, tag: Any) -> None:
-        self._sessions[tag[0]] -= 1
+        index, path, leader = tag
+        self._sessions[index] -= 1
+        if leader is not None:
+            _release(leader)
+            _fail(leader.done, ConnectionLost(leader.why or f"no connection to {self.host.name}"))
+            self._forget_master(index, path)
 
     def _start_failed(self, stderr: str, tag: Any) -> str:
-        index, path = tag
+        index, path, leader = tag
         text = stderr.strip()
         if "python3" in text and ("not found" in text or "No such file" in text):
-            return f"{self.host.name} has no python3 (cmflow runs each slot's server with it)"
-        if "cmflow: cannot enter workdir" in text:
-            return text.splitlines()[-1]
-        self._forget_master(index, path)
-        return classify_ssh_error(text, self.host) if text else f"slot server on {self.host.name} did not start"
+            why = f"{self.host.name} has no python3 (cmflow runs each slot's server with it)"
+        elif "cmflow: cannot enter workdir" in text:
+            why = text.splitlines()[-1]
+        else:
+            self._forget_master(index, path)
+            why = classify_ssh_error(text, self.host) if text else f"slot server on {self.host.name} did not start"
+        if leader is not None:
+            leader.why = why     # the slots waiting for this master fail with the same reason
+        return why
 
     def _lost(self, slot: Slot) -> None:
-        index, path = slot.tag
+        index, path, _ = slot.tag
         self._forget_master(index, path)
 
     async def _discard(self, slot: Slot) -> None:
@@ -244,26 +308,30 @@ class SshTransport(SlotTransport):
 _ssh_program: str | None = None
 
 
-def _resolved(argv: list[str]) -> list[str]:
-    """argv with ssh looked up on PATH once per run, not by every exec."""
+async def _spawn(argv: list[str], **kw: Any) -> asyncio.subprocess.Process:
+    """Start an ssh client in its own session (a Ctrl-C reaches cmflow only, which ends jobs in order).
+
+    ssh is looked up on PATH once per run, not by every exec.
+    """
     global _ssh_program
     if _ssh_program is None:
         _ssh_program = shutil.which(argv[0]) or argv[0]
-    return [_ssh_program, *argv[1:]]
-
-
-def _no_ssh() -> ConnectionLost:
-    global _ssh_program
-    _ssh_program = None
-    return ConnectionLost("no ssh client on this machine (install openssh-client)")
-
-
-async def _spawn(argv: list[str], **kw: Any) -> asyncio.subprocess.Process:
-    """Start an ssh client in its own session (a Ctrl-C reaches cmflow only, which ends jobs in order)."""
     try:
-        return await asyncio.create_subprocess_exec(*_resolved(argv), start_new_session=True, **kw)
+        return await asyncio.create_subprocess_exec(_ssh_program, *argv[1:], start_new_session=True, **kw)
     except FileNotFoundError:
-        raise _no_ssh() from None
+        _ssh_program = None
+        raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None
+
+
+def _release(leader: _Leader) -> None:
+    while leader.held:
+        leader.held.pop().release()
+
+
+def _fail(fut: asyncio.Future[None], e: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(e if isinstance(e, Exception) else ConnectionLost("cancelled"))
+        fut.exception()  # retrieved: the slots waiting for it say why themselves
 
 
 # run by the remote user's login shell: the slot server's bootstrap, reading the server from stdin
