@@ -282,3 +282,43 @@ def test_a_generator_is_bounded(flowdir):
     with pytest.raises(FlowError) as e:
         compile_text("from t import a\nmax(a(i) for i in range(100000000))\n", str(flowdir.path / "f.flow"))
     assert f"range(100000000) has more than {MAX_ITEMS} values" in str(e.value)
+
+
+@pytest.mark.parametrize("text,value", [
+    ("time: 1:30\n", "1:30"),               # YAML 1.1 would read 90
+    ("time: 1:30:00\n", "1:30:00"),         # ... and 5400
+    ("t: 190:20:30.15\n", "190:20:30.15"),  # ... and a base-60 float
+    ("n: 90\n", 90),                        # plain numbers stay numbers
+    ("x: 1.5\n", 1.5),
+])
+def test_values_with_colons_are_text_not_base_60(text, value):
+    from cmflow.yamlfile import load
+
+    assert list(load(text, "v.yaml").values()) == [value]
+
+
+def test_slurm_time_unquoted_is_the_time_written():
+    from cmflow.hosts import parse_inventory
+
+    inv = parse_inventory("hosts:\n  c: {slurm: {nodes: 2, time: 1:30}}\n", "inv.yaml")
+    assert inv.hosts[0].slurm.time == "1:30"
+
+
+@pytest.mark.parametrize("item", ["x" * 5000, "d/" + "y" * 300 + "/z"])
+def test_unusable_include_paths_are_config_errors(tmp_path, item):
+    """Names the system refuses (too long) are the inventory's error, with the key path."""
+    from cmflow.errors import ConfigError
+    from cmflow.hosts import parse_inventory
+
+    with pytest.raises(ConfigError) as e:
+        parse_inventory(f"include: {item}\nhosts: {{}}\n", str(tmp_path / "inv.yaml"))
+    assert "include[0]:" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_an_input_path_the_system_refuses_is_a_flow_error(tmp_path, cli):
+    (tmp_path / "tk.py").write_text(f"from cmflow import task\n@task(inputs=['{'n' * 5000}'])\n"
+                                    "def a():\n    return 'true'\n")
+    (tmp_path / "f.flow").write_text("from tk import a\na\n")
+    r = cli("check", "f.flow", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot be read: File name too long" in r.stderr and len(r.stderr) < 600
