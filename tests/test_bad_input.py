@@ -284,6 +284,36 @@ def test_a_generator_is_bounded(flowdir):
     assert f"range(100000000) has more than {MAX_ITEMS} values" in str(e.value)
 
 
+def test_nested_for_clauses_are_bounded_before_expanding(flowdir):
+    """20 clauses of 3 values each would be 3.5e9 items: refused before one is built (was a minute per 10**6)."""
+    from cmflow.compiler import MAX_ITEMS, compile_text
+
+    flowdir("t.py", "def a(i):\n    return f'echo {i}'\n")
+    text = "from t import a\npar(a(n) " + "for n in [1, 'x', [2]] " * 20 + ")\n"
+    with pytest.raises(FlowError) as e:
+        compile_text(text, str(flowdir.path / "f.flow"))
+    assert f"generator makes more than {MAX_ITEMS} items (3.49e+09)" in str(e.value)
+
+
+def test_loops_that_make_no_items_are_bounded_too(flowdir, monkeypatch):
+    """range(j, j) is empty, but the clauses around it would loop 10**12 times: one error, at once.
+    (The bound is lowered here so the test takes no seconds; the real one is 2 * 10**6 bindings.)"""
+    from cmflow import compiler
+    from cmflow.compiler import compile_text
+
+    monkeypatch.setattr(compiler, "MAX_BINDINGS", 20_000)
+    MAX_BINDINGS = 20_000
+    flowdir("t.py", "def a(i):\n    return f'echo {i}'\n")
+    text = "from t import a\npar(a(i) for i in range(1000000) for j in range(1000000) for k in range(j, j))\n"
+    with pytest.raises(FlowError) as e:
+        compile_text(text, str(flowdir.path / "f.flow"))
+    assert str(e.value).count(f"generator loops more than {MAX_BINDINGS} times") == 1
+    # a static empty clause: nothing to loop over at all
+    plan = compile_text("from t import a\npar(a(i) for i in range(1000000) for j in range(1000000) for k in [])\n",
+                        str(flowdir.path / "g.flow"))
+    assert plan is not None
+
+
 @pytest.mark.parametrize("text,value", [
     ("time: 1:30\n", "1:30"),               # YAML 1.1 would read 90
     ("time: 1:30:00\n", "1:30:00"),         # ... and 5400
