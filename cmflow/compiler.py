@@ -315,6 +315,8 @@ class _Compiler:
                    ) -> tuple[tuple, tuple, tuple[PlanNode, ...]] | None:
         """Literal arguments stay; loop variables give their values; any other expression
         is compiled and becomes an Input slot, its value passed at run time."""
+        if not any(ast.is_expr(a) for a in args) and not any(ast.is_expr(v) for _, v in kwargs):
+            return args, kwargs, ()   # all literals: the parser's own tuples (shared by equal calls)
         inputs: list[PlanNode] = []
         ok = True
 
