@@ -41,11 +41,84 @@ def boot_argv(python: str) -> list[str]:
     return [python, "-I", "-S", "-c", BOOT]
 
 
+_ENCODE = json.JSONEncoder().encode
+
+
+class Frames:
+    """The frames of one slot server's stdout, parsed out of whole reads.
+
+    One ``read`` brings every frame that has arrived (a job's end is usually one
+    5-byte frame), instead of two ``readexactly`` per frame. What was read but
+    not yet taken stays here, so a reader cancelled between reads (a timeout,
+    halt) loses nothing and the next reader goes on where it stopped.
+    """
+
+    __slots__ = ("reader", "buf", "pos", "kind", "left")
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self.reader = reader
+        self.buf = b""
+        self.pos = 0
+        self.kind = b""      # the output frame being copied (O or E) ...
+        self.left = 0        # ... and how many of its bytes are still to come
+
+    async def next(self) -> tuple[bytes, bytes]:
+        while True:
+            buf, pos = self.buf, self.pos
+            if len(buf) - pos >= HDR.size:
+                kind, n = HDR.unpack_from(buf, pos)
+                end = pos + HDR.size + n
+                if len(buf) >= end:
+                    self.pos = end
+                    return kind, buf[pos + HDR.size:end]
+            chunk = await self.reader.read(1 << 20)
+            if not chunk:
+                raise asyncio.IncompleteReadError(buf[pos:], None)
+            self.buf, self.pos = buf[pos:] + chunk, 0
+
+    async def job(self, out: StreamedOutput, err: StreamedOutput) -> int:
+        """Copy a job's output frames to its files; return its status from the end frame.
+
+        An output frame's bytes go to the file as they come, never gathered first: a frame of
+        256 KiB arriving in 16 KiB reads would otherwise be copied again with every read.
+        """
+        while True:
+            if self.left:
+                buf, pos = self.buf, self.pos
+                if pos < len(buf):
+                    k = min(len(buf) - pos, self.left)
+                    (out if self.kind == b"O" else err).write(memoryview(buf)[pos:pos + k])
+                    self.pos, self.left = pos + k, self.left - k
+                    continue
+                chunk = await self.reader.read(1 << 20)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", None)
+                self.buf, self.pos = chunk, 0
+                continue
+            buf, pos = self.buf, self.pos
+            if len(buf) - pos >= HDR.size:
+                kind, n = HDR.unpack_from(buf, pos)
+                if kind == b"O" or kind == b"E":
+                    self.kind, self.left, self.pos = kind, n, pos + HDR.size
+                    continue
+                end = pos + HDR.size + n
+                if len(buf) >= end:
+                    self.pos = end
+                    if kind == b"X":
+                        return int(buf[pos + HDR.size:end])
+                    raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
+            chunk = await self.reader.read(1 << 20)
+            if not chunk:
+                raise asyncio.IncompleteReadError(buf[pos:], None)
+            self.buf, self.pos = buf[pos:] + chunk, 0
+
+
 @dataclass(eq=False)
 class Slot:
     proc: asyncio.subprocess.Process
     pid: int                 # the server's pid, on its host
     tag: Any = None          # the transport's own (ssh: which master it rides on)
+    frames: Frames | None = None
 
 
 class SlotTransport:
@@ -85,8 +158,9 @@ class SlotTransport:
         try:
             assert proc.stdin and proc.stdout
             proc.stdin.write(SERVER_CODE + self._config)
+            frames = Frames(proc.stdout)
             try:
-                kind, payload = await _frame(proc.stdout)
+                kind, payload = await frames.next()
             except (asyncio.IncompleteReadError, ConnectionError):
                 kind, payload = b"", b""
             if kind != b"R":
@@ -97,7 +171,7 @@ class SlotTransport:
             if proc.returncode is None:
                 await asyncio.shield(_kill(proc))
             raise
-        slot = Slot(proc, int(payload), tag)
+        slot = Slot(proc, int(payload), tag, frames)
         self._all.add(slot)
         self._opened(tag)
         return slot
@@ -114,28 +188,28 @@ class SlotTransport:
         except ConnectionLost as e:
             return Outcome(None, start=start, end=time.time(), connection_failed=True, message=str(e))
         start = time.time()  # the job's own time starts once it has a slot
-        proc = slot.proc
-        assert proc.stdin and proc.stdout
+        proc, frames = slot.proc, slot.frames
+        assert proc.stdin and frames
         out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
-        reusable = False
-        frames: asyncio.Future[int] | None = None
+        ended: list[int] = []    # the end frame was read (by us or by _stop): the slot may serve again
         try:
-            job = {"s": spec.seq, "c": spec.command, "d": spec.detach}
-            proc.stdin.write(b"J" + json.dumps(job).encode() + b"\n")
-            frames = asyncio.ensure_future(_job_frames(proc.stdout, out, err))
+            proc.stdin.write(b"J" + _ENCODE({"s": spec.seq, "c": spec.command, "d": spec.detach}).encode() + b"\n")
             timed_out = False
-            try:
-                status = await asyncio.wait_for(asyncio.shield(frames), spec.timeout)
-            except asyncio.TimeoutError:
-                timed_out = True
-                status = await self._stop(slot, spec.seq, frames)
-            reusable = True
+            # no Task per job: the frames are read right here (Frames keeps what a cancelled read left)
+            if spec.timeout is None:
+                status = await frames.job(out, err)
+            else:
+                try:
+                    async with asyncio.timeout(spec.timeout):
+                        status = await frames.job(out, err)
+                except TimeoutError:
+                    timed_out = True
+                    status = await self._stop(slot, spec.seq, out, err)
+            ended.append(status)
             return _outcome(status, start, out.close(), err.close(), timed_out)
         except asyncio.CancelledError:
             # halt now, Ctrl-C, SIGTERM: the server ends the job's whole tree before we go on
-            if frames is not None:
-                await _uncancellable(self._stop(slot, spec.seq, frames))
-                reusable = frames.done() and not frames.cancelled() and frames.exception() is None
+            await _uncancellable(self._stop(slot, spec.seq, out, err, ended))
             raise
         except (ConnectionLost, ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
             self._lost(slot)
@@ -147,19 +221,20 @@ class SlotTransport:
         finally:
             out.close()
             err.close()
-            if frames is not None and not frames.done():
-                frames.cancel()
-            if reusable and not self._closed:
+            if ended and not self._closed:
                 self._idle.append(slot)
             else:
                 await asyncio.shield(self._discard(slot))
 
-    async def _stop(self, slot: Slot, seq: int, frames: asyncio.Future[int]) -> int:
+    async def _stop(self, slot: Slot, seq: int, out: StreamedOutput, err: StreamedOutput,
+                    ended: list[int] | None = None) -> int:
         """Ask the server to kill the running job; its end frame comes once every process is gone."""
-        assert slot.proc.stdin
-        if not frames.done():
-            slot.proc.stdin.write(f"K{seq}\n".encode())
-        return await asyncio.wait_for(frames, KILL_GRACE + 15)
+        assert slot.proc.stdin and slot.frames
+        slot.proc.stdin.write(f"K{seq}\n".encode())
+        status = await asyncio.wait_for(slot.frames.job(out, err), KILL_GRACE + 15)
+        if ended is not None:
+            ended.append(status)
+        return status
 
     # ------------------------------------------------------------------ close
     async def aclose(self) -> None:
@@ -174,25 +249,6 @@ def _outcome(status: int, start: float, out_bytes: int, err_bytes: int, timed_ou
     if status < 0:
         return Outcome(None, -status, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes)
     return Outcome(status, 0, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes)
-
-
-async def _frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    kind, n = HDR.unpack(await reader.readexactly(HDR.size))
-    return kind, (await reader.readexactly(n) if n else b"")
-
-
-async def _job_frames(reader: asyncio.StreamReader, out: StreamedOutput, err: StreamedOutput) -> int:
-    """Copy a job's output frames to its files; return its status from the end frame."""
-    while True:
-        kind, data = await _frame(reader)
-        if kind == b"O":
-            out.write(data)
-        elif kind == b"E":
-            err.write(data)
-        elif kind == b"X":
-            return int(data)
-        else:
-            raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
 
 
 async def _uncancellable(coro: Any) -> None:
