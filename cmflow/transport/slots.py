@@ -53,12 +53,14 @@ class Frames:
     halt) loses nothing and the next reader goes on where it stopped.
     """
 
-    __slots__ = ("reader", "buf", "pos")
+    __slots__ = ("reader", "buf", "pos", "kind", "left")
 
     def __init__(self, reader: asyncio.StreamReader):
         self.reader = reader
         self.buf = b""
         self.pos = 0
+        self.kind = b""      # the output frame being copied (O or E) ...
+        self.left = 0        # ... and how many of its bytes are still to come
 
     async def next(self) -> tuple[bytes, bytes]:
         while True:
@@ -75,17 +77,40 @@ class Frames:
             self.buf, self.pos = buf[pos:] + chunk, 0
 
     async def job(self, out: StreamedOutput, err: StreamedOutput) -> int:
-        """Copy a job's output frames to its files; return its status from the end frame."""
+        """Copy a job's output frames to its files; return its status from the end frame.
+
+        An output frame's bytes go to the file as they come, never gathered first: a frame of
+        256 KiB arriving in 16 KiB reads would otherwise be copied again with every read.
+        """
         while True:
-            kind, data = await self.next()
-            if kind == b"X":
-                return int(data)
-            elif kind == b"O":
-                out.write(data)
-            elif kind == b"E":
-                err.write(data)
-            else:
-                raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
+            if self.left:
+                buf, pos = self.buf, self.pos
+                if pos < len(buf):
+                    k = min(len(buf) - pos, self.left)
+                    (out if self.kind == b"O" else err).write(memoryview(buf)[pos:pos + k])
+                    self.pos, self.left = pos + k, self.left - k
+                    continue
+                chunk = await self.reader.read(1 << 20)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", None)
+                self.buf, self.pos = chunk, 0
+                continue
+            buf, pos = self.buf, self.pos
+            if len(buf) - pos >= HDR.size:
+                kind, n = HDR.unpack_from(buf, pos)
+                if kind == b"O" or kind == b"E":
+                    self.kind, self.left, self.pos = kind, n, pos + HDR.size
+                    continue
+                end = pos + HDR.size + n
+                if len(buf) >= end:
+                    self.pos = end
+                    if kind == b"X":
+                        return int(buf[pos + HDR.size:end])
+                    raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
+            chunk = await self.reader.read(1 << 20)
+            if not chunk:
+                raise asyncio.IncompleteReadError(buf[pos:], None)
+            self.buf, self.pos = buf[pos:] + chunk, 0
 
 
 @dataclass(eq=False)
