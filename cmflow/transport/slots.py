@@ -41,7 +41,7 @@ def boot_argv(python: str) -> list[str]:
     return [python, "-I", "-S", "-c", BOOT]
 
 
-_ENCODE = json.JSONEncoder().encode
+_STRING = json.encoder.encode_basestring_ascii   # a str as a JSON string (C, as json.dumps does it)
 
 
 class Frames:
@@ -193,7 +193,9 @@ class SlotTransport:
         out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
         ended: list[int] = []    # the end frame was read (by us or by _stop): the slot may serve again
         try:
-            proc.stdin.write(b"J" + _ENCODE({"s": spec.seq, "c": spec.command, "d": spec.detach}).encode() + b"\n")
+            # the server reads {"s": seq, "c": command, "d": detach}: only the command needs encoding
+            proc.stdin.write(f'J{{"s": {int(spec.seq)}, "c": {_STRING(spec.command)}, '
+                             f'"d": {"true" if spec.detach else "false"}}}\n'.encode())
             timed_out = False
             # no Task per job: the frames are read right here (Frames keeps what a cancelled read left)
             if spec.timeout is None:
