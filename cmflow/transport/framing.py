@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from . import ConnectionLost
+from ..aio import within
+from . import ConnectionLost, procs
 
 _CHUNK = 1 << 16
 
@@ -46,11 +47,10 @@ async def _pump(reader: asyncio.StreamReader, marker: bytes, sink: _Sink, want_l
 
 
 async def _kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a child with its descendants and reap it. The whole tree: srun runs as two
+    processes that both hold our pipes, and proc.wait() returns only once the pipes close."""
     if proc.returncode is None:
-        try:
-            proc.kill()
-        except ProcessLookupError:
-            pass
+        procs.kill_tree(proc.pid)
         await proc.wait()
 
 
@@ -65,7 +65,7 @@ async def stderr_text(proc: asyncio.subprocess.Process) -> str:
     data = b""
     if proc.stderr:
         try:
-            data = await asyncio.wait_for(proc.stderr.read(), 5)
+            data = await within(proc.stderr.read(), 5)
         except (asyncio.TimeoutError, ConnectionError):
             pass
     return data.decode("utf-8", "replace")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..aio import within
 from ..hosts import Host
 from . import ConnectionLost, JobSpec, Outcome
 from .framing import _kill, stderr_text
@@ -121,7 +122,7 @@ class SlotTransport:
             frames = asyncio.ensure_future(_job_frames(proc.stdout, out, err))
             timed_out = False
             try:
-                status = await asyncio.wait_for(asyncio.shield(frames), spec.timeout)
+                status = await within(asyncio.shield(frames), spec.timeout)
             except asyncio.TimeoutError:
                 timed_out = True
                 status = await self._stop(slot, spec.seq, frames)
@@ -155,7 +156,7 @@ class SlotTransport:
         assert slot.proc.stdin
         if not frames.done():
             slot.proc.stdin.write(f"K{seq}\n".encode())
-        return await asyncio.wait_for(frames, KILL_GRACE + 15)
+        return await within(frames, KILL_GRACE + 15)
 
     # ------------------------------------------------------------------ close
     async def aclose(self) -> None:
@@ -211,7 +212,7 @@ async def _close(proc: asyncio.subprocess.Process) -> None:
         proc.stdin.close()
     if proc.returncode is None:
         try:
-            await asyncio.wait_for(proc.wait(), CLOSE_WAIT + KILL_GRACE)
+            await within(proc.wait(), CLOSE_WAIT + KILL_GRACE)
         except asyncio.TimeoutError:
             await _kill(proc)
 

@@ -31,9 +31,10 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..aio import within
 from ..errors import CmflowError
 from ..hosts import Host, Inventory
-from . import ConnectionLost, JobSpec, Outcome
+from . import ConnectionLost, JobSpec, Outcome, procs
 from .output import StreamedOutput
 from .framing import _drain, _kill
 
@@ -51,17 +52,18 @@ class SlurmError(CmflowError):
     exit_status = 1
 
 
-async def slurm_cmd(*argv: str, timeout: float = CMD_TIMEOUT) -> tuple[int, str, str]:
-    """Run one Slurm client command; (status, stdout, stderr). A missing client is a SlurmError."""
+async def slurm_cmd(*argv: str, timeout: float = CMD_TIMEOUT, essential: bool = False) -> tuple[int, str, str]:
+    """Run one Slurm client command; (status, stdout, stderr). A missing client is a SlurmError.
+
+    ``essential``: a second Ctrl-C does not kill it (the scancel that releases an allocation)."""
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        proc = await procs.spawn(*argv, essential=essential, stdin=asyncio.subprocess.DEVNULL,
+                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
         raise SlurmError(f"`{argv[0]}` is not installed here: run cmflow where the Slurm client commands are "
                          f"(a login node), or install them") from None
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await within(proc.communicate(), timeout)
     except asyncio.TimeoutError:
         await _kill(proc)
         return -1, "", f"{argv[0]} did not answer within {timeout:.0f}s"
@@ -143,7 +145,10 @@ class Allocation:
             self._poller.cancel()
         if not self.owned:
             return
-        await slurm_cmd("scancel", "--quiet", self.job_id)
+        await slurm_cmd("scancel", "--quiet", self.job_id, timeout=RELEASE_WAIT if procs.hurrying() else CMD_TIMEOUT,
+                        essential=True)
+        if procs.hurrying():
+            return   # a second Ctrl-C: Slurm has been told, that is enough
         # cancelled is not gone: wait (briefly) until it has left the queue, so
         # a run that returned holds nothing of the cluster
         deadline = time.monotonic() + RELEASE_WAIT
@@ -164,9 +169,8 @@ async def request_allocation(host: Host, job_name: str) -> Allocation:
     argv += [f"--ntasks-per-node={spec.cpus_per_node}"] if spec.cpus_per_node else ["--exclusive"]
     argv += spec.request_args()
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        proc = await procs.spawn(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                 stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
         raise SlurmError("`salloc` is not installed here: run cmflow where the Slurm client commands are "
                          "(a login node), or install them") from None
@@ -183,11 +187,10 @@ async def request_allocation(host: Host, job_name: str) -> Allocation:
         await proc.wait()
     except BaseException:
         # Ctrl-C or halt while waiting: salloc revokes a pending request on SIGTERM;
-        # scancel covers the moment it was granted
-        proc.terminate()
-        await asyncio.shield(proc.wait())
+        # scancel covers the moment it was granted (and a salloc that did not answer)
+        await asyncio.shield(_end_salloc(proc))
         if job_id:
-            await asyncio.shield(slurm_cmd("scancel", "--quiet", job_id))
+            await asyncio.shield(slurm_cmd("scancel", "--quiet", job_id, essential=True))
         raise
     if proc.returncode != 0 or not job_id:
         raise SlurmError(f"{host.name}: Slurm refused the allocation ({' '.join(shlex.quote(a) for a in argv)}): "
@@ -199,6 +202,14 @@ async def request_allocation(host: Host, job_name: str) -> Allocation:
         await asyncio.shield(alloc.release())
         raise
     return alloc
+
+
+async def _end_salloc(proc: asyncio.subprocess.Process) -> None:
+    proc.terminate()
+    try:
+        await within(proc.wait(), KILL_WAIT)
+    except asyncio.TimeoutError:
+        await _kill(proc)
 
 
 async def _allocated_nodes(job_id: str) -> tuple[tuple[str, int], ...]:
@@ -337,16 +348,16 @@ class StepTransport:
 
     async def _open_slot(self) -> _Slot:
         try:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await procs.spawn(
                 *self._srun(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=_CHUNK)
+                stderr=asyncio.subprocess.PIPE, limit=_CHUNK)
         except FileNotFoundError:
             raise ConnectionLost("`srun` is not installed here") from None
         try:
             assert proc.stdin and proc.stdout
             proc.stdin.write(self._init_script().encode())
             try:
-                line = await asyncio.wait_for(proc.stdout.readline(), SLOT_START_TIMEOUT)
+                line = await within(proc.stdout.readline(), SLOT_START_TIMEOUT)
             except (ConnectionError, asyncio.LimitOverrunError, asyncio.TimeoutError):
                 line = b""
             parts = line.decode("utf-8", "replace").split()
@@ -398,7 +409,7 @@ class StepTransport:
             proc.stdin.write(script.encode())
             waiting = asyncio.ensure_future(self._collect(proc, out, err))
             try:
-                status = await asyncio.wait_for(asyncio.shield(waiting), spec.timeout)
+                status = await within(asyncio.shield(waiting), spec.timeout)
             except asyncio.TimeoutError:
                 waiting.cancel()
                 await self._end_step(slot)
@@ -414,7 +425,7 @@ class StepTransport:
             await _kill(proc)
             if slot.drain:
                 try:
-                    await asyncio.wait_for(slot.drain, 5)
+                    await within(slot.drain, 5)
                 except (asyncio.TimeoutError, ConnectionError):
                     pass
             msg = slot.said.decode("utf-8", "replace")
@@ -471,7 +482,7 @@ class StepTransport:
         """scancel the slot's step and wait for its srun to go: nothing of the job is left on the node."""
         await slurm_cmd("scancel", "--quiet", slot.step)
         try:
-            await asyncio.wait_for(slot.proc.wait(), KILL_WAIT)
+            await within(slot.proc.wait(), KILL_WAIT)
         except asyncio.TimeoutError:
             pass
         await self._discard(slot)
@@ -484,16 +495,17 @@ class StepTransport:
 
     async def aclose(self) -> None:
         self._closed = True
-        for slot in list(self._all):
-            if slot.proc.stdin and not slot.proc.stdin.is_closing():
-                slot.proc.stdin.close()   # the slot shell exits at end of input, its step ends
-        for slot in list(self._all):
-            try:
-                await asyncio.wait_for(slot.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                pass
-            await self._discard(slot)
         self._idle.clear()
+        await asyncio.gather(*(self._close_slot(s) for s in list(self._all)))
+
+    async def _close_slot(self, slot: _Slot) -> None:
+        if slot.proc.stdin and not slot.proc.stdin.is_closing():
+            slot.proc.stdin.close()   # the slot shell exits at end of input, its step ends
+        try:
+            await within(slot.proc.wait(), 5)
+        except asyncio.TimeoutError:
+            pass
+        await self._discard(slot)
 
 
 async def probe_cluster(host: Host, timeout: float = 10) -> tuple[bool, str, str]:

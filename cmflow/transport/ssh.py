@@ -27,8 +27,9 @@ import shlex
 from collections import Counter
 from typing import Any
 
+from ..aio import within
 from ..hosts import Host
-from . import ConnectionLost, Helper, tmpdirs
+from . import ConnectionLost, Helper, procs, tmpdirs
 from .framing import _drain, _kill, _pump  # noqa: F401  (slurm.py's step slots use them)
 from .slots import Slot, SlotTransport, boot_argv
 
@@ -138,9 +139,8 @@ class SshTransport(SlotTransport):
         argv = [*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
                 "-o", f"ControlPersist={CONTROL_PERSIST}", "-N", "-f", "--", self.host.hostname]
         try:
-            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.DEVNULL,
-                                                        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+            proc = await procs.spawn(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                     stderr=asyncio.subprocess.PIPE)
         except FileNotFoundError:
             raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None
         try:
@@ -158,10 +158,10 @@ class SshTransport(SlotTransport):
         self._sessions[index] += 1
         try:
             path = await self._master(index)
-            proc = await asyncio.create_subprocess_exec(
+            proc = await procs.spawn(
                 *self.base, *self._mux(path), "--", self.host.hostname, REMOTE_COMMAND,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                start_new_session=True, limit=1 << 20)
+                limit=1 << 20)
         except BaseException:
             self._sessions[index] -= 1
             raise
@@ -204,11 +204,11 @@ class SshTransport(SlotTransport):
                 path = await self._master(0)
             except ConnectionLost as e:
                 return Helper(None, b"", str(e))
-            proc = await asyncio.create_subprocess_exec(
+            proc = await procs.spawn(
                 *self.base, *self._mux(path), "--", self.host.hostname, f"sh -c {shlex.quote(script)}",
                 stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
                 stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True)
+                stderr=asyncio.subprocess.PIPE)
             try:
                 out, err = await proc.communicate()
             except BaseException:
@@ -231,12 +231,12 @@ class SshTransport(SlotTransport):
             self._dir = None
 
     async def _exit_master(self, path: str) -> None:
-        proc = await asyncio.create_subprocess_exec(
+        proc = await procs.spawn(
             "ssh", "-o", f"ControlPath={path}", "-O", "exit", "--", self.host.hostname,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+            stderr=asyncio.subprocess.DEVNULL)
         try:
-            await asyncio.wait_for(proc.wait(), CONNECT_TIMEOUT)
+            await within(proc.wait(), CONNECT_TIMEOUT)
         except asyncio.TimeoutError:
             await _kill(proc)
 
