@@ -7,6 +7,7 @@ sessions in 'server'. Without cgroups it falls back to getrusage of children.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import resource
 import subprocess
@@ -26,7 +27,8 @@ def failed(what: str, rc: int, stderr: str) -> None:
     """A side that failed has no time worth a ratio: stop the benchmark, loudly."""
     sys.exit(f"benchmark aborted: {what} exited {rc}: {stderr[:300]} ... {stderr[-300:]}")
 
-CG_ROOT = Path("/sys/fs/cgroup/cpuacct/cmflow-bench")
+# Per benchmark process: two benchmarks at once must not count each other's CPU.
+CG_ROOT = Path(f"/sys/fs/cgroup/cpuacct/cmflow-bench-{os.getpid()}")
 
 
 def cgroups() -> dict[str, Path] | None:
@@ -34,9 +36,19 @@ def cgroups() -> dict[str, Path] | None:
         groups = {n: CG_ROOT / n for n in ("client", "server")}
         for g in groups.values():
             g.mkdir(parents=True, exist_ok=True)
-        return groups
     except OSError:
         return None
+    atexit.register(_remove_cgroups, groups)
+    return groups
+
+
+def _remove_cgroups(groups: dict[str, Path]) -> None:
+    """Leave no group behind (a group still holding a process stays, and says so)."""
+    for g in (*groups.values(), CG_ROOT):
+        try:
+            g.rmdir()
+        except OSError as e:
+            print(f"note: cgroup {g} not removed: {e}", file=sys.stderr)
 
 
 def cg_cpu(group: Path | None) -> float:

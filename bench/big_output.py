@@ -9,7 +9,9 @@ and folders) and alternates, in one run:
 
 Prints the median wall time and MB/s of each, the ratio (target: cmflow >= 0.8x
 plain ssh) and cmflow's peak RSS (GNU time's %M: the largest single process,
-which is cmflow; target <= 100 MB). Each job's value is a reference to its
+which is cmflow; target <= 100 MB). It also prints the CPU seconds of both
+ends (ssh, sshd, slot servers, cmflow: cgroup cpuacct), whose ratio a busy
+machine does not blur: on 2 cores the copy is CPU-bound. Each job's value is a reference to its
 output file (over the 1 MiB value limit), so nothing is copied into records.
 
     python3 bench/big_output.py [--mb 50] [--reps 3]
@@ -17,6 +19,7 @@ output file (over the 1 MiB value limit), so nothing is copied into records.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -25,22 +28,29 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, failed  # noqa: F401  (puts tests/ on sys.path)
+from _common import ROOT, cg_cpu, cgroups, failed  # noqa: F401  (puts tests/ on sys.path)
 from sshhosts import SshdHosts, have_sshd
 
 HOSTS, SLOTS = 4, 4
 
 
-def timed(cmd: str, cwd: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KB) of the largest process of `cmd`."""
+def timed(cmd: str, cwd: Path, groups: dict[str, Path] | None) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (KB) of the largest process of `cmd`, and the CPU seconds of both ends."""
     rss_file = cwd / "rss"
+    cpu0 = sum(cg_cpu(g) for g in (groups or {}).values())
+
+    def join() -> None:
+        if groups:
+            (groups["client"] / "cgroup.procs").write_text(str(os.getpid()))
+
     t0 = time.perf_counter()
     r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", str(rss_file), "bash", "-c", cmd], cwd=cwd,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=join)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         failed(cmd[:80], r.returncode, r.stderr)
-    return wall, int(rss_file.read_text().split()[-1])
+    time.sleep(0.3)   # let sshd sessions finish their accounting
+    return wall, int(rss_file.read_text().split()[-1]), sum(cg_cpu(g) for g in (groups or {}).values()) - cpu0
 
 
 def main() -> None:
@@ -54,7 +64,9 @@ def main() -> None:
     size = a.mb * 1024 * 1024
     base = Path(tempfile.mkdtemp(prefix="cmflow-bench-big-", dir="/tmp"))
     base.chmod(0o755)
-    hosts = SshdHosts(base / "hosts", n=HOSTS, slots=SLOTS).start()
+    groups = cgroups()   # CPU of everything on both ends: a ratio that a busy machine does not blur
+    hosts = SshdHosts(base / "hosts", n=HOSTS, slots=SLOTS,
+                      cgroup=str(groups["server"] / "cgroup.procs") if groups else None).start()
     try:
         work = base / "work"
         work.mkdir()
@@ -66,23 +78,29 @@ def main() -> None:
         cm_cmd = f"{sys.executable} -m cmflow run big.flow --hosts {hosts.inventory_file} -q --run-dir run"
         ssh_runs, cm_runs = [], []
         for _ in range(a.reps):   # alternate, so both see the same machine
-            ssh_runs.append(timed(plain, work))
+            ssh_runs.append(timed(plain, work, groups))
             for f in work.glob("out*"):
                 f.unlink()
             shutil.rmtree(work / "run", ignore_errors=True)
-            cm_runs.append(timed(cm_cmd, work))
+            cm_runs.append(timed(cm_cmd, work, groups))
             shutil.rmtree(work / "run", ignore_errors=True)
     finally:
         hosts.stop()
         shutil.rmtree(base, ignore_errors=True)
     total_mb = jobs * a.mb
-    s = statistics.median(w for w, _ in ssh_runs)
-    c = statistics.median(w for w, _ in cm_runs)
+    s = statistics.median(w for w, _, _ in ssh_runs)
+    c = statistics.median(w for w, _, _ in cm_runs)
+    s_cpu = statistics.median(u for _, _, u in ssh_runs)
+    c_cpu = statistics.median(u for _, _, u in cm_runs)
     print(f"{jobs} jobs x {a.mb} MB stdout over {HOSTS} loopback sshd hosts x {SLOTS} slots, {a.reps} reps (median):")
-    print(f"  plain ssh > file   {s:6.2f} s  {total_mb / s:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _ in ssh_runs)}")
-    print(f"  cmflow run         {c:6.2f} s  {total_mb / c:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _ in cm_runs)}"
-          f"   peak RSS {max(r for _, r in cm_runs) / 1024:.0f} MB")
+    print(f"  plain ssh > file   {s:6.2f} s  {total_mb / s:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _, _ in ssh_runs)}"
+          f"   CPU {s_cpu:.2f} s")
+    print(f"  cmflow run         {c:6.2f} s  {total_mb / c:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _, _ in cm_runs)}"
+          f"   CPU {c_cpu:.2f} s   peak RSS {max(r for _, r, _ in cm_runs) / 1024:.0f} MB")
     print(f"ratio cmflow / plain ssh: {s / c:.2f}x  (target >= 0.8x, RSS <= 100 MB)")
+    if groups:
+        print(f"CPU ratio (both ends, ssh and sshd included): {s_cpu / c_cpu:.2f}x"
+              f"   load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ traceback a user would see, and is counted and shown. Inputs, in turn:
   - grammar-aware flows: seed flows cut into the language's tokens, mutated by
     inserting, deleting, repeating (deep brackets), swapping and replacing
     tokens from a vocabulary that holds the hard cases (bad escapes, NUL,
-    surrogates, huge node ranges, operators, defs, keywords, continuations);
+    surrogates, huge node ranges, operators, defs, keywords, continuations,
+    and language v2: generators, hosts(), range(), values into tasks,
+    @local defs, fold, sum, len, mean);
   - random flows: random characters from the language's alphabet and beyond;
   - inventories and data configs: seed YAML mutated line- and token-wise
     (aliases, merges, tags, deep nesting, duplicate keys, wrong types, huge
@@ -67,6 +69,12 @@ SEED_FLOWS = [
     "from tk import *\n@task(parse='lines')\ndef e(n):\n    return f'echo {n}'\n\ne(1) + e(2) @ \"n[1-2]\"\n",
     "from tk import a, b\na @ n[1-3] | b @ 'cpu!n2' ; (a ; b) + (b | a)\n",
     "from tk import f, g\nf([1, [2, 'x\\n']], size=None) | g(True, False, -1.5e3) # c\n",
+    # language v2: generators, values into tasks, local functions, fold
+    "from tk import a, b, f\npar(f(n) for n in range(8)) ; sum(b(i, j) for i in range(1, 3) for j in range(i))\n",
+    "from tk import a, f\nseq(a @ h for h in hosts(all)) | par(f(n, size=m) for n, m in [[1, 'x'], [2, 'y']])\n",
+    "from tk import b, g\nfrom cmflow import local\n@local\ndef add(x, y):\n    return x + y\n\n"
+    "fold(add, par(b(i) for i in range(4))) + len(b(1) | b(2)) + mean(par(b(3)))\n",
+    "from tk import b, g\ng(b(1), g(b(2)), x=sorted(b(3) | b(4))) @ n[1-2] ; sum(b(1) | b(2))\n",
 ]
 
 VOCAB = [
@@ -79,6 +87,14 @@ VOCAB = [
     '"@grp"', '"n[1-10/2]"', "n[", "]x", "level=1", "size=", "f(1)", "f(level=1)", "g()", "b(1, 2)",
     "\ndef h(:\n    pass\n", "\ndef h():\n    raise SystemExit(0)\n", "\n@task(timeout=-1)\ndef k():\n    return 'x'\n",
     "\ndef z():\n    return 'echo z'\n", "\u00a0", "\r\n", "\x0c", "\ufeff", "𝕏",
+    # language v2
+    "par", "sum", "seq", "fold", "len", "min", "max", "mean", "sorted", "hosts", "range", "for", "in",
+    "par(", "sum(", "seq(", "fold(", "hosts(all)", "hosts(", "range(", "range(3)", "range(1, 10**9)",
+    "range(0, 5, 0)", "range(-3)", "range(1000001)", "range(10**12)", " for n in range(3)", " for n in ",
+    " for a, b in [[1, 2], [3]]", " for h in hosts(all)", " for n in [1, 'x', [2]]", "f(n)", "b(a)", "n", "h",
+    "@ h", "a @ n", "fold(b, ", "fold(a, b)", "fold(add, par(b(i) for i in range(3)))", "sum(a | b)", "sum(b)",
+    "mean(", "len(a)", "b(b(b(1)))", "g(a, b, x=a)", "\n@local\ndef add(x, y):\n    return x + y\n",
+    "\nfrom cmflow import local\n", "\n@local\ndef boom(x):\n    raise ValueError(x)\n", "local",
 ]
 
 SEED_INVENTORY = """\
@@ -180,7 +196,8 @@ class Fuzzer:
         self.alphabet = "".join(sorted(set("".join(SEED_FLOWS)))) + "\\\"'@[]{}!&^\x00\r\t"
         self.counts: Counter[str] = Counter()
         self.tracebacks: list[tuple[str, str, str]] = []
-        self.slowest = (0.0, "")
+        self.slowest = (0.0, "", "")          # seconds, kind, the whole input
+        self.slow: list[tuple[float, str, str]] = []   # inputs over SLOW seconds
 
     def one(self, i: int) -> None:
         kind = ("flow", "flow", "flow", "random-flow", "inventory", "inventory", "data", "random-yaml")[i % 8]
@@ -225,12 +242,18 @@ class Fuzzer:
                 self.tracebacks.append((kind, text, "".join(traceback.format_exception(e))))
         dt = time.perf_counter() - t0
         if dt > self.slowest[0]:
-            self.slowest = (dt, f"{kind}: {text[:120]!r}")
+            self.slowest = (dt, kind, text)
+        if dt > SLOW:
+            self.counts[f"SLOW (> {SLOW:g} s)"] += 1
+            self.slow.append((dt, kind, text))
 
     def run(self, n: int) -> int:
         for i in range(n):
             self.one(i)
         return self.counts["TRACEBACKS"]
+
+
+SLOW = 2.0   # seconds: an input that takes longer is counted and kept (time must stay bounded for any input)
 
 
 def fuzz(n: int, seed: int = 1) -> Fuzzer:
@@ -244,17 +267,25 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--inputs", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", metavar="DIR", help="write each input that gave a traceback or was slow to DIR")
     args = ap.parse_args()
     t0 = time.perf_counter()
     fz = fuzz(args.inputs, args.seed)
     wall = time.perf_counter() - t0
     print(f"fuzz: {args.inputs} inputs (seed {args.seed}) in {wall:.1f} s, slowest {fz.slowest[0] * 1000:.0f} ms "
-          f"({fz.slowest[1]})")
+          f"({fz.slowest[1]}: {fz.slowest[2][:120]!r})")
     for k, v in sorted(fz.counts.items()):
         print(f"  {k:28} {v}")
     print(f"tracebacks: {fz.counts['TRACEBACKS']}")
     for kind, text, tb in fz.tracebacks:
-        print(f"\n--- {kind} input {text[:300]!r}\n{tb}")
+        print(f"\n--- {kind} input {text[:300]!r}\n" + "\n".join(line[:300] for line in tb.splitlines()[-12:]))
+    if args.keep:
+        keep = Path(args.keep)
+        keep.mkdir(parents=True, exist_ok=True)
+        for i, (kind, text, _) in enumerate(fz.tracebacks):
+            (keep / f"traceback-{i}.{kind}").write_text(text, errors="surrogatepass")
+        for i, (dt, kind, text) in enumerate(fz.slow):
+            (keep / f"slow-{i}-{dt:.0f}s.{kind}").write_text(text, errors="surrogatepass")
     return 1 if fz.counts["TRACEBACKS"] else 0
 
 

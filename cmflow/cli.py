@@ -341,6 +341,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 1
+    except OSError as e:
+        # the system refused something a user named (a path too long, a full disk, no permission):
+        # its own words and the name, not a traceback
+        name = f": {str(e.filename)[:100]}" if e.filename else ""
+        sys.stderr.write(f"cmflow: {e.strerror or e}{name}\n")
+        return 1
 
 
 def dispatch(args: dict) -> int:

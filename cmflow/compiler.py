@@ -30,6 +30,7 @@ from .tasks import (ModuleNotFound, TaskLoader, exec_inline_def, is_local, optio
 
 _MISSING = object()
 MAX_ITEMS = 1_000_000     # items one generator (fan-out) may make: a flow of a few bytes stays cheap
+MAX_BINDINGS = 2 * MAX_ITEMS   # loop-variable bindings one generator may make, all its for clauses together
 _PLAN_KIND = {ast.Seq: PSeq, ast.Par: PPar, ast.Sum: PSum}
 
 
@@ -416,8 +417,14 @@ class _Compiler:
         items: list[PlanNode] = []
         ok = head is not None
         saved_env, saved_refs = self.env, self._refs
+        known = _static_count(node.clauses)
+        if known is not None and known > MAX_ITEMS and len(node.clauses) > 1:   # one range says so itself
+            # known before expanding (literal lists and ranges): no need to build a million items first
+            self.error(node.pos, f"generator makes more than {MAX_ITEMS} items ({known:.3g})", len(node.name.dotted))
+            return None
+        bindings = self._expand(node.clauses, dict(self.env)) if known != 0 else iter(())
         try:
-            for env in self._expand(node.clauses, dict(self.env)):
+            for env in bindings:
                 if env is None:
                     ok = False
                     continue
@@ -433,6 +440,9 @@ class _Compiler:
                     ok = False
                 else:
                     items.append(item)
+        except _TooMuchLooping as e:
+            self.error(e.pos, f"generator loops more than {MAX_BINDINGS} times (its for clauses multiply)", 3)
+            ok = False
         finally:
             self.env, self._refs = saved_env, saved_refs
         if not ok:
@@ -452,8 +462,16 @@ class _Compiler:
         # any other function gets the list of the items' values
         return self._apply(head, node.name, node.pos, (Input(0),), (), (PPar(tuple(items), node.pos),), target)
 
-    def _expand(self, clauses: tuple[ast.For, ...], env: dict[str, Any]) -> Iterator[dict[str, Any] | None]:
-        """Every binding of the loop variables, in generator order (None: an error was reported)."""
+    def _expand(self, clauses: tuple[ast.For, ...], env: dict[str, Any],
+                budget: list[int] | None = None) -> Iterator[dict[str, Any] | None]:
+        """Every binding of the loop variables, in generator order (None: an error was reported).
+
+        Bounded in work, not only in items: `for a in range(10**6) for b in []` makes no item
+        but would loop a million times, and nested clauses multiply. Every binding, at every
+        level, spends one of MAX_BINDINGS.
+        """
+        if budget is None:
+            budget = [MAX_BINDINGS]
         if not clauses:
             yield env
             return
@@ -467,11 +485,14 @@ class _Compiler:
             yield None
             return
         for value in values:
+            budget[0] -= 1
+            if budget[0] < 0:
+                raise _TooMuchLooping(clause.pos)
             bound = self._unpack(clause, value)
             if bound is None:
                 yield None
                 return
-            yield from self._expand(clauses[1:], {**env, **bound})
+            yield from self._expand(clauses[1:], {**env, **bound}, budget)
 
     def _iterate(self, clause: ast.For) -> list | None:
         it = clause.iter
@@ -798,3 +819,27 @@ def compile_file(path: str, **kw: Any) -> Plan:
     except UnicodeDecodeError as e:
         raise FlowError([Diagnostic(path, 1, 1, f"flow file is not UTF-8 text ({e.reason})")]) from None
     return compile_flow(parse(source, path), source, **kw)
+
+
+class _TooMuchLooping(Exception):
+    def __init__(self, pos: ast.Pos):
+        self.pos = pos
+
+
+def _static_count(clauses: tuple[ast.For, ...]) -> int | None:
+    """How many items nested for clauses make, if every one loops over a literal list or a range of
+    literal whole numbers (None if any depends on a loop variable or is not of those kinds)."""
+    count = 1
+    for clause in clauses:
+        match clause.iter:
+            case tuple() as values:
+                count *= len(values)
+            case ast.Call(ast.Name(("range",)), args, kwargs) if not kwargs and args \
+                    and all(type(a) is int for a in args) and len(args) <= 3:
+                try:
+                    count *= len(range(*args))
+                except (ValueError, OverflowError):
+                    return None
+            case _:
+                return None
+    return count

@@ -34,8 +34,15 @@ def _resolve(inv: Inventory, targets: Sequence[str] | str | None) -> tuple[Host,
             for h in inv.resolve(t):
                 chosen.setdefault(h.name, h)
         except (KeyError, ValueError) as e:
-            raise UsageError(f"unknown host, group or label {e} (known: {', '.join(inv.target_names())})") from None
+            raise UsageError(f"unknown host, group or label {e} (known: {_known(inv)})") from None
     return tuple(chosen.values())
+
+
+def _known(inv: Inventory, width: int = 200) -> str:
+    """The targets an inventory has, short enough for one message: hosts folded as clush folds them."""
+    hosts = fold_nodeset(h.name for h in inv.hosts) if len(inv.hosts) <= 10_000 else f"{len(inv.hosts)} hosts"
+    text = ", ".join([hosts, *(g for g, _ in inv.groups), *sorted(inv.labels), "all"])
+    return text if len(text) <= width else text[:width].rsplit(",", 1)[0] + ", …"
 
 
 def dispatch(args: dict) -> int:

@@ -336,11 +336,16 @@ def _included(doc: dict, filename: str, including: tuple[str, ...]) -> list[tupl
         raise ConfigError(filename, "include", f"includes nest deeper than {MAX_INCLUDE_DEPTH} files")
     out = []
     for i, item in enumerate(items):
-        path = _relative_to(filename, os.path.expanduser(item))
-        if str(path.resolve()) in chain:
+        try:
+            path = _relative_to(filename, os.path.expanduser(item))
+            resolved, is_file = str(path.resolve()), path.is_file()
+        except (OSError, ValueError) as e:   # a name too long, a NUL, a loop of links
+            raise ConfigError(filename, f"include[{i}]",
+                              f"cannot use {_key(item)!r}: {getattr(e, 'strerror', None) or e}") from None
+        if resolved in chain:
             raise ConfigError(filename, f"include[{i}]", f"{item} includes itself (through {' -> '.join(chain)})")
-        if not path.is_file():
-            raise ConfigError(filename, f"include[{i}]", f"no such inventory file: {path}")
+        if not is_file:
+            raise ConfigError(filename, f"include[{i}]", f"no such inventory file: {_key(str(path))}")
         out.append((i, parse_inventory(yamlfile.read_text(str(path), "inventory"), str(path), chain)))
     return out
 

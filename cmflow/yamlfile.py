@@ -19,6 +19,8 @@ from .errors import ConfigError
 MAX_VALUES = 100_000          # values in a document, aliases counted each time they are used
 MAX_DEPTH = 100               # nested mappings and lists
 _MERGE = "tag:yaml.org,2002:merge"
+_BASE_60 = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+_STR = "tag:yaml.org,2002:str"
 
 
 class _Refused(Exception):
@@ -35,6 +37,14 @@ class _StrictLoader(yaml.SafeLoader):
         self._checked: set[int] = set()
         self._merged = 0
         self._depth = 0
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> str:
+        tag = super().resolve(kind, value, implicit)
+        if tag in _BASE_60 and ":" in value:
+            # YAML 1.1 reads 1:30 as 90 (base 60); YAML 1.2 dropped that. What users mean by
+            # a colon in a value is a time limit ("1:30" for Slurm) or a port, never 90.
+            return _STR
+        return tag
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         self._depth += 1

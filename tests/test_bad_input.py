@@ -282,3 +282,73 @@ def test_a_generator_is_bounded(flowdir):
     with pytest.raises(FlowError) as e:
         compile_text("from t import a\nmax(a(i) for i in range(100000000))\n", str(flowdir.path / "f.flow"))
     assert f"range(100000000) has more than {MAX_ITEMS} values" in str(e.value)
+
+
+def test_nested_for_clauses_are_bounded_before_expanding(flowdir):
+    """20 clauses of 3 values each would be 3.5e9 items: refused before one is built (was a minute per 10**6)."""
+    from cmflow.compiler import MAX_ITEMS, compile_text
+
+    flowdir("t.py", "def a(i):\n    return f'echo {i}'\n")
+    text = "from t import a\npar(a(n) " + "for n in [1, 'x', [2]] " * 20 + ")\n"
+    with pytest.raises(FlowError) as e:
+        compile_text(text, str(flowdir.path / "f.flow"))
+    assert f"generator makes more than {MAX_ITEMS} items (3.49e+09)" in str(e.value)
+
+
+def test_loops_that_make_no_items_are_bounded_too(flowdir, monkeypatch):
+    """range(j, j) is empty, but the clauses around it would loop 10**12 times: one error, at once.
+    (The bound is lowered here so the test takes no seconds; the real one is 2 * 10**6 bindings.)"""
+    from cmflow import compiler
+    from cmflow.compiler import compile_text
+
+    monkeypatch.setattr(compiler, "MAX_BINDINGS", 20_000)
+    MAX_BINDINGS = 20_000
+    flowdir("t.py", "def a(i):\n    return f'echo {i}'\n")
+    text = "from t import a\npar(a(i) for i in range(1000000) for j in range(1000000) for k in range(j, j))\n"
+    with pytest.raises(FlowError) as e:
+        compile_text(text, str(flowdir.path / "f.flow"))
+    assert str(e.value).count(f"generator loops more than {MAX_BINDINGS} times") == 1
+    # a static empty clause: nothing to loop over at all
+    plan = compile_text("from t import a\npar(a(i) for i in range(1000000) for j in range(1000000) for k in [])\n",
+                        str(flowdir.path / "g.flow"))
+    assert plan is not None
+
+
+@pytest.mark.parametrize("text,value", [
+    ("time: 1:30\n", "1:30"),               # YAML 1.1 would read 90
+    ("time: 1:30:00\n", "1:30:00"),         # ... and 5400
+    ("t: 190:20:30.15\n", "190:20:30.15"),  # ... and a base-60 float
+    ("n: 90\n", 90),                        # plain numbers stay numbers
+    ("x: 1.5\n", 1.5),
+])
+def test_values_with_colons_are_text_not_base_60(text, value):
+    from cmflow.yamlfile import load
+
+    assert list(load(text, "v.yaml").values()) == [value]
+
+
+def test_slurm_time_unquoted_is_the_time_written():
+    from cmflow.hosts import parse_inventory
+
+    inv = parse_inventory("hosts:\n  c: {slurm: {nodes: 2, time: 1:30}}\n", "inv.yaml")
+    assert inv.hosts[0].slurm.time == "1:30"
+
+
+@pytest.mark.parametrize("item", ["x" * 5000, "d/" + "y" * 300 + "/z"])
+def test_unusable_include_paths_are_config_errors(tmp_path, item):
+    """Names the system refuses (too long) are the inventory's error, with the key path."""
+    from cmflow.errors import ConfigError
+    from cmflow.hosts import parse_inventory
+
+    with pytest.raises(ConfigError) as e:
+        parse_inventory(f"include: {item}\nhosts: {{}}\n", str(tmp_path / "inv.yaml"))
+    assert "include[0]:" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_an_input_path_the_system_refuses_is_a_flow_error(tmp_path, cli):
+    (tmp_path / "tk.py").write_text(f"from cmflow import task\n@task(inputs=['{'n' * 5000}'])\n"
+                                    "def a():\n    return 'true'\n")
+    (tmp_path / "f.flow").write_text("from tk import a\na\n")
+    r = cli("check", "f.flow", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot be read: File name too long" in r.stderr and len(r.stderr) < 600

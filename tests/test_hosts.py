@@ -113,3 +113,12 @@ def test_cli_hosts_list(cli, tmp_path):
     assert r.returncode == 0
     assert "node03" in r.stdout and "alice@node03.lab.example.org" in r.stdout
     assert "# 6 hosts, 17 slots" in r.stdout
+
+
+def test_unknown_target_names_the_known_ones_briefly(cli, tmp_path):
+    """A 5000-host inventory: the error folds the hosts as clush does and stays one short line."""
+    (tmp_path / "hosts.yaml").write_text("hosts:\n  'n[0001-5000]': {}\ngroups: {rack1: ['n[0001-0040]']}\n")
+    r = cli("hosts", "list", "nowhere", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "unknown host, group or label 'nowhere' (known: n[0001-5000], rack1, all)" in r.stderr
+    assert len(r.stderr) < 300

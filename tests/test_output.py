@@ -25,3 +25,37 @@ def test_large_stdout_is_a_reference_to_its_file(inventory, tmp_path):  # noqa: 
     assert (tmp_path / value[0]["stdout_file"]).samefile(out)   # relative to the run's folder, or absolute
     assert (tmp_path / "run" / "jobs.jsonl").stat().st_size < 10000
     assert (tmp_path / "run" / "summary.json").stat().st_size < 10000
+
+
+GEN = '''
+import os, random, sys, time
+r = random.Random(7)
+for i in range(400):
+    n = r.choice((1, 100, 4096, 8191, 65536, 70001, 200000))
+    fd = 1 if r.random() < 0.7 else 2
+    os.write(fd, bytes([i % 251]) * n)   # a piece of its own, so order and size show
+    if i % 97 == 0:
+        time.sleep(0.01)                  # trickles between bursts
+'''
+
+
+def _expected() -> tuple[bytes, bytes]:
+    import random
+    r = random.Random(7)
+    out, err = bytearray(), bytearray()
+    for i in range(400):
+        n = r.choice((1, 100, 4096, 8191, 65536, 70001, 200000))
+        (out if r.random() < 0.7 else err).extend(bytes([i % 251]) * n)
+    return bytes(out), bytes(err)
+
+
+def test_stdout_and_stderr_in_pieces_of_every_size_arrive_exact(inventory, tmp_path):  # noqa: F811
+    """Writes of 1 B to 200 kB on both streams, bursts and pauses: each file holds exactly its stream."""
+    # the program in the command itself: the ssh host's user cannot read our temp folder
+    (tmp_path / "tk.py").write_text(f"import shlex\ndef gen(): return 'python3 -c ' + shlex.quote({GEN!r})\n")
+    (tmp_path / "f.flow").write_text("from tk import *\ngen\n")
+    r = cmflow("run", "f.flow", "-q", "--hosts", str(inventory(1)), "--run-dir", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out, err = _expected()
+    assert (tmp_path / "run" / "jobs" / "1.1.out").read_bytes() == out
+    assert (tmp_path / "run" / "jobs" / "1.1.err").read_bytes() == err

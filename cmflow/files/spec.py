@@ -165,9 +165,12 @@ def _resolve_input(item: str, base: Path) -> list[Input]:
             raise SpecError(f"input '{item}' matches no file (looked in {base})")
         return [i for m in matches for i in _resolve_path(Path(m), item, base)]
     path = Path(full)
-    if not path.exists():
-        raise SpecError(f"input '{item}' does not exist ({path})")
-    return _resolve_path(path, item, base)
+    try:
+        if not path.exists():
+            raise SpecError(f"input '{item}' does not exist ({path})")
+        return _resolve_path(path, item, base)
+    except OSError as e:       # a name too long, a folder we may not read
+        raise SpecError(f"input '{item[:60]}' cannot be read: {e.strerror or e}") from None
 
 
 def _dest_of(path: Path, base: Path) -> str:
