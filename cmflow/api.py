@@ -89,6 +89,22 @@ def make_transport(host: Host, inv: Inventory, clusters: Any = None,
     return SshTransport(host, ssh_config=inv.ssh_config, window=window)
 
 
+def open_files_for(hosts: Iterable[Host]) -> None:
+    """Raise this process's soft limit on open files to what its slots need (up to the hard limit).
+
+    Every slot holds three pipes (and an ssh slot a process); 256 hosts x 2 slots is over the
+    usual soft limit of 1024. Jobs inherit the raised limit only when the run needs it.
+    """
+    import resource
+
+    need = 256 + 4 * sum(h.slots for h in hosts if not h.slurm)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+        if want > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 CLOSE_BOUND = 30.0   # seconds for closing every transport at once (each bounds its own wait too)
 
 
@@ -144,10 +160,10 @@ def _busy(e: RunBusy) -> UsageError:
 
 
 def _observers(display: Display, plan: Plan, inv: Inventory) -> list[Any]:
-    from .progress import LiveProgress, PlainProgress
-
     if display == "quiet":
         return []
+    from .progress import LiveProgress, PlainProgress   # not imported by quiet runs
+
     if display == "live" or (display == "auto" and sys.stderr.isatty()):
         return [LiveProgress(len(plan.jobs) + plan.deferred(), inv)]
     return [PlainProgress(len(plan.jobs) + plan.deferred(), inv)]
@@ -211,6 +227,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
             # a deferred call (built at run time) is a job too, at most one each
             status = StatusLog(rdir, len(plan.jobs) + plan.deferred(), {h.name: h.slots for h in inv.hosts})
             window = asyncio.Semaphore(options.fanout)   # ssh handshakes at once, all hosts together
+            open_files_for(inv.hosts)
             executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters, window) for h in inv.hosts}, log,
                                 options, [*shown, status, *observers], files=files, journal=journal,
                                 resume=index)

@@ -120,7 +120,6 @@ error, 130/143 interrupted by Ctrl-C/SIGTERM.
 """
 from __future__ import annotations
 
-import difflib
 import json
 import re
 import sys
@@ -272,6 +271,8 @@ def _options_of(usage: str) -> set[str]:
 
 
 def _close(word: str, options: list[str]) -> str:
+    import difflib   # only on this error path: it costs start-up time on every run
+
     near = difflib.get_close_matches(word, options, n=1, cutoff=0.7)
     return f" (did you mean '{near[0]}'?)" if near else ""
 

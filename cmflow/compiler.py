@@ -11,7 +11,6 @@ of a Deferred job or a Local call, evaluated at run time.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import re
 import types
@@ -73,6 +72,8 @@ class _Compiler:
         self.diags.append(Diagnostic(self.filename, pos.line, pos.column, message, line, width, notes))
 
     def _suggest(self, name: str, candidates: list[str]) -> str:
+        import difflib   # error path only (start-up time)
+
         close = difflib.get_close_matches(name, candidates, n=1, cutoff=0.5)
         return f" (did you mean '{close[0]}'?)" if close else ""
 

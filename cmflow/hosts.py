@@ -5,7 +5,6 @@ what was expected. Read with ``yaml.safe_load`` only.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -364,6 +363,8 @@ def _key(key: Any) -> str:
 def _did_you_mean(name: str, options: Iterable[str]) -> str:
     if len(name) > 100:
         return ""
+    import difflib   # error path only (start-up time)
+
     close = difflib.get_close_matches(name, list(options)[:1000], n=1)
     return f" (did you mean '{close[0]}'?)" if close else ""
 

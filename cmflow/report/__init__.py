@@ -12,7 +12,6 @@ from typing import Any
 
 from ..runlog import write_atomic
 from .data import CACHED, FAILED, OK, RETRIED, RUNNING, RunData, critical_path, host_figures, load_run
-from .html import render
 
 __all__ = ["write_report", "write_trace", "report_doc", "load_run"]
 
@@ -93,6 +92,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
 
 
 def _write_page(out: Path, doc: dict[str, Any]) -> None:
+    from .html import render   # not imported by runs with --no-report
+
     write_atomic(out, render(doc))
     os.chmod(out, 0o644)   # a report is made to be shared (the temp file it was written as is private)
 

@@ -74,6 +74,9 @@ class SlotTransport:
     def _unopened(self, tag: Any) -> None:
         """A process from _start did not become a slot."""
 
+    def _opened(self, tag: Any) -> None:
+        """A process from _start answered ready: its server runs (ssh: its connection is up)."""
+
     def _lost(self, slot: Slot) -> None:
         """A slot's session died (ssh: its master may be dead too)."""
 
@@ -97,6 +100,7 @@ class SlotTransport:
             raise
         slot = Slot(proc, int(payload), tag)
         self._all.add(slot)
+        self._opened(tag)
         return slot
 
     async def _discard(self, slot: Slot) -> None:

@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import os
 import shlex
+import shutil
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
-from ..aio import within
 from ..hosts import Host
 from . import ConnectionLost, Helper, procs, tmpdirs
+from .mux import terminate as mux_terminate
 from .framing import _drain, _kill, _pump  # noqa: F401  (slurm.py's step slots use them)
 from .slots import Slot, SlotTransport, boot_argv
 
@@ -79,6 +81,15 @@ def ssh_base_argv(host: Host, ssh_config: str | None, connect_timeout: float = C
     return argv
 
 
+@dataclass(eq=False)
+class _Leader:
+    """The first slot of a master: its own ssh is the ControlMaster (one process, one handshake)."""
+
+    done: asyncio.Future[None]
+    held: list[asyncio.Lock | asyncio.Semaphore]   # this host's connect lock and the run's fanout window
+    why: str = ""
+
+
 class SshTransport(SlotTransport):
     def __init__(self, host: Host, ssh_config: str | None = None, connect_timeout: float = CONNECT_TIMEOUT,
                  window: asyncio.Semaphore | None = None):
@@ -106,11 +117,17 @@ class SshTransport(SlotTransport):
     def _mux(self, path: str) -> list[str]:
         return ["-o", "ControlMaster=no", "-o", f"ControlPath={path}"]
 
+    def _usable(self, index: int) -> bool:
+        """A master that is up, or being brought up by a leader or `-N -f`."""
+        entry = self._masters.get(index)
+        return entry is not None and (not entry[1].done() or entry[1].exception() is None)
+
     async def _master(self, index: int) -> str:
         entry = self._masters.get(index)
-        if entry is not None and (not entry[1].done() or entry[1].exception() is None):
+        if entry is not None and self._usable(index):
             await asyncio.shield(entry[1])
             return entry[0]
+        # no slot is opening one (a helper came first): a master without a session
         path = self._new_control_path(index)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._masters[index] = (path, fut)
@@ -122,8 +139,7 @@ class SshTransport(SlotTransport):
                     async with self._window:
                         await self._start_master(path)
         except BaseException as e:
-            fut.set_exception(e if isinstance(e, Exception) else ConnectionLost("cancelled"))
-            fut.exception()  # mark retrieved
+            _fail(fut, e)
             raise
         fut.set_result(None)
         return path
@@ -138,11 +154,8 @@ class SshTransport(SlotTransport):
         # its sessions close (cmflow killed), and ends nothing while a slot is open.
         argv = [*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
                 "-o", f"ControlPersist={CONTROL_PERSIST}", "-N", "-f", "--", self.host.hostname]
-        try:
-            proc = await procs.spawn(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-                                     stderr=asyncio.subprocess.PIPE)
-        except FileNotFoundError:
-            raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None
+        proc = await _spawn(argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                            stderr=asyncio.subprocess.PIPE)
         try:
             _, err = await proc.communicate()
         except BaseException:
@@ -157,31 +170,76 @@ class SshTransport(SlotTransport):
         index = min(range(self._n_masters), key=lambda i: self._sessions[i])
         self._sessions[index] += 1
         try:
+            if not self._usable(index):
+                return await self._start_leader(index)
             path = await self._master(index)
-            proc = await procs.spawn(
-                *self.base, *self._mux(path), "--", self.host.hostname, REMOTE_COMMAND,
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                limit=1 << 20)
+            proc = await _spawn([*self.base, *self._mux(path), "--", self.host.hostname, REMOTE_COMMAND],
+                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
         except BaseException:
             self._sessions[index] -= 1
             raise
-        return proc, (index, path)
+        return proc, (index, path, None)
+
+    async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, Any]:
+        """Open a connection whose first session is this slot's, as pssh opens one ssh per host.
+
+        With ControlMaster=yes and ControlPersist, ssh authenticates, forks the master to the
+        background (its stdio on /dev/null) and becomes a client of it for this session. The
+        slot's ready frame is then the master's ready signal: the other slots of the host wait
+        for it and multiplex over the master. The host's connect lock and a place in the fanout
+        window are held until then (released in _opened/_unopened).
+        """
+        path = self._new_control_path(index)
+        leader = _Leader(asyncio.get_running_loop().create_future(), [])
+        self._masters[index] = (path, leader.done)
+        try:
+            for gate in (self._master_lock, self._window):
+                if gate is not None:
+                    await gate.acquire()
+                    leader.held.append(gate)
+            proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                                 "-o", f"ControlPersist={CONTROL_PERSIST}", "--", self.host.hostname,
+                                 REMOTE_COMMAND],
+                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+        except BaseException as e:
+            _release(leader)
+            _fail(leader.done, e)
+            raise
+        return proc, (index, path, leader)
+
+    def _opened(self, tag: Any) -> None:
+        leader = tag[2]
+        if leader is not None:
+            _release(leader)
+            if not leader.done.done():
+                leader.done.set_result(None)
 
     def _unopened(self, tag: Any) -> None:
-        self._sessions[tag[0]] -= 1
+        index, path, leader = tag
+        self._sessions[index] -= 1
+        if leader is not None:
+            _release(leader)
+            _fail(leader.done, ConnectionLost(leader.why or f"no connection to {self.host.name}"))
+            self._forget_master(index, path)
 
     def _start_failed(self, stderr: str, tag: Any) -> str:
-        index, path = tag
+        index, path, leader = tag
         text = stderr.strip()
         if "python3" in text and ("not found" in text or "No such file" in text):
-            return f"{self.host.name} has no python3 (cmflow runs each slot's server with it)"
-        if "cmflow: cannot enter workdir" in text:
-            return text.splitlines()[-1]
-        self._forget_master(index, path)
-        return classify_ssh_error(text, self.host) if text else f"slot server on {self.host.name} did not start"
+            why = f"{self.host.name} has no python3 (cmflow runs each slot's server with it)"
+        elif "cmflow: cannot enter workdir" in text:
+            why = text.splitlines()[-1]
+        else:
+            self._forget_master(index, path)
+            why = classify_ssh_error(text, self.host) if text else f"slot server on {self.host.name} did not start"
+        if leader is not None:
+            leader.why = why     # the slots waiting for this master fail with the same reason
+        return why
 
     def _lost(self, slot: Slot) -> None:
-        index, path = slot.tag
+        index, path, _ = slot.tag
         self._forget_master(index, path)
 
     async def _discard(self, slot: Slot) -> None:
@@ -204,11 +262,10 @@ class SshTransport(SlotTransport):
                 path = await self._master(0)
             except ConnectionLost as e:
                 return Helper(None, b"", str(e))
-            proc = await procs.spawn(
-                *self.base, *self._mux(path), "--", self.host.hostname, f"sh -c {shlex.quote(script)}",
-                stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
-                stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE)
+            argv = [*self.base, *self._mux(path), "--", self.host.hostname, f"sh -c {shlex.quote(script)}"]
+            proc = await _spawn(argv, stdin=stdin if stdin is not None else asyncio.subprocess.DEVNULL,
+                                stdout=stdout if stdout is not None else asyncio.subprocess.PIPE,
+                                stderr=asyncio.subprocess.PIPE)
             try:
                 out, err = await proc.communicate()
             except BaseException:
@@ -231,14 +288,36 @@ class SshTransport(SlotTransport):
             self._dir = None
 
     async def _exit_master(self, path: str) -> None:
-        proc = await procs.spawn(
-            "ssh", "-o", f"ControlPath={path}", "-O", "exit", "--", self.host.hostname,
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-        try:
-            await within(proc.wait(), CONNECT_TIMEOUT)
-        except asyncio.TimeoutError:
-            await _kill(proc)
+        await mux_terminate(path)
+
+
+_ssh_program: str | None = None
+
+
+async def _spawn(argv: list[str], **kw: Any) -> asyncio.subprocess.Process:
+    """Start an ssh client in its own session (a Ctrl-C reaches cmflow only, which ends jobs in order).
+
+    ssh is looked up on PATH once per run, not by every exec.
+    """
+    global _ssh_program
+    if _ssh_program is None:
+        _ssh_program = shutil.which(argv[0]) or argv[0]
+    try:
+        return await procs.spawn(_ssh_program, *argv[1:], **kw)
+    except FileNotFoundError:
+        _ssh_program = None
+        raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None
+
+
+def _release(leader: _Leader) -> None:
+    while leader.held:
+        leader.held.pop().release()
+
+
+def _fail(fut: asyncio.Future[None], e: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(e if isinstance(e, Exception) else ConnectionLost("cancelled"))
+        fut.exception()  # retrieved: the slots waiting for it say why themselves
 
 
 # run by the remote user's login shell: the slot server's bootstrap, reading the server from stdin

@@ -1,0 +1,171 @@
+"""How the ssh transport connects (issue 10.3): one connection per host carries its slots,
+the first slot's own ssh is the master, the fanout window bounds connections being opened,
+and closing a transport ends its masters (over the control socket, no ssh process)."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from cmflow.hosts import parse_inventory
+from cmflow.transport import JobSpec
+from cmflow.transport import mux, ssh
+from cmflow.transport.ssh import SshTransport
+
+from sshhosts import have_sshd
+
+pytestmark = pytest.mark.skipif(not have_sshd(), reason="openssh-server not installed (.ci/run installs it)")
+
+
+def transports(sshd_hosts, tmp_path: Path, slots: int, names: list[str], window: asyncio.Semaphore | None = None):
+    text = f"ssh_config: {sshd_hosts.ssh_config}\nhosts:\n" + "".join(f"  {n}: {{slots: {slots}}}\n" for n in names)
+    inv = parse_inventory(text, str(tmp_path / "inv.yaml"))
+    return [SshTransport(h, inv.ssh_config, window=window) for h in inv.hosts]
+
+
+def spec(tmp_path: Path, seq: int, command: str) -> JobSpec:
+    return JobSpec(seq, command, tmp_path / f"{seq}.out", tmp_path / f"{seq}.err", timeout=60)
+
+
+def spawned_argvs(monkeypatch) -> list[list[str]]:
+    """Every ssh command line the transport starts (the real processes still start)."""
+    seen: list[list[str]] = []
+    real = ssh._spawn
+
+    async def spy(argv, **kw):
+        seen.append(list(argv))
+        return await real(argv, **kw)
+    monkeypatch.setattr(ssh, "_spawn", spy)
+    return seen
+
+
+def test_slots_of_a_host_share_one_connection_whose_first_session_is_the_master(sshd_hosts, tmp_path, shared,
+                                                                                 monkeypatch):
+    """Two jobs at once on a 2-slot host: both see the same client port (one TCP connection), and
+    cmflow started two ssh processes in all: the master that is also slot 1's session, then slot 2's."""
+    argvs = spawned_argvs(monkeypatch)
+
+    async def main():
+        (t,) = transports(sshd_hosts, tmp_path, 2, ["h1"])
+        try:
+            # both jobs must run at once: each waits for the other's mark
+            cmd = "touch {d}/m{i}; while [ ! -e {d}/m{j} ]; do sleep 0.02; done; echo $SSH_CONNECTION"
+            d = shared     # the remote user writes the marks
+            outs = await asyncio.gather(t.run(spec(tmp_path, 1, cmd.format(d=d, i=1, j=2))),
+                                        t.run(spec(tmp_path, 2, cmd.format(d=d, i=2, j=1))))
+            assert all(o.ok for o in outs), outs
+            paths = list(t._paths)
+            pid = await mux.master_pid(paths[0])
+            assert pid is not None
+        finally:
+            await t.aclose()
+        return paths, pid
+
+    paths, pid = asyncio.run(main())
+    conns = {(tmp_path / f"{i}.out").read_text().split()[1] for i in (1, 2)}
+    assert len(conns) == 1, conns                   # the same client port: one connection
+    assert len(paths) == 1
+    assert len(argvs) == 2
+    assert "ControlMaster=yes" in argvs[0] and "-N" not in argvs[0] and "-f" not in argvs[0]
+    assert "ControlMaster=no" in argvs[1]
+    # closed: the master is gone (asked over its socket, not by another ssh process)
+    assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def test_nine_slots_use_a_second_master(sshd_hosts, tmp_path, shared):
+    """MaxSessions 10: nine slots take two connections, at most 8 sessions on each."""
+    async def main():
+        (t,) = transports(sshd_hosts, tmp_path, 9, ["h2"])
+        d = shared
+        cmd = "touch {d}/m{i}; while [ $(ls {d} | wc -l) -lt 9 ]; do sleep 0.02; done; echo $SSH_CONNECTION"
+        try:
+            outs = await asyncio.gather(*(t.run(spec(tmp_path, i, cmd.format(d=d, i=i))) for i in range(9)))
+        finally:
+            await t.aclose()
+        assert all(o.ok for o in outs), outs
+
+    asyncio.run(main())
+    conns = [(tmp_path / f"{i}.out").read_text().split()[1] for i in range(9)]
+    assert len(set(conns)) == 2 and max(conns.count(c) for c in conns) <= 8   # sessions spread over both
+
+
+def test_fanout_window_bounds_connections_being_opened(sshd_hosts, tmp_path, monkeypatch):
+    """With a window of 1, a host's connection is started only once the previous one is up."""
+    opening = 0
+    most = 0
+    real_spawn, real_opened, real_unopened = ssh._spawn, SshTransport._opened, SshTransport._unopened
+
+    async def spawn(argv, **kw):
+        nonlocal opening, most
+        if "ControlMaster=yes" in argv:
+            opening += 1
+            most = max(most, opening)
+        return await real_spawn(argv, **kw)
+
+    def opened(self, tag):
+        nonlocal opening
+        if tag[2] is not None:
+            opening -= 1
+        real_opened(self, tag)
+
+    def unopened(self, tag):
+        nonlocal opening
+        if tag[2] is not None:
+            opening -= 1
+        real_unopened(self, tag)
+
+    monkeypatch.setattr(ssh, "_spawn", spawn)
+    monkeypatch.setattr(SshTransport, "_opened", opened)
+    monkeypatch.setattr(SshTransport, "_unopened", unopened)
+
+    async def main():
+        ts = transports(sshd_hosts, tmp_path, 1, ["h1", "h2", "h3"], window=asyncio.Semaphore(1))
+        try:
+            outs = await asyncio.gather(*(t.run(spec(tmp_path, i, "true")) for i, t in enumerate(ts)))
+        finally:
+            await asyncio.gather(*(t.aclose() for t in ts))
+        assert all(o.ok for o in outs), outs
+
+    asyncio.run(main())
+    assert most == 1 and opening == 0
+
+
+def test_failed_first_connection_fails_the_slots_waiting_for_it(sshd_hosts, tmp_path):
+    """A host that refuses: the leader's error reaches every slot that waited for its master."""
+    async def main():
+        text = (f"ssh_config: {sshd_hosts.ssh_config}\nhosts:\n"
+                f"  gone: {{hostname: 127.0.0.1, port: {_closed_port()}, slots: 3}}\n")
+        inv = parse_inventory(text, str(tmp_path / "inv.yaml"))
+        t = SshTransport(inv.hosts[0], inv.ssh_config)
+        try:
+            return await asyncio.gather(*(t.run(spec(tmp_path, i, "true")) for i in range(3)))
+        finally:
+            await t.aclose()
+
+    outs = asyncio.run(main())
+    assert all(o.connection_failed for o in outs)
+    assert all("refused" in o.message for o in outs), [o.message for o in outs]
+
+
+def _closed_port() -> int:
+    from sshhosts import free_port
+    return free_port()       # bound and released: nothing listens there
+
+
+def test_open_file_limit_is_raised_for_many_slots():
+    """256 hosts x 2 slots need more than the usual 1024 open files: the soft limit is raised for them."""
+    import resource
+    from cmflow.api import open_files_for
+    from cmflow.hosts import Host
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"hard limit {hard} too low to check")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+    try:
+        open_files_for([Host(f"h{i}", "127.0.0.1", slots=2) for i in range(512)])
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 256 + 4 * 1024
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
