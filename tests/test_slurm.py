@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from cmflow.hosts import parse_inventory
 from cmflow.runlog import read_joblog
 
 from conftest import ROOT, cmflow
+from procs import marked
 from slurmcluster import SlurmCluster, have_slurm
 
 SEED = str(ROOT / "flows" / "seed.flow")
@@ -244,6 +246,37 @@ def test_timeout_ends_the_step(slurm, tmp_path, shared):
     assert rec["timed_out"] and "." in rec["ref"]
     pid = int((shared / "pid").read_text())
     assert not os.path.exists(f"/proc/{pid}") or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+    assert slurm.wait_queue_empty() == []
+
+
+def test_a_jobs_leftovers_end_with_it_on_a_slurm_host(slurm, tmp_path):
+    """The slot server in the step ends what a job left running when the job ends, not when the
+    step ends (the nodes are processes of this machine: pgrep sees them all)."""
+    marker = f"{os.getpid()}{secrets.randbelow(10**6):06d}"
+    write_flow(tmp_path, f'''
+        def leave(): return "sleep 1000.{marker} >/dev/null 2>&1 & echo started"
+        def look(): return "pgrep -f 'sleep 1000[.]{marker}' >/dev/null && echo left || echo none"
+        ''', "from tk import *\nleave ; look\n")
+    inv = inventory(tmp_path, "hosts:\n  cluster: {slurm: {nodes: 1, cpus_per_node: 1}}\n")
+    r = run_cli(slurm, "run", "f.flow", "-q", "--hosts", str(inv), "--run-dir", "run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "none"
+    assert marked(marker) == []
+
+
+def test_a_timed_out_jobs_stderr_comes_home(slurm, tmp_path):
+    flow = write_flow(tmp_path, '''
+        from cmflow import task
+        @task(timeout=3)
+        def slow(): return "echo said >&2; echo wrote; exec sleep 300"
+        ''', "from tk import slow\nslow\n")
+    inv = inventory(tmp_path, "hosts:\n  cluster: {slurm: {nodes: 1}}\n")
+    r = run_cli(slurm, "run", str(flow), "--hosts", str(inv), "--run-dir", "run", cwd=tmp_path)
+    assert r.returncode == 1 and "timed out" in r.stderr, r.stderr
+    rec = records(tmp_path / "run")[0]
+    assert rec["timed_out"] and rec["stderr"] and rec["stdout"]
+    assert (tmp_path / rec["stderr"]).read_text() == "said\n"
+    assert (tmp_path / rec["stdout"]).read_text() == "wrote\n"
     assert slurm.wait_queue_empty() == []
 
 

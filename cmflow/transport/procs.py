@@ -16,7 +16,11 @@ import signal
 import weakref
 from typing import Any
 
-_live: "weakref.WeakSet[asyncio.subprocess.Process]" = weakref.WeakSet()
+from ..aio import within
+
+# each with its event loop: a process of a loop that has ended is not ours to kill (its pid may be reused)
+_live: "weakref.WeakKeyDictionary[asyncio.subprocess.Process, asyncio.AbstractEventLoop]" = \
+    weakref.WeakKeyDictionary()
 _hurry = False
 
 
@@ -24,7 +28,7 @@ async def spawn(*argv: str, essential: bool = False, **kw: Any) -> asyncio.subpr
     """``asyncio.create_subprocess_exec`` in a session of its own, remembered for ``kill_all``."""
     proc = await asyncio.create_subprocess_exec(*argv, start_new_session=True, **kw)
     if not essential:
-        _live.add(proc)
+        _live[proc] = asyncio.get_running_loop()
     return proc
 
 
@@ -44,8 +48,9 @@ def kill_all() -> int:
     global _hurry
     _hurry = True
     n = 0
-    for proc in list(_live):
-        if proc.returncode is None:   # not reaped yet, so its pid is still its own
+    loop = asyncio.get_running_loop()
+    for proc, its_loop in list(_live.items()):
+        if its_loop is loop and proc.returncode is None:   # not reaped yet, so its pid is still its own
             kill_tree(proc.pid)
             n += 1
     return n
@@ -83,3 +88,22 @@ def _children(pid: int) -> list[int]:
         except OSError:
             pass
     return kids
+
+
+async def kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL a child with its descendants and reap it. The whole tree: srun runs as two
+    processes that both hold our pipes, and proc.wait() returns only once the pipes close."""
+    if proc.returncode is None:
+        kill_tree(proc.pid)
+        await proc.wait()
+
+
+async def stderr_text(proc: asyncio.subprocess.Process) -> str:
+    """What a dead process left on its stderr pipe, up to EOF (bounded: a grandchild may hold it)."""
+    data = b""
+    if proc.stderr:
+        try:
+            data = await within(proc.stderr.read(), 5)
+        except (asyncio.TimeoutError, ConnectionError):
+            pass
+    return data.decode("utf-8", "replace")

@@ -32,7 +32,7 @@ from typing import Any
 from ..hosts import Host
 from . import ConnectionLost, Helper, procs, tmpdirs
 from .mux import terminate as mux_terminate
-from .framing import _drain, _kill, _pump  # noqa: F401  (slurm.py's step slots use them)
+from .procs import kill as _kill
 from .slots import Slot, SlotTransport, boot_argv
 
 SESSIONS_PER_MASTER = 8
