@@ -9,7 +9,6 @@ Cancellation reaches each transport, which kills its job's process tree.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Literal, Mapping, Protocol, Sequence
+from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
 
 from . import values
 from .files.mover import FileMover, Moved, safe_name
@@ -68,6 +67,7 @@ class Failure:
 
 
 Result = Ok | Failure
+_SILENT = Ok("")   # the value of a job that succeeded with an empty stdout (read_value("", "auto"))
 
 
 class Observer(Protocol):
@@ -135,6 +135,60 @@ def _describe(node: PlanNode, filename: str) -> str:
     return f"the expression at {filename}:{node.pos.line}:{node.pos.column}"
 
 
+class _Result:
+    """The result to come of a node or a job: a Future without the event loop.
+
+    Callbacks run as soon as the result is set, not in a later turn of the loop
+    (an asyncio Future costs a call_soon, a Handle and a loop turn per job, and
+    more memory per pending job). A chain of results that are set at once (a
+    long ``;`` of reused jobs) must not recurse without bound: past a depth, the
+    rest runs from the loop instead.
+    """
+
+    __slots__ = ("value", "callbacks")
+    depth = 0          # callbacks running inside callbacks right now (one loop, one thread)
+
+    def __init__(self) -> None:
+        self.value: Result | None = None
+        self.callbacks: list[Callable[["_Result"], None]] | None = []
+
+    def done(self) -> bool:
+        return self.value is not None
+
+    def result(self) -> Result:
+        assert self.value is not None
+        return self.value
+
+    def add_done_callback(self, fn: Callable[["_Result"], None]) -> None:
+        if self.callbacks is not None:
+            self.callbacks.append(fn)
+        else:
+            self._call([fn])
+
+    def set_result(self, result: Result) -> None:
+        if self.callbacks is None:
+            raise asyncio.InvalidStateError("result already set")
+        callbacks, self.callbacks, self.value = self.callbacks, None, result
+        if callbacks:
+            self._call(callbacks)
+
+    def _call(self, callbacks: list[Callable[["_Result"], None]]) -> None:
+        if _Result.depth >= 40:
+            call_soon = asyncio.get_running_loop().call_soon
+            for fn in callbacks:
+                call_soon(fn, self)
+            return
+        _Result.depth += 1
+        try:
+            for fn in callbacks:
+                fn(self)
+        finally:
+            _Result.depth -= 1
+
+
+_NONE: frozenset[str] = frozenset()
+
+
 class _JobRun(Request):
     """A job from its first request for a slot to its final result.
 
@@ -144,13 +198,15 @@ class _JobRun(Request):
 
     __slots__ = ("ex", "job", "future", "attempt", "command_failures", "conn_failures", "avoid", "ready", "keyed")
 
-    def __init__(self, ex: "Executor", job: Job, future: asyncio.Future):
-        super().__init__()
+    def __init__(self, ex: "Executor", job: Job, future: _Result):
+        self.seq = 0              # Request's fields, set here: one call less per job
+        self.base = None
+        self.cancelled = False
         self.ex = ex
         self.job = job
         self.future = future
         self.attempt = self.command_failures = self.conn_failures = 0
-        self.avoid: frozenset[str] = frozenset()
+        self.avoid: frozenset[str] = _NONE
         self.ready = 0.0                                  # when it asked for a slot first
         self.keyed: tuple[KeyParts, str] | None = None    # its resume key, once known
 
@@ -178,9 +234,11 @@ class _Then:
     def __init__(self, ex: "Executor", fn: Callable[[int, Result], None], i: int):
         self.ex, self.fn, self.i = ex, fn, i
 
-    def __call__(self, fut: asyncio.Future[Result]) -> None:
-        if not fut.cancelled():
-            self.ex._guarded(self.fn, self.i, fut.result())
+    def __call__(self, fut: _Result) -> None:
+        try:
+            self.fn(self.i, fut.value)
+        except BaseException as e:  # noqa: BLE001 - a bug in evaluation: handed to run(), which re-raises it
+            self.ex._bug(e)
 
 
 class Executor:
@@ -194,15 +252,17 @@ class Executor:
         self.log = log
         self.options = options
         self.observers = list(observers)
+        # the two events of every job, bound once (not looked up by name per job)
+        self._on_started = [o.job_started for o in self.observers]
+        self._on_ended = [o.job_ended for o in self.observers]
         self.scheduler = Scheduler(inventory.hosts, options.jobs)
-        self._jobs: dict[int, asyncio.Future[Result]] = {}    # job id -> its result (memo)
-        self._nodes: dict[Any, asyncio.Future[Result]] = {}   # id(node) -> its result (memo)
+        self._jobs: dict[int, _Result] = {}    # job id -> its result (memo)
+        self._nodes: dict[Any, _Result] = {}   # id(node) -> its result (memo)
         self._targets: dict[str | None, tuple[Eligible, tuple[Host, ...]] | str] = {}  # target -> class, hosts
         self._tg: asyncio.TaskGroup | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._fatal: asyncio.Future | None = None
         self._depth = 0
-        self._context: contextvars.Context | None = None
         self._halt_now = asyncio.Event()
         self._failures: list[Failure] = []
         self._conn_failures: Counter[str] = Counter()
@@ -227,11 +287,11 @@ class Executor:
         halted = False
         self._loop = asyncio.get_running_loop()
         self._fatal = self._loop.create_future()
-        self._context = contextvars.copy_context()   # one for every callback, not a copy each
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                root = self._eval(root_node)
+                root = self._loop.create_future()
+                self._eval(root_node).add_done_callback(lambda r: root.done() or root.set_result(r.value))
                 halt = tg.create_task(self._halt_now.wait())
                 await asyncio.wait([root, halt, self._fatal], return_when=asyncio.FIRST_COMPLETED)
                 if self._fatal.done():
@@ -250,27 +310,21 @@ class Executor:
                          halted or self.scheduler.closed, False, self.jobs_run, self.jobs_cached,
                          sorted(self.scheduler.down))
 
-    def _future(self) -> asyncio.Future[Result]:
-        assert self._loop is not None
-        return self._loop.create_future()
+    def _future(self) -> _Result:
+        return _Result()
 
     def _guarded(self, fn: Callable[..., None], *args: Any) -> None:
         """Run an evaluation callback; an exception in one is a bug that ends the run, not a log line."""
         try:
             fn(*args)
         except BaseException as e:  # noqa: BLE001 - handed to run(), which re-raises it
-            if self._fatal is not None and not self._fatal.done():
-                self._fatal.set_exception(e)
+            self._bug(e)
 
-    def _spawn(self, key: Any, make: Callable[[], Awaitable[Result]]) -> asyncio.Future[Result]:
-        """The memoised evaluation of a node written as a coroutine (one Task per node)."""
-        fut = self._nodes.get(key)
-        if fut is None:
-            assert self._tg is not None
-            fut = self._nodes[key] = self._tg.create_task(make())  # type: ignore[arg-type]
-        return fut
+    def _bug(self, e: BaseException) -> None:
+        if self._fatal is not None and not self._fatal.done():
+            self._fatal.set_exception(e)
 
-    def _memo(self, node: PlanNode, start: Callable[[Any, asyncio.Future[Result]], None]) -> asyncio.Future[Result]:
+    def _memo(self, node: PlanNode, start: Callable[[Any, _Result], None]) -> _Result:
         """The memoised evaluation of a node written as callbacks (no Task)."""
         fut = self._nodes.get(id(node))
         if fut is None:
@@ -286,8 +340,12 @@ class Executor:
                 self._loop.call_soon(self._guarded, start, node, fut)
         return fut
 
-    def _eval(self, node: PlanNode) -> asyncio.Future[Result]:
+    def _eval(self, node: PlanNode) -> _Result:
         """The one evaluation of a node (memoised: shared nodes and repeated jobs run once)."""
+        if type(node) is JobRef:   # by far the most common node: no pattern match for it
+            job = node.job
+            fut = self._jobs.get(job.id)
+            return fut if fut is not None else self._submit(job)
         match node:
             case JobRef(job):
                 fut = self._jobs.get(job.id)
@@ -304,12 +362,12 @@ class Executor:
                 return self._memo(node, self._local)
         raise TypeError(node)
 
-    def _then(self, fut: asyncio.Future[Result], fn: Callable[[int, Result], None], i: int) -> None:
-        """Call fn(i, result) when fut has its result (not if it was cancelled: the run is ending)."""
-        fut.add_done_callback(_Then(self, fn, i), context=self._context)
+    def _then(self, fut: _Result, fn: Callable[[int, Result], None], i: int) -> None:
+        """Call fn(i, result) when fut has its result (never if the run ends first)."""
+        fut.add_done_callback(_Then(self, fn, i))
 
     # ------------------------------------------------------------ structure
-    def _seq(self, node: PSeq, out: asyncio.Future[Result]) -> None:
+    def _seq(self, node: PSeq, out: _Result) -> None:
         items = node.items
 
         def step(i: int, result: Result) -> None:
@@ -330,7 +388,7 @@ class Executor:
         else:
             out.set_result(Ok(None))
 
-    def _par(self, node: PPar, out: asyncio.Future[Result]) -> None:
+    def _par(self, node: PPar, out: _Result) -> None:
         values: list[Any] = [None] * len(node.items)
         left = [len(node.items)]
 
@@ -350,7 +408,7 @@ class Executor:
         for i, item in enumerate(node.items):
             self._then(self._eval(item), item_done, i)
 
-    def _sum(self, node: PSum, out: asyncio.Future[Result]) -> None:
+    def _sum(self, node: PSum, out: _Result) -> None:
         # Eager, order-preserving reduction: runs of finished neighbours are
         # combined as soon as both sides exist, so the result equals the
         # left-to-right fold whatever order the operands finish in.
@@ -411,7 +469,7 @@ class Executor:
             return failure
 
     # --------------------------------------------------- run-time arguments
-    def _inputs(self, node: Deferred | Local, out: asyncio.Future[Result],
+    def _inputs(self, node: Deferred | Local, out: _Result,
                 then: Callable[[list[Any]], None]) -> None:
         """Evaluate a call's run-time arguments at once (as ``|``); ``then(values)`` when all
         have values. A failed argument skips the call: ``out`` gets a Failure that is not a cause."""
@@ -434,7 +492,7 @@ class Executor:
         for i, item in enumerate(node.inputs):
             self._then(self._eval(item), item_done, i)
 
-    def _deferred(self, node: Deferred, out: asyncio.Future[Result]) -> None:
+    def _deferred(self, node: Deferred, out: _Result) -> None:
         def ready(got: list[Any]) -> None:
             args, kwargs = fill(node, got)
             # memoised on the values: report(x) runs once per distinct value of x, and not
@@ -456,7 +514,7 @@ class Executor:
                             for j in self.plan.jobs if j.fn is not None}
         return self._static
 
-    def _build_and_submit(self, node: Deferred, args: list[Any], kwargs: dict[str, Any]) -> asyncio.Future[Result]:
+    def _build_and_submit(self, node: Deferred, args: list[Any], kwargs: dict[str, Any]) -> _Result:
         """Call the def with the values to build the command, then queue the job as any other.
 
         Files values among the arguments become the job's inputs; the def sees the names
@@ -484,7 +542,7 @@ class Executor:
         fut.set_result(self._fail(failure))
         return fut
 
-    def _local(self, node: Local, out: asyncio.Future[Result]) -> None:
+    def _local(self, node: Local, out: _Result) -> None:
         def ready(got: list[Any]) -> None:
             args, kwargs = fill(node, got)
             try:
@@ -519,10 +577,10 @@ class Executor:
             self._targets[target] = got
         return got
 
-    def _submit(self, job: Job) -> asyncio.Future[Result]:
+    def _submit(self, job: Job) -> _Result:
         """Queue a job for a slot; its future gets the final result (after any retries)."""
-        fut = self._jobs[job.id] = self._future()
-        target = self._target(job.target)
+        fut = self._jobs[job.id] = _Result()
+        target = self._targets.get(job.target) or self._target(job.target)
         if isinstance(target, str):
             fut.set_result(self._fail(Failure(target, job)))
             return fut
@@ -566,11 +624,13 @@ class Executor:
         """One attempt of a job on a slot it holds. Returns None when the job has its result,
         else the backoff before it asks for a slot again."""
         job = run.job
-        timeout = job.options.timeout if job.options.timeout is not None else self.options.timeout
+        options = job.options
+        timeout = options.timeout if options.timeout is not None else self.options.timeout
         run.attempt += 1
         attempt = run.attempt
         out, err = self.log.paths(job.id, attempt)
-        self._emit("job_started", job, host, attempt)
+        for hook in self._on_started:
+            hook(job, host, attempt)
         started = time.time()
         keyed = None
         if self.journal is not None:
@@ -583,7 +643,7 @@ class Executor:
             self.journal.started(job.id, keyed[1], host, attempt, run.ready, started)
         moved: Moved | None = None
         try:
-            spec = JobSpec(job.id, job.command, out, err, timeout, job.options.detach)
+            spec = JobSpec(job.id, job.command, out, err, timeout, options.detach)
             if job.files:
                 outcome, moved = await self._with_files(job, host, attempt, spec)
             else:
@@ -600,6 +660,11 @@ class Executor:
         self.jobs_run += 1
         result = self._result_of(job, host, outcome, out, err, moved)
         final = True
+        if result is _SILENT:   # the commonest case, first
+            self._conn_failures[host] = 0
+            self._record(job, host, attempt, outcome, out, err, result, final, keyed=keyed)
+            run.future.set_result(result)
+            return None
         if outcome.connection_failed:
             run.conn_failures += 1
             self._conn_failures[host] += 1
@@ -647,6 +712,10 @@ class Executor:
 
     def _result_of(self, job: Job, host: str, outcome: Outcome, out: Path, err: Path,
                    moved: Moved | None = None) -> Result:
+        if outcome.exit_status == 0 and not outcome.stdout_bytes and moved is None and not outcome.timed_out \
+                and not outcome.connection_failed and job.options.parse == "auto":
+            return _SILENT   # the commonest job of all: it succeeded and printed nothing
+
         def failure(reason: str) -> Failure:
             if moved is not None and moved.kept:
                 reason += f" (work dir kept: {moved.kept})"
@@ -709,9 +778,8 @@ class Executor:
         # the joblog and jobs.jsonl show it as the earlier run ran it, with attempt 0 meaning "reused":
         # GNU parallel's --resume-failed must skip it as well
         self.log.record(JobRecord(
-            job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, str(doc.get("host", "")), 0,
-            float(doc.get("start") or 0), float(doc.get("end") or 0), 0, 0, False, False, job.command,
-            str(out_p or ""), str(err_p or ""), int(doc.get("stdout_bytes") or 0), value))
+            job, str(doc.get("host", "")), 0, float(doc.get("start") or 0), float(doc.get("end") or 0), 0, 0,
+            False, False, str(out_p or ""), str(err_p or ""), int(doc.get("stdout_bytes") or 0), value))
         self.jobs_cached += 1
         self._emit("job_cached", job)
         return Ok(value)
@@ -722,21 +790,22 @@ class Executor:
     def _record(self, job: Job, host: str, attempt: int, outcome: Outcome, out: Path, err: Path,
                 result: Result, final: bool, killed: bool = False,
                 keyed: tuple[KeyParts, str, float] | None = None, moved: Moved | None = None) -> None:
+        ok = type(result) is Ok
         rec = JobRecord(
-            job.id, job.task, job.label, list(job.args), dict(job.kwargs), job.where, host, attempt, outcome.start, outcome.end,
-            outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, job.command,
+            job, host, attempt, outcome.start, outcome.end,
+            outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed,
             str(out) if outcome.stdout_bytes else "", str(err) if outcome.stderr_bytes else "",
-            outcome.stdout_bytes, result.value if isinstance(result, Ok) else None,
-            result.reason if isinstance(result, Failure) else "", killed, outcome.ref,
-            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0, self._attempts(job))
+            outcome.stdout_bytes, result.value if ok else None, "" if ok else result.reason, killed, outcome.ref,
+            moved.bytes_sent if moved else 0, moved.bytes_fetched if moved else 0,
+            1 + (job.options.retries if job.options.retries is not None else self.options.retries))
         # the joblog keeps a job's last attempt only: GNU parallel's --retry-failed reads one line per job
-        self.log.record(rec, final or isinstance(result, Ok))
+        self.log.record(rec, final or ok)
         if self.journal is not None and keyed is not None:
             parts, key, ready = keyed
             self.journal.ended({
-                "seq": job.id, "key": key, "parts": parts.to_json(), "task": job.task, "label": job.label,
+                "seq": job.id, "key": key, "parts": parts.to_json(), "task": job.task, "label": rec.label,
                 "where": job.where, "host": host, "attempt": attempt, "ready": round(ready, 6),
-                "start": round(outcome.start, 6), "end": round(outcome.end, 6), "ok": isinstance(result, Ok),
+                "start": round(outcome.start, 6), "end": round(outcome.end, 6), "ok": ok,
                 "final": final, "exit": outcome.exit_status, "signal": outcome.signal,
                 "timed_out": outcome.timed_out, "connection_failed": outcome.connection_failed,
                 "error": rec.error, "stdout": f"jobs/{out.name}" if outcome.stdout_bytes else "",
@@ -744,7 +813,8 @@ class Executor:
                 "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes,
                 **({"bytes_sent": moved.bytes_sent, "bytes_fetched": moved.bytes_fetched} if moved else {}),
                 **_phases(self._phase_marks.pop((job.id, attempt), ()), time.time())})
-        self._emit("job_ended", rec, final, isinstance(result, Ok))
+        for hook in self._on_ended:
+            hook(rec, final, ok)
 
     def _fail(self, failure: Failure) -> Failure:
         self._failures.append(failure)

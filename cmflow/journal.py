@@ -3,10 +3,12 @@
 ``journal.jsonl`` in the run directory gets one JSON line per event: a job
 started (``start``), an attempt ended (``end``), a job reused from an earlier
 run (``cached``), a job's output files fetched and verified (``fetched``).
-Each line goes to the kernel in one ``write()`` on an ``O_APPEND`` descriptor
-before the executor lets anything depend on the event, so a SIGKILL of cmflow
-loses only the jobs still in flight; a torn last line (power cut, full disk) is
-skipped by the reader, never fatal. No fsync per line: a crash of the whole
+Lines go to the kernel in one ``write()`` on an ``O_APPEND`` descriptor: a
+start at once, with every line before it (a job's start is in the file before
+the job can run), the other lines of a turn of the event loop together before
+the loop next waits (cmflow/flushing.py). So a SIGKILL of cmflow loses only the
+jobs still in flight; a torn last line (power cut, full disk) is skipped by the
+reader, never fatal. No fsync per line: a crash of the whole
 machine may lose the last few seconds (the page cache), a kill of cmflow never.
 
 The key of an invocation is a sha256 over what decides its result:
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from .flushing import flush_soon, forget
 from .hosts import Host
 from .plan import Job
 
@@ -56,7 +59,7 @@ class KeyParts:
 
     def key(self) -> str:
         doc = [KEY_VERSION, self.task, self.args, self.command, self.placement, self.env, list(self.inputs)]
-        return hashlib.sha256(json.dumps(doc, separators=(",", ":")).encode()).hexdigest()
+        return hashlib.sha256(_COMPACT(doc).encode()).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "args": self.args, "command": self.command, "placement": self.placement,
@@ -68,8 +71,13 @@ class KeyParts:
                    tuple((p, f) for p, f in doc.get("inputs", ())))
 
 
+# encoders made once: json.dumps with options builds a new encoder per call, and these run per job
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=repr).encode
+
+
 def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=repr)
+    return _CANONICAL(value)
 
 
 def _sha(text: str) -> str:
@@ -126,8 +134,11 @@ def job_inputs(job: Job) -> tuple[str, ...]:
 
 # -------------------------------------------------------------- the writer
 
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=repr).encode
+
+
 class Journal:
-    """Appends events to ``journal.jsonl``; one ``write()`` per line so lines never interleave."""
+    """Appends events to ``journal.jsonl``: whole lines, one ``write()`` per loop turn, so lines never interleave."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / JOURNAL
@@ -135,21 +146,34 @@ class Journal:
         # a torn line left by a killed writer must not glue onto our first line
         if self.path.stat().st_size and not _ends_with_newline(self.path):
             os.write(self._fd, b"\n")
+        self._lines: list[str] = []
 
     def append(self, doc: dict[str, Any]) -> None:
         try:
-            line = json.dumps(doc, separators=(",", ":"), default=repr)
+            line = _ENCODE(doc)
         except ValueError:   # a value JSON cannot hold (a circular structure from a parse= callable)
             doc = {**doc, "value": repr(doc.get("value"))}
-            line = json.dumps(doc, separators=(",", ":"), default=repr)
-        data = (line + "\n").encode("utf-8", "surrogateescape")
+            line = _ENCODE(doc)
+        self._lines.append(line)
+        if len(self._lines) == 1:
+            flush_soon(self)
+
+    def flush(self) -> None:
+        if not self._lines or self._fd < 0:
+            return
+        self._lines.append("")
+        data = "\n".join(self._lines).encode("utf-8", "surrogateescape")
+        self._lines.clear()
         while data:
             n = os.write(self._fd, data)
             data = data[n:]
 
     def started(self, seq: int, key: str, host: str, attempt: int, ready: float, start: float) -> None:
+        """Written ahead: in the file (with every line before it) before the job may start, so a
+        job that ran is never missing from a killed run's journal (a resume counts it in flight)."""
         self.append({"ev": "start", "seq": seq, "key": key, "host": host, "attempt": attempt,
                      "ready": round(ready, 6), "start": round(start, 6)})
+        self.flush()
 
     def ended(self, doc: dict[str, Any]) -> None:
         self.append({"ev": "end", **doc})
@@ -162,6 +186,8 @@ class Journal:
         self.append({"ev": "fetched", "seq": seq, "key": key, "files": list(files)})
 
     def close(self) -> None:
+        forget(self)
+        self.flush()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1

@@ -21,17 +21,17 @@ in its place and calls it done.
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import operator
 import os
 import secrets
 import tempfile
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+from .flushing import flush_soon, forget
 from .plan import Plan, PlanNode, PPar, PSeq, PSum, _node_json, job_json
 
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
@@ -39,12 +39,10 @@ JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSigna
 
 @dataclass(slots=True)   # not frozen: one is built per attempt, and a frozen one pays a setattr call per field
 class JobRecord:
-    seq: int
-    task: str
-    label: str
-    args: Any
-    kwargs: Any
-    where: str
+    """One attempt of a job. What the plan's Job says (task, label, arguments, where, command) is read
+    from it when needed, not copied per attempt: a run that logs nothing never formats a label."""
+
+    job: Any               # the plan's Job (cmflow.plan.Job)
     host: str
     attempt: int
     start: float
@@ -53,7 +51,6 @@ class JobRecord:
     signal: int
     timed_out: bool
     connection_failed: bool
-    command: str
     stdout: str            # file of the job's stdout; "" when it printed nothing
     stderr: str
     stdout_bytes: int = 0
@@ -64,14 +61,57 @@ class JobRecord:
     bytes_sent: int = 0        # inputs staged to the host (cmflow/files)
     bytes_fetched: int = 0     # outputs fetched from it, verified
     attempts: int = 0      # attempts allowed for the command's own failures (retries + 1); 0: not known
+    _label: str | None = field(default=None, repr=False)
 
     @property
     def runtime(self) -> float:
         return max(self.end - self.start, 0.0)
 
+    @property
+    def seq(self) -> int:
+        return self.job.id
 
-_FIELDS = tuple(f.name for f in fields(JobRecord))
+    @property
+    def task(self) -> str:
+        return self.job.task
+
+    @property
+    def label(self) -> str:
+        if self._label is None:
+            self._label = self.job.label
+        return self._label
+
+    @property
+    def args(self) -> list[Any]:
+        return list(self.job.args)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.job.kwargs)
+
+    @property
+    def where(self) -> str:
+        return self.job.where
+
+    @property
+    def command(self) -> str:
+        return self.job.command
+
+
+# jobs.jsonl's keys, in this order
+_FIELDS = ("seq", "task", "label", "args", "kwargs", "where", "host", "attempt", "start", "end", "exit_status",
+           "signal", "timed_out", "connection_failed", "command", "stdout", "stderr", "stdout_bytes", "value",
+           "error", "killed", "ref", "bytes_sent", "bytes_fetched", "attempts")
 _VALUES = operator.attrgetter(*_FIELDS)
+_ENCODE = json.JSONEncoder(default=repr).encode   # made once: json.dumps(default=) makes one per call
+
+
+def _join(folder: Path, name: str) -> Path:
+    return folder / name
+
+
+# a plain file name joined without parsing it again (pathlib's own fast path, where there is one)
+_child = getattr(Path, "_make_child_relpath", _join)
 
 
 def new_run_id() -> str:
@@ -113,12 +153,11 @@ class RunLog:
         self._joblog.write(JOBLOG_HEADER)
         self._joblog.flush()
         self._records = open(run_dir / "jobs.jsonl", "w", encoding="utf-8")
-        self._flush_due = False
 
     def paths(self, seq: int, attempt: int) -> tuple[Path, Path]:
-        # two Paths joined onto the folder's, not three parsed from strings: this runs for every attempt
-        jobs, stem = self.jobs_dir, f"{seq}.{attempt}"
-        return jobs / f"{stem}.out", jobs / f"{stem}.err"
+        # this runs for every attempt: two names joined onto the folder's parsed parts, nothing re-parsed
+        stem = f"{seq}.{attempt}"
+        return _child(self.jobs_dir, stem + ".out"), _child(self.jobs_dir, stem + ".err")
 
     def record(self, rec: JobRecord, final: bool = True) -> None:
         """One attempt: always a jobs.jsonl record; a joblog line when it is the job's last attempt."""
@@ -131,31 +170,18 @@ class RunLog:
         doc = dict(zip(_FIELDS, _VALUES(rec)))   # not asdict(): it deep-copies every value
         doc["runtime"] = round(rec.runtime, 6)
         try:
-            line = json.dumps(doc, default=repr)
+            line = _ENCODE(doc)
         except ValueError:
             doc["value"] = repr(rec.value)
-            line = json.dumps(doc, default=repr)
+            line = _ENCODE(doc)
         self._records.write(line + "\n")
-        self._flush_soon()
+        flush_soon(self)
 
     def _write_joblog(self, line: str) -> None:
         self._joblog.write(line)
-        self._flush_soon()
-
-    def _flush_soon(self) -> None:
-        """Flush once the jobs ending in this turn of the event loop are written (now, outside a loop)."""
-        if self._flush_due:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        self._flush_due = True
-        loop.call_soon(self.flush)
+        flush_soon(self)
 
     def flush(self) -> None:
-        self._flush_due = False
         for f in (self._joblog, self._records):
             if not f.closed:
                 f.flush()
@@ -191,6 +217,7 @@ class RunLog:
         write_atomic(self.dir / "plan.json", chunks())
 
     def close(self) -> None:
+        forget(self)
         for f in (self._joblog, self._records):
             if not f.closed:
                 f.close()

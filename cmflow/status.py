@@ -1,7 +1,8 @@
 """The status of a calculation, from its run directory alone.
 
 While a run goes, ``StatusLog`` (an executor observer) appends one JSON line
-per state change to ``events.jsonl``, flushed at once: a job started on a host,
+per state change to ``events.jsonl``, flushed before the event loop next waits
+(cmflow/flushing.py: one write for all the lines of a turn): a job started on a host,
 its files staging / running / fetching, its end with the bytes sent and
 fetched. ``read_status`` folds those lines (and ``summary.json`` once the run
 has ended) into per-host figures, so ``cmflow status`` works from another
@@ -17,13 +18,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .errors import UsageError
+from .flushing import flush_soon, forget
 
 EVENTS = "events.jsonl"
 STATES = ("waiting", "staging", "running", "fetching", "done", "failed")
 
 
 class StatusLog:
-    """Executor observer: one flushed line per event in ``RUN_DIR/events.jsonl``."""
+    """Executor observer: one line per event in ``RUN_DIR/events.jsonl``, flushed once per loop turn."""
 
     def __init__(self, run_dir: Path, total: int, slots: dict[str, int]):
         self._f = open(run_dir / EVENTS, "w", encoding="utf-8")
@@ -34,7 +36,11 @@ class StatusLog:
             return
         doc["t"] = round(time.time(), 3)
         self._f.write(json.dumps(doc) + "\n")
-        self._f.flush()
+        flush_soon(self)
+
+    def flush(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
 
     def job_started(self, job: Any, host: str, attempt: int) -> None:
         self._write({"e": "start", "job": job.id, "host": host, "attempt": attempt, "files": bool(job.files)})
@@ -55,6 +61,7 @@ class StatusLog:
         self._write({"e": "down", "host": host, "reason": reason})
 
     def close(self) -> None:
+        forget(self)
         if not self._f.closed:
             self._f.close()
 

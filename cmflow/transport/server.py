@@ -115,6 +115,7 @@ class Server:
         self.kill_asked = False
         self.main_status = None
         self.main_pid = None
+        self.children_left = True    # the last reap found children still alive (False: none at all)
         r, w = os.pipe()
         for fd in (r, w):
             os.set_blocking(fd, False)
@@ -256,13 +257,15 @@ class Server:
         return table
 
     def reap(self):
-        """Collect every child that has exited; note the main process's status."""
+        """Collect every child that has exited; note the main process's status, and whether any child is left."""
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
+                self.children_left = False
                 return
             if pid == 0:
+                self.children_left = True
                 return
             self.exempt.discard(pid)
             if pid == self.main_pid:
@@ -274,11 +277,17 @@ class Server:
         except InterruptedError:
             r = []
         if r:
-            try:
-                while os.read(self.wake, 512):
-                    pass
-            except (BlockingIOError, InterruptedError):
+            self.clear_wake()
+        else:
+            self.reap()
+
+    def clear_wake(self):
+        """A signal came (the wake-up pipe is readable): empty the pipe, then reap."""
+        try:
+            while os.read(self.wake, 512):
                 pass
+        except (BlockingIOError, InterruptedError):
+            pass
         self.reap()
 
     def signal_all(self, pids, sig):
@@ -371,7 +380,10 @@ class Server:
                     self.exempt.update(self.descendants())
                     self.drain(pipes, 0)
                     break
-                if self.descendants():
+                # No child left at all means no descendant either (the usual case, and no /proc walk):
+                # the job's orphans are re-parented to us (subreaper) before its main process can be
+                # reaped, and any other descendant lives under a child of ours.
+                if self.children_left and self.descendants():
                     # left behind by the job: ended now, so it cannot touch the next job
                     killed = True
                     self.kill_tree(self.grace)
@@ -391,7 +403,7 @@ class Server:
                 continue
             for fd in ready:
                 if fd == self.wake:
-                    self.wait_wake(0)
+                    self.clear_wake()
                 elif fd == 0:
                     self.read_stdin()
                     line = self.next_message()
@@ -492,7 +504,7 @@ class Server:
                 except InterruptedError:
                     continue
                 if self.wake in ready:
-                    self.wait_wake(0)
+                    self.clear_wake()
                 if 0 in ready:
                     self.read_stdin()
         except ControllerGone:

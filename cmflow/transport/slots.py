@@ -42,11 +42,59 @@ def boot_argv(python: str) -> list[str]:
     return [python, "-I", "-S", "-c", BOOT]
 
 
+_ENCODE = json.JSONEncoder().encode
+
+
+class Frames:
+    """The frames of one slot server's stdout, parsed out of whole reads.
+
+    One ``read`` brings every frame that has arrived (a job's end is usually one
+    5-byte frame), instead of two ``readexactly`` per frame. What was read but
+    not yet taken stays here, so a reader cancelled between reads (a timeout,
+    halt) loses nothing and the next reader goes on where it stopped.
+    """
+
+    __slots__ = ("reader", "buf", "pos")
+
+    def __init__(self, reader: asyncio.StreamReader):
+        self.reader = reader
+        self.buf = b""
+        self.pos = 0
+
+    async def next(self) -> tuple[bytes, bytes]:
+        while True:
+            buf, pos = self.buf, self.pos
+            if len(buf) - pos >= HDR.size:
+                kind, n = HDR.unpack_from(buf, pos)
+                end = pos + HDR.size + n
+                if len(buf) >= end:
+                    self.pos = end
+                    return kind, buf[pos + HDR.size:end]
+            chunk = await self.reader.read(1 << 20)
+            if not chunk:
+                raise asyncio.IncompleteReadError(buf[pos:], None)
+            self.buf, self.pos = buf[pos:] + chunk, 0
+
+    async def job(self, out: StreamedOutput, err: StreamedOutput) -> int:
+        """Copy a job's output frames to its files; return its status from the end frame."""
+        while True:
+            kind, data = await self.next()
+            if kind == b"X":
+                return int(data)
+            elif kind == b"O":
+                out.write(data)
+            elif kind == b"E":
+                err.write(data)
+            else:
+                raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
+
+
 @dataclass(eq=False)
 class Slot:
     proc: asyncio.subprocess.Process
     pid: int                 # the server's pid, on its host
     tag: Any = None          # the transport's own (ssh: which master it rides on)
+    frames: Frames | None = None
     told: dict[str, str] = field(default_factory=dict)   # the server's values of the transport's `tell`
 
 
@@ -55,7 +103,7 @@ class SlotTransport:
 
     host: Host
     tell: tuple[str, ...] = ()              # environment variables the server reports when ready
-    start_timeout: float | None = None      # how long a server may take to come up (ssh: ConnectTimeout)
+    start_timeout: float | None = None      # how long a server may take to come up (Slurm: a step)
 
     def __init__(self, host: Host):
         self.host = host
@@ -93,8 +141,9 @@ class SlotTransport:
         try:
             assert proc.stdin and proc.stdout
             proc.stdin.write(SERVER_CODE + self._config)
+            frames = Frames(proc.stdout)
             try:
-                kind, payload = await within(_frame(proc.stdout), self.start_timeout)
+                kind, payload = await within(frames.next(), self.start_timeout)
             except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
                 kind, payload = b"", b""
             if kind != b"R":
@@ -106,7 +155,7 @@ class SlotTransport:
                 await asyncio.shield(_kill(proc))
             raise
         pid, _, told = payload.partition(b" ")
-        slot = Slot(proc, int(pid), tag, json.loads(told) if told else {})
+        slot = Slot(proc, int(pid), tag, frames, json.loads(told) if told else {})
         self._all.add(slot)
         self._opened(tag)
         return slot
@@ -123,28 +172,28 @@ class SlotTransport:
         except ConnectionLost as e:
             return Outcome(None, start=start, end=time.time(), connection_failed=True, message=str(e))
         start = time.time()  # the job's own time starts once it has a slot
-        proc = slot.proc
-        assert proc.stdin and proc.stdout
+        proc, frames = slot.proc, slot.frames
+        assert proc.stdin and frames
         out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
-        reusable = False
-        frames: asyncio.Future[int] | None = None
+        ended: list[int] = []    # the end frame was read (by us or by _stop): the slot may serve again
         try:
-            job = {"s": spec.seq, "c": spec.command, "d": spec.detach}
-            proc.stdin.write(b"J" + json.dumps(job).encode() + b"\n")
-            frames = asyncio.ensure_future(_job_frames(proc.stdout, out, err))
+            proc.stdin.write(b"J" + _ENCODE({"s": spec.seq, "c": spec.command, "d": spec.detach}).encode() + b"\n")
             timed_out = False
-            try:
-                status = await within(asyncio.shield(frames), spec.timeout)
-            except asyncio.TimeoutError:
-                timed_out = True
-                status = await self._stop(slot, spec.seq, frames)
-            reusable = True
+            # no Task per job: the frames are read right here (Frames keeps what a cancelled read left)
+            if spec.timeout is None:
+                status = await frames.job(out, err)
+            else:
+                try:
+                    async with asyncio.timeout(spec.timeout):
+                        status = await frames.job(out, err)
+                except TimeoutError:
+                    timed_out = True
+                    status = await self._stop(slot, spec.seq, out, err)
+            ended.append(status)
             return _outcome(status, start, out.close(), err.close(), timed_out, self._ref(slot))
         except asyncio.CancelledError:
             # halt now, Ctrl-C, SIGTERM: the server ends the job's whole tree before we go on
-            if frames is not None:
-                await _uncancellable(self._stop(slot, spec.seq, frames))
-                reusable = frames.done() and not frames.cancelled() and frames.exception() is None
+            await _uncancellable(self._stop(slot, spec.seq, out, err, ended))
             raise
         except (ConnectionLost, ConnectionError, asyncio.IncompleteReadError, asyncio.TimeoutError) as e:
             self._lost(slot)
@@ -156,19 +205,20 @@ class SlotTransport:
         finally:
             out.close()
             err.close()
-            if frames is not None and not frames.done():
-                frames.cancel()
-            if reusable and not self._closed:
+            if ended and not self._closed:
                 self._idle.append(slot)
             else:
                 await asyncio.shield(self._discard(slot))
 
-    async def _stop(self, slot: Slot, seq: int, frames: asyncio.Future[int]) -> int:
+    async def _stop(self, slot: Slot, seq: int, out: StreamedOutput, err: StreamedOutput,
+                    ended: list[int] | None = None) -> int:
         """Ask the server to kill the running job; its end frame comes once every process is gone."""
-        assert slot.proc.stdin
-        if not frames.done():
-            slot.proc.stdin.write(f"K{seq}\n".encode())
-        return await within(frames, KILL_GRACE + 15)
+        assert slot.proc.stdin and slot.frames
+        slot.proc.stdin.write(f"K{seq}\n".encode())
+        status = await within(slot.frames.job(out, err), KILL_GRACE + 15)
+        if ended is not None:
+            ended.append(status)
+        return status
 
     # ------------------------------------------------------------------ close
     async def aclose(self) -> None:
@@ -184,25 +234,6 @@ def _outcome(status: int, start: float, out_bytes: int, err_bytes: int, timed_ou
         return Outcome(None, -status, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes,
                        ref=ref)
     return Outcome(status, 0, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes, ref=ref)
-
-
-async def _frame(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
-    kind, n = HDR.unpack(await reader.readexactly(HDR.size))
-    return kind, (await reader.readexactly(n) if n else b"")
-
-
-async def _job_frames(reader: asyncio.StreamReader, out: StreamedOutput, err: StreamedOutput) -> int:
-    """Copy a job's output frames to its files; return its status from the end frame."""
-    while True:
-        kind, data = await _frame(reader)
-        if kind == b"O":
-            out.write(data)
-        elif kind == b"E":
-            err.write(data)
-        elif kind == b"X":
-            return int(data)
-        else:
-            raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
 
 
 async def _uncancellable(coro: Any) -> None:
