@@ -97,10 +97,17 @@ def report(name: str, jobs: int, samples: list[Sample]) -> float:
     return rate
 
 
-def flow_of(jobs: int, folder: Path, command: str = "true") -> Path:
-    """A flow of `jobs` distinct trivial jobs run side by side."""
+def flow_of(jobs: int, folder: Path, command: str = "true", form: str = "text") -> Path:
+    """A flow of `jobs` distinct trivial jobs run side by side: written out as
+    `t(0) | t(1) | ...` (form "text") or as one fan-out, `par(t(i) for i in range(N))` ("gen")."""
     (folder / "bench_tasks.py").write_text(f"def t(i):\n    return {command!r}\n")
-    flow = folder / "many.flow"
-    flow.write_text("from bench_tasks import t\n" + " | ".join(f"t({i})" for i in range(jobs)) + "\n")
+    flow = folder / f"many_{form}.flow"
+    with open(flow, "w") as f:
+        f.write("from bench_tasks import t\n")
+        if form == "gen":
+            f.write(f"par(t(i) for i in range({jobs}))\n")
+        else:
+            f.writelines(f"t({i}) | " for i in range(jobs - 1))
+            f.write(f"t({jobs - 1})\n")
     return flow
 

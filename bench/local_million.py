@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """A million local `true` jobs, 16 at once: cmflow's peak RSS and time beside xargs -P16's.
 
-    cmflow run many.flow --hosts hosts.yaml -q     (one local host, 16 slots; the flow is
-                                                    `t(0) | t(1) | ... | t(N-1)`, every job distinct)
-    seq N | xargs -P16 -n1 true                    (the peer: the same processes, no bookkeeping)
+    cmflow run many_gen.flow --hosts hosts.yaml -q   (one local host, 16 slots; the flow is one
+                                                      fan-out, `par(t(i) for i in range(N))`,
+                                                      every job distinct)
+    seq N | xargs -P16 -n1 true                      (the peer: the same processes, no bookkeeping)
+
+``--form text`` writes the same jobs out, `t(0) | t(1) | ... | t(N-1)` (a flow
+text of ~12 MB at N = 1 000 000: parser and AST memory), ``--form both`` runs
+both flows. Before the runs, `cmflow check` of each flow gives the front end's
+own peak RSS and time (parse + compile, no run).
 
 GNU parallel is not the peer here: at ~200-300 jobs/s on this VM a million
 jobs take about an hour (bench/local_dispatch.py compares against it at 1000).
@@ -14,12 +20,13 @@ cmflow's time includes parsing and compiling the flow and writing the run
 directory (joblog, jobs.jsonl, journal, plan.json). Target (issue 10):
 peak RSS <= 1 GB at N = 1 000 000.
 
-    python3 bench/local_million.py [--jobs 1000000] [--reps 1]
+    python3 bench/local_million.py [--jobs 1000000] [--reps 1] [--form gen|text|both] [--front-end-only]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
@@ -52,29 +59,49 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--form", choices=("gen", "text", "both"), default="gen",
+                    help="the flow: one fan-out (gen), the jobs written out (text), or both")
+    ap.add_argument("--front-end-only", action="store_true", help="only `cmflow check` (parse + compile)")
     a = ap.parse_args()
+    forms = ("gen", "text") if a.form == "both" else (a.form,)
     with tempfile.TemporaryDirectory(prefix="cmflow-million-") as d:
         folder = Path(d)
-        t = time.perf_counter()
-        flow = flow_of(a.jobs, folder)
-        print(f"flow of {a.jobs} jobs written in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        flows = {}
+        for form in forms:
+            t = time.perf_counter()
+            flows[form] = flow_of(a.jobs, folder, form=form)
+            print(f"{form} flow of {a.jobs} jobs written in {time.perf_counter() - t:.1f} s "
+                  f"({flows[form].stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
         (folder / "hosts.yaml").write_text("hosts:\n  here: {local: true, slots: 16}\n")
-        cm_cmd = f"{sys.executable} -m cmflow run {flow} --hosts {folder}/hosts.yaml -q --run-dir {folder}/run"
+        print(f"{a.jobs} jobs; load average before: {os.getloadavg()[0]:.2f}")
+        for form in forms:
+            check = child(f"{sys.executable} -m cmflow check {flows[form]} --hosts {folder}/hosts.yaml", folder)
+            print(f"front end ({form:>4}: cmflow check)  {check['wall']:8.1f} s   peak RSS {check['rss'] / 2**20:7.1f} MB "
+                  f"({check['rss'] / a.jobs:6.0f} B/job)")
+        if a.front_end_only:
+            return
         peer_cmd = f"seq {a.jobs} | xargs -P16 -n1 true"
-        runs: dict[str, list[dict]] = {"xargs": [], "cmflow": []}
+        runs: dict[str, list[dict]] = {"xargs": [], **{form: [] for form in forms}}
         for _ in range(a.reps):
             runs["xargs"].append(child(peer_cmd, folder))
-            shutil.rmtree(folder / "run", ignore_errors=True)
-            runs["cmflow"].append(child(cm_cmd, folder))
-    print(f"{a.jobs} x `true` locally, 16 at once, {a.reps} rep(s) each (median):")
+            for form in forms:
+                shutil.rmtree(folder / "run", ignore_errors=True)
+                runs[form].append(child(f"{sys.executable} -m cmflow run {flows[form]} --hosts {folder}/hosts.yaml "
+                                        f"-q --run-dir {folder}/run", folder))
+    print(f"{a.jobs} x `true` locally, 16 at once, {a.reps} rep(s) each (median); "
+          f"load average after: {os.getloadavg()[0]:.2f}")
     rate = {}
-    for side, label in (("xargs", "xargs -P16 -n1 true"), ("cmflow", "cmflow run (local, 16 slots)")):
+    labels = {"xargs": "xargs -P16 -n1 true", "gen": "cmflow run (fan-out flow)", "text": "cmflow run (written out)"}
+    for side in runs:
         wall = statistics.median(r["wall"] for r in runs[side])
         rss = statistics.median(r["rss"] for r in runs[side])
         rate[side] = a.jobs / wall
-        print(f"{label:<30} {wall:8.1f} s {rate[side]:7.0f} jobs/s   peak RSS {rss / 2**20:7.1f} MB "
-              f"({rss / a.jobs:6.0f} B/job)   walls {', '.join(f'{r['wall']:.1f}' for r in runs[side])}")
-    print(f"ratio cmflow / xargs (jobs/s): {rate['cmflow'] / rate['xargs']:.2f}x   (target: cmflow peak RSS <= 1024 MB)")
+        walls = ", ".join(f"{r['wall']:.1f}" for r in runs[side])
+        print(f"{labels[side]:<30} {wall:8.1f} s {rate[side]:7.0f} jobs/s   peak RSS {rss / 2**20:7.1f} MB "
+              f"({rss / a.jobs:6.0f} B/job)   walls {walls}")
+    for form in forms:
+        print(f"ratio cmflow ({form}) / xargs (jobs/s): {rate[form] / rate['xargs']:.2f}x")
+    print("target: cmflow peak RSS <= 1024 MB at 1 000 000 jobs")
 
 
 if __name__ == "__main__":

@@ -73,21 +73,25 @@ def main() -> None:
         text = generate(a.refs)
         flow_file.write_text(text)
         walls = []
+        cpus = []   # process CPU time: what a loaded, shared box does not inflate
         tree = plan = None
         for _ in range(a.reps):
             del tree, plan   # free the last run's tree outside the timed part
             gc.collect()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             tree = parse(text, str(flow_file))
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             plan = compile_flow(tree, text)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
             walls.append((t1 - t0, t2 - t1, t2 - t0))
+            cpus.append((c1 - c0, c2 - c1, c2 - c0))
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     best = min(walls, key=lambda w: w[2])
     print(f"flow: {a.refs} task references, {len(text) / 1e6:.2f} MB of text, {len(plan.jobs)} distinct jobs")
     print(f"parse {best[0]:.3f} s + compile {best[1]:.3f} s = {best[2]:.3f} s (best of {a.reps}); "
           f"all runs: {', '.join(f'{w[2]:.3f}' for w in walls)} s")
+    cpu = min(cpus, key=lambda w: w[2])
+    print(f"CPU: parse {cpu[0]:.3f} s + compile {cpu[1]:.3f} s = {cpu[2]:.3f} s (best of {a.reps})")
     print(f"peak RSS {peak_mb:.0f} MB (whole process, incl. interpreter and the generated text)")
     print(f"load average {os.getloadavg()[0]:.2f} (this VM is shared: take the best run)")
     print(f"target <= 1 s and <= 200 MB: {'met' if best[2] <= 1 and peak_mb <= 200 else 'NOT met'}")

@@ -255,6 +255,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
         log.close()
         journal.close()
         lock.release()
+        executor = None    # every job's result and slot state: gone before the run directory is read back
         _finish(rdir, report)
     return Run(result, rdir, plan)
 

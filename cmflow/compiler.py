@@ -53,8 +53,10 @@ class _Compiler:
         self.target_names = target_names
         self.names: dict[str, Any] = {}  # name -> callable | module | _Binding
         self.diags: list[Diagnostic] = []
-        self.jobs: dict[tuple, Job] = {}
-        self.job_refs: dict[int, JobRef] = {}
+        self.jobs: list[Job] = []           # in id order
+        # (id(fn), target) -> call key (see _call_key) -> the job's shared reference; two
+        # levels, so that a million calls of one task hold a small key each, often their args
+        self._calls: dict[tuple[int, str | None], dict[Any, JobRef]] = {}
         # (ids of name parts, args, kwargs; target) -> compiled reference; valid while
         # the namespace is unchanged (every statement that binds a name clears it) and
         # the AST is alive (so no id is reused)
@@ -313,6 +315,8 @@ class _Compiler:
                    ) -> tuple[tuple, tuple, tuple[PlanNode, ...]] | None:
         """Literal arguments stay; loop variables give their values; any other expression
         is compiled and becomes an Input slot, its value passed at run time."""
+        if not any(ast.is_expr(a) for a in args) and not any(ast.is_expr(v) for _, v in kwargs):
+            return args, kwargs, ()   # all literals: the parser's own tuples (shared by equal calls)
         inputs: list[PlanNode] = []
         ok = True
 
@@ -423,6 +427,7 @@ class _Compiler:
             # known before expanding (literal lists and ranges): no need to build a million items first
             self.error(node.pos, f"generator makes more than {MAX_ITEMS} items ({known:.3g})", len(node.name.dotted))
             return None
+        fast = self._fast_item(node, target) if ok else None
         bindings = self._expand(node.clauses, dict(self.env)) if known != 0 else iter(())
         try:
             for env in bindings:
@@ -434,9 +439,13 @@ class _Compiler:
                     self.error(node.pos, f"generator makes more than {MAX_ITEMS} items", len(node.name.dotted))
                     ok = False
                     break
-                # names resolve per item: the identity cache holds only within one item
-                self.env, self._refs = env, {}
-                item = self.expr(node.item, target)
+                self.env = env     # an error in the item names the item
+                if fast is not None:
+                    item = fast(env)
+                else:
+                    # names resolve per item: the identity cache holds only within one item
+                    self._refs = {}
+                    item = self.expr(node.item, target)
                 if item is None:
                     ok = False
                 else:
@@ -462,6 +471,49 @@ class _Compiler:
             return None
         # any other function gets the list of the items' values
         return self._apply(head, node.name, node.pos, (Input(0),), (), (PPar(tuple(items), node.pos),), target)
+
+    def _fast_item(self, node: ast.Gen, target: str | None) -> Callable[[dict[str, Any]], PlanNode | None] | None:
+        """The common item, a task called on literals and loop variables (``run(i, size=s)``),
+        resolved once for all items: per item only its arguments, its key and, the first
+        time, the call of the def. None when the item needs the general path (anything else);
+        both make the same jobs, references and errors."""
+        item = node.item
+        if type(item) is not ast.Call:
+            return None
+        loop_names = {n for clause in node.clauses for n in clause.names} | set(self.env)
+        parts = item.name.parts
+        if len(parts) != 1 or parts[0] in loop_names:
+            return None
+        fn = self.names.get(parts[0])
+        if not callable(fn) or isinstance(fn, _Builtin) or is_local(fn):
+            return None
+        options = options_of(fn)
+        if target is None and options.hosts is not None:
+            return None
+
+        def template(arg: Any) -> tuple[bool, Any] | None:
+            """(True, name) for a loop variable, (False, value) for a literal; None for an expression."""
+            if not ast.is_expr(arg):
+                return False, arg
+            if type(arg) is ast.Name and len(arg.parts) == 1 and arg.parts[0] in loop_names:
+                return True, arg.parts[0]
+            return None
+
+        arg_slots = [template(a) for a in item.args]
+        kw_slots = [(k, template(v)) for k, v in item.kwargs]
+        if None in arg_slots or any(t is None for _, t in kw_slots):
+            return None
+        sig, calls, name, pos = self._signature(fn), self._calls_of(fn, target), item.name, item.pos
+        new_job = self._new_job
+
+        def compile_item(env: dict[str, Any]) -> PlanNode | None:
+            args = tuple([env[v] if var else v for var, v in arg_slots])  # type: ignore[misc]
+            kwargs = tuple([(k, env[v] if var else v) for k, (var, v) in kw_slots]) if kw_slots else ()  # type: ignore[misc]
+            key = _call_key(_bind(sig, args, kwargs), args, kwargs)
+            ref = calls.get(key)
+            return ref if ref is not None else new_job(fn, name, args, kwargs, target, pos, options, calls, key)
+
+        return compile_item
 
     def _expand(self, clauses: tuple[ast.For, ...], env: dict[str, Any],
                 budget: list[int] | None = None) -> Iterator[dict[str, Any] | None]:
@@ -580,27 +632,35 @@ class _Compiler:
             if not self._check_target(options.hosts, pos):
                 return None
             target = options.hosts
-        # one invocation however it is written: f(1), f(level=1) and f() (default 1) bind alike;
-        # repr keeps 1, 1.0 and True apart (they hash alike)
-        bound = _bind(self._signature(fn), args, kwargs)
-        key = (id(fn), repr(bound), "", target) if bound is not None else (id(fn), repr(args), repr(kwargs), target)
-        job = self.jobs.get(key)
-        if job is None:
-            command = self._command(fn, name, args, kwargs, pos)
-            if command is None:
+        calls = self._calls_of(fn, target)
+        key = _call_key(_bind(self._signature(fn), args, kwargs), args, kwargs)
+        ref = calls.get(key)
+        return ref if ref is not None else self._new_job(fn, name, args, kwargs, target, pos, options, calls, key)
+
+    def _calls_of(self, fn: Callable, target: str | None) -> dict[Any, JobRef]:
+        calls = self._calls.get((id(fn), target))
+        if calls is None:
+            calls = self._calls[(id(fn), target)] = {}
+            self._alive.append(fn)     # the id stays this function's for the compilation
+        return calls
+
+    def _new_job(self, fn: Callable, name: ast.Name, args: tuple, kwargs: tuple, target: str | None,
+                 pos: ast.Pos, options: Any, calls: dict[Any, JobRef], key: Any) -> JobRef | None:
+        """The first call of a task with these arguments: call the def, make the job and its reference."""
+        command = self._command(fn, name, args, kwargs, pos)
+        if command is None:
+            return None
+        files = None
+        if isinstance(command, Command) or options.files is not None:
+            files = self._files(command, options, name, pos)
+            if files is None:
                 return None
-            files = None
-            if isinstance(command, Command) or options.files is not None:
-                files = self._files(command, options, name, pos)
-                if files is None:
-                    return None
-                command = str(command)
-            job = Job(len(self.jobs) + 1, name.dotted, args, kwargs, target, command, options, self.filename, pos,
-                      files or None, fn)
-            self.jobs[key] = job
-        ref = self.job_refs.get(job.id)
-        if ref is None:
-            ref = self.job_refs[job.id] = JobRef(job, pos)
+            command = str(command)
+        job = Job(len(self.jobs) + 1, name.dotted, args, kwargs, target, command, options, self.filename, pos,
+                  files or None, fn)
+        self.jobs.append(job)
+        # one reference per job, shared by every place that names it
+        ref = calls[key] = JobRef(job, pos)
         return ref
 
     def _signature(self, fn: Callable) -> _Signature | None:
@@ -677,6 +737,8 @@ def _bind(sig: _Signature | None, args: tuple, kwargs: tuple) -> tuple | None:
     names, positional, by_keyword, defaults = sig
     if len(args) > positional:
         return None
+    if not kwargs and len(args) == len(names):
+        return args     # every parameter given by position: the args themselves (no copy to keep as a key)
     bound = dict(zip(names, args))
     for k, v in kwargs:
         if k in bound or k not in by_keyword:
@@ -686,6 +748,23 @@ def _bind(sig: _Signature | None, args: tuple, kwargs: tuple) -> tuple | None:
         return tuple(bound[n] if n in bound else defaults[n] for n in names)
     except KeyError:
         return None
+
+
+_UNBOUND = object()
+
+
+def _call_key(bound: tuple | None, args: tuple, kwargs: tuple) -> Any:
+    """One key per invocation however it is written: f(1), f(level=1) and f() (default 1) bind
+    alike. 1, 1.0 and True hash and compare alike, so arguments of other types than int, str and
+    None are told apart by their repr; a tuple of those three compares exactly (and is often the
+    job's own args tuple: nothing more to keep). A call that does not bind keys as written."""
+    if bound is None:
+        return (_UNBOUND, repr(args), repr(kwargs))
+    for v in bound:
+        t = type(v)
+        if t is not int and t is not str and v is not None:
+            return repr(bound)
+    return bound
 
 
 def _bad_arguments_of(fn: Callable, args: list, kwargs: dict) -> str | None:
@@ -781,7 +860,7 @@ def compile_flow(flow: ast.Flow, source: str, *, loader: TaskLoader | None = Non
         for n in nodes:
             flat.extend(n.items if isinstance(n, PSeq) else (n,))
         root = PSeq(tuple(flat), exprs[0][0].pos)
-    return Plan(root, tuple(c.jobs.values()), flow.filename)
+    return Plan(root, tuple(c.jobs), flow.filename)
 
 
 def _fewer(diags: list[Diagnostic], per_place: int = 3) -> list[Diagnostic]:

@@ -29,7 +29,7 @@ from .journal import Journal, KeyParts, Keys, job_inputs
 from .plan import Deferred, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum, fill
 from .resume import ResumeIndex, adopt
 from .runlog import JobRecord, RunLog
-from .scheduler import Closed, Eligible, Request, Scheduler
+from .scheduler import Closed, Eligible, Scheduler
 from .tasks import user_frames
 from .transport import JobSpec, Outcome, Transport
 
@@ -135,6 +135,9 @@ def _describe(node: PlanNode, filename: str) -> str:
     return f"the expression at {filename}:{node.pos.line}:{node.pos.column}"
 
 
+_NO_CALLBACK = ()
+
+
 class _Result:
     """The result to come of a node or a job: a Future without the event loop.
 
@@ -150,7 +153,9 @@ class _Result:
 
     def __init__(self) -> None:
         self.value: Result | None = None
-        self.callbacks: list[Callable[["_Result"], None]] | None = []
+        # None once done; else no callback (), one callback, or a list of them: most results
+        # have exactly one waiter, and a list for it would be most of a pending job's memory
+        self.callbacks: Any = _NO_CALLBACK
 
     def done(self) -> bool:
         return self.value is not None
@@ -160,17 +165,23 @@ class _Result:
         return self.value
 
     def add_done_callback(self, fn: Callable[["_Result"], None]) -> None:
-        if self.callbacks is not None:
-            self.callbacks.append(fn)
+        cbs = self.callbacks
+        if cbs is None:
+            self._call((fn,))
+        elif cbs is _NO_CALLBACK:
+            self.callbacks = fn
+        elif type(cbs) is list:
+            cbs.append(fn)
         else:
-            self._call([fn])
+            self.callbacks = [cbs, fn]
 
     def set_result(self, result: Result) -> None:
-        if self.callbacks is None:
+        cbs = self.callbacks
+        if cbs is None:
             raise asyncio.InvalidStateError("result already set")
-        callbacks, self.callbacks, self.value = self.callbacks, None, result
-        if callbacks:
-            self._call(callbacks)
+        self.callbacks, self.value = None, result
+        if cbs is not _NO_CALLBACK:
+            self._call(cbs if type(cbs) is list else (cbs,))
 
     def _call(self, callbacks: list[Callable[["_Result"], None]]) -> None:
         if _Result.depth >= 40:
@@ -189,22 +200,25 @@ class _Result:
 _NONE: frozenset[str] = frozenset()
 
 
-class _JobRun(Request):
-    """A job from its first request for a slot to its final result.
+class _JobRun(_Result):
+    """A job from its first request for a slot to its final result, which it holds itself.
 
-    While it waits it is this object in a scheduler queue, not a Task: a Task
-    exists only for an attempt that holds a slot.
+    While it waits it is this object in a scheduler queue (a scheduler Request
+    in all but its base class: one object per pending job, not two), not a Task:
+    a Task exists only for an attempt that holds a slot.
     """
 
-    __slots__ = ("ex", "job", "future", "attempt", "command_failures", "conn_failures", "avoid", "ready", "keyed")
+    __slots__ = ("seq", "base", "cancelled",     # what the scheduler reads and writes (scheduler.Request)
+                 "ex", "job", "attempt", "command_failures", "conn_failures", "avoid", "ready", "keyed")
 
-    def __init__(self, ex: "Executor", job: Job, future: _Result):
-        self.seq = 0              # Request's fields, set here: one call less per job
-        self.base = None
+    def __init__(self, ex: "Executor", job: Job):
+        self.value = None
+        self.callbacks = _NO_CALLBACK
+        self.seq = 0
+        self.base: Eligible | None = None
         self.cancelled = False
         self.ex = ex
         self.job = job
-        self.future = future
         self.attempt = self.command_failures = self.conn_failures = 0
         self.avoid: frozenset[str] = _NONE
         self.ready = 0.0                                  # when it asked for a slot first
@@ -222,8 +236,18 @@ class _JobRun(Request):
             names = self.base.names if self.base else ()
             result = self.ex._fail(Failure(f"no host left to run it: {', '.join(names)} "
                                            f"{'is' if len(names) == 1 else 'are all'} down", job))
-        if not self.future.done():
-            self.future.set_result(result)
+        if not self.done():
+            self.finish(result)
+
+    def finish(self, result: Result) -> None:
+        """The job's final result. This object stays as the job's memo entry: it drops what only a
+        running job needs (its resume key parts are most of its size)."""
+        self.keyed = None
+        self.base = None
+        self.set_result(result)
+
+    def cancel(self) -> None:
+        self.cancelled = True
 
 
 class _Then:
@@ -579,12 +603,11 @@ class Executor:
 
     def _submit(self, job: Job) -> _Result:
         """Queue a job for a slot; its future gets the final result (after any retries)."""
-        fut = self._jobs[job.id] = _Result()
+        fut = run = self._jobs[job.id] = _JobRun(self, job)
         target = self._targets.get(job.target) or self._target(job.target)
         if isinstance(target, str):
             fut.set_result(self._fail(Failure(target, job)))
             return fut
-        run = _JobRun(self, job, fut)
         if self.resume is not None:
             parts = self.keys.parts(job, target[1], job_inputs(job))
             key = parts.key()
@@ -663,7 +686,7 @@ class Executor:
         if result is _SILENT:   # the commonest case, first
             self._conn_failures[host] = 0
             self._record(job, host, attempt, outcome, out, err, result, final, keyed=keyed)
-            run.future.set_result(result)
+            run.finish(result)
             return None
         if outcome.connection_failed:
             run.conn_failures += 1
@@ -688,7 +711,7 @@ class Executor:
             self.scheduler.mark_down(host)
             self._emit("host_down", host, outcome.message)
         if final or isinstance(result, Ok):
-            run.future.set_result(result)
+            run.finish(result)
             return None
         if outcome.connection_failed and run.conn_failures > 1:
             # backoff between reconnect attempts; failover needs none

@@ -19,7 +19,10 @@ from .files.spec import JobFiles
 from .tasks import TaskOptions
 
 
-@dataclass(frozen=True, slots=True)   # slots: a plan may hold a million of them
+# Slotted (a plan may hold a million) and not frozen: a frozen dataclass sets each of its 11
+# fields through object.__setattr__, 5x the time of the whole compile of a generator item.
+# Nothing assigns to a Job after the compiler made it; hash and equality are the frozen ones.
+@dataclass(slots=True, unsafe_hash=True)
 class Job:
     id: int
     task: str
@@ -45,7 +48,7 @@ class Job:
         return f"{self.filename}:{self.pos.line}:{self.pos.column}"
 
 
-@dataclass(frozen=True, eq=False, slots=True)
+@dataclass(eq=False, slots=True)    # one per job: not frozen for the same reason as Job
 class JobRef:
     job: Job
     pos: Pos = Pos()
@@ -184,7 +187,20 @@ class Plan:
 
     def deferred(self) -> int:
         """How many deferred calls the plan holds (each makes at most one job at run time)."""
-        return 0 if self.root is None else sum(isinstance(n, Deferred) for n in walk(self.root))
+        count = self.__dict__.get("_deferred")
+        if count is None:
+            # counted once (a run asks several times); jobs have no inputs, so the walk skips
+            # them and remembers only the nodes above them, not a million JobRefs
+            count, seen, stack = 0, set(), [self.root] if self.root is not None else []
+            while stack:
+                node = stack.pop()
+                if type(node) is JobRef or id(node) in seen:
+                    continue
+                seen.add(id(node))
+                count += isinstance(node, Deferred)
+                stack.extend(children(node))
+            self.__dict__["_deferred"] = count
+        return count
 
 
 def _shape(node: PlanNode) -> str:

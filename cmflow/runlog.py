@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .flushing import flush_soon, forget
-from .plan import Plan, PlanNode, PPar, PSeq, PSum, _node_json, job_json
+from .plan import JobRef, Plan, PlanNode, PPar, PSeq, PSum, _node_json, job_json
 
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
 
@@ -239,6 +239,9 @@ def _json_lines(doc: Any) -> Iterator[str]:
 
 def _node_chunks(node: PlanNode) -> Iterator[str]:
     """``_node_json(node)`` as text, a wide node's items streamed one by one."""
+    if type(node) is JobRef:   # most of a big plan: written as json.dumps({"job": ID}) would write it
+        yield f'{{"job": {node.job.id}}}'
+        return
     match node:
         case PSeq(items) | PPar(items) | PSum(items) if len(items) > 1000:
             yield f'{{"op": "{type(node).__name__[1:].lower()}", "items": ['

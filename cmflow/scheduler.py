@@ -183,7 +183,7 @@ class Scheduler:
         if not base.alive:
             req.refused(NoHost())
             return
-        c = self._class_for(base, avoid)
+        c = self._class_for(base, avoid) if avoid else base
         req.base = base
         if self._global_free > 0 and c.head() is None:
             name = self._take_from(c)

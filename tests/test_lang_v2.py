@@ -114,6 +114,18 @@ def test_clauses_nest_as_a_product_and_unpack(flowdir):
                             'show(2, title="y")], Seq[show(7, title="p"), show(8, title="q")]]')
 
 
+def test_generator_items_and_written_calls_are_the_same_jobs(flowdir):
+    # items are compiled on a fast path (the task resolved once); they must meet the written-out
+    # calls in one table: same job, same shared reference; 1, 1.0 and True stay three jobs
+    plan = compile_in(flowdir, "from tk import show, sq\n"
+                               "show(2, title=\"x\") | sq(1.0) | par(show(n, title=s) for n in [1, 2] for s in [\"x\"])"
+                               " | par(sq(v) for v in [1, 1.0, True, 1]) | sq(1)\n")
+    assert [j.label for j in plan.jobs] == ['show(2, title="x")', "sq(1.0)", 'show(1, title="x")', "sq(1)", "sq(True)"]
+    first, _, gen, squares, last = plan.root.items
+    assert gen.items[1] is first
+    assert squares.items[0] is squares.items[3] is last and squares.items[1] is plan.root.items[1]
+
+
 def test_inner_range_uses_outer_variable(flowdir):
     plan = compile_in(flowdir, "from tk import show\npar(show(i, title=str) for i in range(3) "
                                "for str in [\"a\"] for j in range(i))\n")

@@ -59,3 +59,40 @@ def test_stdout_and_stderr_in_pieces_of_every_size_arrive_exact(inventory, tmp_p
     out, err = _expected()
     assert (tmp_path / "run" / "jobs" / "1.1.out").read_bytes() == out
     assert (tmp_path / "run" / "jobs" / "1.1.err").read_bytes() == err
+
+
+def test_frames_split_anywhere_reach_the_right_files(tmp_path):
+    """The controller's frame reader, fed the server's frames cut at every size: each output exact,
+    the status read, and what follows the end frame left for the next job."""
+    import asyncio
+    import random
+
+    from cmflow.transport.output import StreamedOutput
+    from cmflow.transport.slots import HDR, Frames
+
+    async def one(trial: int) -> None:
+        rnd = random.Random(trial)
+        reader = asyncio.StreamReader()
+        want = {b"O": b"", b"E": b""}
+        data = b""
+        for _ in range(rnd.randint(0, 6)):
+            kind = rnd.choice((b"O", b"E"))
+            payload = bytes([rnd.randint(0, 255)]) * rnd.choice((0, 1, 5, 300, 70000))
+            data += HDR.pack(kind, len(payload)) + payload
+            want[kind] += payload
+        data += HDR.pack(b"X", 2) + b"-9" + HDR.pack(b"O", 3) + b"nxt"
+        for i in range(0, len(data), step := rnd.choice((1, 3, 5, 7, 4096, 100000))):
+            reader.feed_data(data[i:i + step])
+        frames = Frames(reader)
+        out, err = StreamedOutput(tmp_path / f"{trial}.out"), StreamedOutput(tmp_path / f"{trial}.err")
+        assert await frames.job(out, err) == -9
+        out.close(), err.close()
+        for kind, path in ((b"O", out.path), (b"E", err.path)):
+            assert (path.read_bytes() if path.exists() else b"") == want[kind], trial
+        assert await frames.next() == (b"O", b"nxt")
+
+    async def main() -> None:
+        for trial in range(120):
+            await one(trial)
+
+    asyncio.run(main())

@@ -59,6 +59,29 @@ def test_no_report_leaves_none(tmp_path):
     assert missing.returncode == 2 and "not a run directory" in missing.stderr
 
 
+def test_a_big_run_gets_its_trace_and_no_page_at_the_end(tmp_path, monkeypatch, capsys):
+    # the end of a run reads plan.json a job a line; the page's data for a million jobs would
+    # take more memory than the run, so above REPORT_MAX_JOBS only trace.tsv is written
+    from cmflow import report
+    from cmflow.report.data import load_run
+
+    run = _run_with_failures(tmp_path)
+    trace = (run / "trace.tsv").read_text()
+    (run / "report.html").unlink()
+    monkeypatch.setattr(report, "REPORT_MAX_JOBS", 7)
+    report.finish_run(run)
+    assert not (run / "report.html").exists() and (run / "trace.tsv").read_text() == trace
+    assert "report.html not written at the end of a run of 8 jobs" in capsys.readouterr().err
+    streamed = load_run(run)
+    # an older plan.json, indented: read whole, the same jobs and root
+    (run / "plan.json").write_text(json.dumps(json.loads((run / "plan.json").read_text()), indent=2))
+    whole = load_run(run)
+    assert [(j.seq, j.label, j.command, j.where) for j in streamed.jobs.values()] == \
+        [(j.seq, j.label, j.command, j.where) for j in whole.jobs.values()]
+    assert streamed.plan_root == whole.plan_root and streamed.plan_root["op"] == "seq"
+    assert load_run(run, full=False).plan_root is None
+
+
 def _check_page(page, shot: Path) -> None:
     assert page.problems() == []
     urls = page.requests()

@@ -1,6 +1,7 @@
-"""How the ssh transport connects (issue 10.3): one connection per host carries its slots,
-the first slot's own ssh is the master, the fanout window bounds connections being opened,
-and closing a transport ends its masters (over the control socket, no ssh process)."""
+"""How the ssh transport connects (issue 10.3): one ssh process per connection, its master, which
+is also its first slot's session; the other slots' sessions are asked of it over its control
+socket; the fanout window bounds connections being opened; closing ends the masters (over the
+control socket too)."""
 from __future__ import annotations
 
 import asyncio
@@ -43,18 +44,18 @@ def spawned_argvs(monkeypatch) -> list[list[str]]:
 
 def test_slots_of_a_host_share_one_connection_whose_first_session_is_the_master(sshd_hosts, tmp_path, shared,
                                                                                  monkeypatch):
-    """Two jobs at once on a 2-slot host: both see the same client port (one TCP connection), and
-    cmflow started two ssh processes in all: the master that is also slot 1's session, then slot 2's."""
+    """Three jobs at once on a 3-slot host: all see the same client port (one TCP connection);
+    cmflow started one ssh process, the master that is also slot 1's session; the other two
+    sessions were asked of it over its control socket."""
     argvs = spawned_argvs(monkeypatch)
 
     async def main():
-        (t,) = transports(sshd_hosts, tmp_path, 2, ["h1"])
+        (t,) = transports(sshd_hosts, tmp_path, 3, ["h1"])
         try:
-            # both jobs must run at once: each waits for the other's mark
-            cmd = "touch {d}/m{i}; while [ ! -e {d}/m{j} ]; do sleep 0.02; done; echo $SSH_CONNECTION"
+            # the jobs must run at once: each waits for the others' marks
+            cmd = "touch {d}/m{i}; while [ $(ls {d} | wc -l) -lt 3 ]; do sleep 0.02; done; echo $SSH_CONNECTION"
             d = shared     # the remote user writes the marks
-            outs = await asyncio.gather(t.run(spec(tmp_path, 1, cmd.format(d=d, i=1, j=2))),
-                                        t.run(spec(tmp_path, 2, cmd.format(d=d, i=2, j=1))))
+            outs = await asyncio.gather(*(t.run(spec(tmp_path, i, cmd.format(d=d, i=i))) for i in range(3)))
             assert all(o.ok for o in outs), outs
             paths = list(t._paths)
             pid = await mux.master_pid(paths[0])
@@ -64,12 +65,11 @@ def test_slots_of_a_host_share_one_connection_whose_first_session_is_the_master(
         return paths, pid
 
     paths, pid = asyncio.run(main())
-    conns = {(tmp_path / f"{i}.out").read_text().split()[1] for i in (1, 2)}
+    conns = {(tmp_path / f"{i}.out").read_text().split()[1] for i in range(3)}
     assert len(conns) == 1, conns                   # the same client port: one connection
     assert len(paths) == 1
-    assert len(argvs) == 2
+    assert len(argvs) == 1
     assert "ControlMaster=yes" in argvs[0] and "-N" not in argvs[0] and "-f" not in argvs[0]
-    assert "ControlMaster=no" in argvs[1]
     # closed: the master is gone (asked over its socket, not by another ssh process)
     assert not os.path.exists(f"/proc/{pid}") or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
@@ -132,8 +132,52 @@ def test_fanout_window_bounds_connections_being_opened(sshd_hosts, tmp_path, mon
     assert most == 1 and opening == 0
 
 
+def test_a_gone_master_is_replaced_for_the_next_slot(sshd_hosts, tmp_path):
+    """A master that went away (here: asked to exit) under an idle slot: that slot's next job is a
+    lost session, and the next slot opened on the host connects anew instead of failing."""
+    async def main():
+        (t,) = transports(sshd_hosts, tmp_path, 2, ["h3"])
+        try:
+            first = await t.run(spec(tmp_path, 1, "true"))
+            assert first.ok, first
+            assert await mux.terminate(t._paths[0])     # the connection goes away under the idle slot
+            lost = await t.run(spec(tmp_path, 2, "echo again"))
+            anew = await asyncio.gather(t.run(spec(tmp_path, 3, "echo one")), t.run(spec(tmp_path, 4, "echo two")))
+            return lost, anew, list(t._paths)
+        finally:
+            await t.aclose()
+
+    lost, anew, paths = asyncio.run(main())
+    assert lost.connection_failed and "lost" in lost.message, lost
+    assert all(o.ok for o in anew), anew
+    assert (tmp_path / "3.out").read_text() == "one\n" and (tmp_path / "4.out").read_text() == "two\n"
+    assert len(paths) == 2
+
+
+def test_a_master_with_no_session_left_is_replaced(sshd_hosts, tmp_path):
+    """Every slot of a host closed (its master then ends after ControlPersist): a new slot on that
+    host does not fail on the stale control socket, it opens a connection of its own."""
+    async def main():
+        (t,) = transports(sshd_hosts, tmp_path, 2, ["h2"])
+        try:
+            assert (await t.run(spec(tmp_path, 1, "true"))).ok
+            old = t._paths[0]
+            for slot in list(t._all):
+                await t._discard(slot)
+            t._idle.clear()
+            assert await mux.terminate(old)       # as ControlPersist would, a little later
+            outs = await asyncio.gather(t.run(spec(tmp_path, 2, "true")), t.run(spec(tmp_path, 3, "true")))
+            return outs, list(t._paths)
+        finally:
+            await t.aclose()
+
+    outs, paths = asyncio.run(main())
+    assert all(o.ok for o in outs), outs
+    assert len(paths) == 2
+
+
 def test_failed_first_connection_fails_the_slots_waiting_for_it(sshd_hosts, tmp_path):
-    """A host that refuses: the leader's error reaches every slot that waited for its master."""
+    """A host that refuses: every slot that waited for its master says why."""
     async def main():
         text = (f"ssh_config: {sshd_hosts.ssh_config}\nhosts:\n"
                 f"  gone: {{hostname: 127.0.0.1, port: {_closed_port()}, slots: 3}}\n")

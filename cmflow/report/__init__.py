@@ -7,14 +7,20 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..runlog import write_atomic
+from ..rundir import read_json
 from .data import CACHED, FAILED, OK, RETRIED, RUNNING, RunData, critical_path, host_figures, load_run
 
 __all__ = ["write_report", "write_trace", "report_doc", "load_run"]
 
+# Above this many jobs the end of a run writes trace.tsv only: the page is made for up to 100 000
+# (see report_doc), and its data for a million would take more memory than the run itself
+# (`cmflow report` still writes it on demand).
+REPORT_MAX_JOBS = 100_000
 STATE_CODES = {OK: 0, FAILED: 1, RETRIED: 2, RUNNING: 3, CACHED: 4}
 VALUE_CHARS = 400
 
@@ -110,13 +116,19 @@ def _esc(text: str) -> str:
 def write_trace(run_dir: Path, data: RunData | None = None) -> Path:
     """trace.tsv: one row per job (its last attempt), the joblog's columns and more; the command last,
     with tab and newline written as \\t and \\n."""
-    data = data or load_run(run_dir)
-    lines = ["\t".join(TRACE_COLUMNS)]
-    for seq, j in sorted(data.jobs.items()):
+    data = data or load_run(run_dir, full=False)
+    write_atomic(run_dir / "trace.tsv", _trace_lines(data))
+    return run_dir / "trace.tsv"
+
+
+def _trace_lines(data: RunData) -> Iterator[str]:
+    yield "\t".join(TRACE_COLUMNS) + "\n"
+    for seq in sorted(data.jobs):
+        j = data.jobs[seq]
         a = j.last
         if a is None:
-            lines.append("\t".join([str(seq), "", "0.000", "0.000", "0", "0", "-1", "0", j.task, j.key, j.state,
-                                    "0", "", "", "", "", "", "0", "0", _esc(j.command)]))
+            yield "\t".join([str(seq), "", "0.000", "0.000", "0", "0", "-1", "0", j.task, j.key, j.state,
+                             "0", "", "", "", "", "", "0", "0", _esc(j.command)]) + "\n"
             continue
         first = j.attempts[0]
         stage = a.phases.get("staging")
@@ -127,20 +139,23 @@ def write_trace(run_dir: Path, data: RunData | None = None) -> Path:
             return f"{p[1] - p[0]:.3f}" if isinstance(p, list) and len(p) == 2 else ""
 
         exitval = a.exit if a.exit is not None else -1
-        lines.append("\t".join([
+        yield "\t".join([
             str(seq), a.host, f"{a.start:.3f}", f"{max(a.end - a.start, 0):.3f}", str(sum(x.sent for x in j.attempts)),
             str(a.out_bytes), str(exitval), str(a.signal), j.task, j.key, j.state, str(len(j.attempts)),
             f"{first.ready:.3f}" if first.ready else "", f"{max(first.start - first.ready, 0):.3f}" if first.ready else "",
             span(stage), span(run), span(fetch), str(sum(x.sent for x in j.attempts)),
-            str(sum(x.fetched for x in j.attempts)), _esc(j.command)]))
-    out = run_dir / "trace.tsv"
-    write_atomic(out, "\n".join(lines) + "\n")
-    return out
+            str(sum(x.fetched for x in j.attempts)), _esc(j.command)]) + "\n"
 
 
 def finish_run(run_dir: Path, report: bool = True) -> None:
-    """At the end of every run: trace.tsv, and report.html unless the user said --no-report."""
-    data = load_run(run_dir)
+    """At the end of every run: trace.tsv, and report.html unless the user said --no-report
+    or the run has more than REPORT_MAX_JOBS jobs (then a line on stderr says so)."""
+    jobs = int((read_json(run_dir / "run.json") or {}).get("jobs") or 0)
+    if report and jobs > REPORT_MAX_JOBS:
+        sys.stderr.write(f"cmflow: report.html not written at the end of a run of {jobs} jobs (more than "
+                         f"{REPORT_MAX_JOBS}); `cmflow report {run_dir}` writes it\n")
+        report = False
+    data = load_run(run_dir, full=report)
     write_trace(run_dir, data)
     if report:
         _write_page(run_dir / "report.html", report_doc(data))

@@ -9,6 +9,8 @@ them when present.
 """
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ PHASES = ("staging", "running", "fetching")
 TAIL_FILES = 2000      # stderr tails read for at most this many failed attempts (a report must open fast)
 
 
-@dataclass
+@dataclass(slots=True)     # slots: a run of a million jobs reads a million of them
 class Attempt:
     seq: int
     host: str
@@ -39,11 +41,11 @@ class Attempt:
     sent: int = 0
     fetched: int = 0
     stderr: str = ""                # path relative to the run dir
-    phases: dict[str, list[float]] = field(default_factory=dict)
+    phases: dict[str, list[float]] = field(default_factory=dict)     # read only (often the shared empty one)
     lane: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class JobInfo:
     seq: int
     task: str
@@ -84,13 +86,49 @@ def _label(job: dict[str, Any]) -> str:
     return f"{text} @ {job['target']}" if job.get("target") else text
 
 
-def load_run(run_dir: Path) -> RunData:
+_NO_PHASES: dict[str, list[float]] = {}
+
+
+def _read_plan(path: Path, full: bool) -> tuple[dict[int, JobInfo], Any]:
+    """plan.json's jobs and its root. RunLog.write_plan writes one job a line: those are read a
+    line at a time (a plan of a million jobs is never decoded whole), the root only when ``full``
+    (with the labels). Any other layout (an older run) is read whole."""
+    same: dict[str, str] = {}   # one string for the many jobs of a generator that share it
+
+    def info(j: dict[str, Any]) -> JobInfo:
+        task, command, where = j["task"], j.get("command", ""), j.get("where", "")
+        return JobInfo(j["id"], same.setdefault(task, task), _label(j) if full else "",
+                       same.setdefault(command, command), same.setdefault(where, where))
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.readline().startswith('{"flow": ') and f.readline() == ' "jobs": [\n':
+                jobs: dict[int, JobInfo] = {}
+                for line in f:
+                    if line.startswith("  {"):
+                        job = info(json.loads(line.rstrip().rstrip(",")))
+                        jobs[job.seq] = job
+                    elif line.startswith(" ],"):
+                        break
+                    elif line.strip():
+                        raise ValueError(line[:40])
+                root = f.readline()
+                if root.startswith(' "root": '):
+                    return jobs, json.loads(root[9:]) if full else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    plan = read_json(path) or {}
+    return {j["id"]: info(j) for j in plan.get("jobs", [])}, plan.get("root") if full else None
+
+
+def load_run(run_dir: Path, full: bool = True) -> RunData:
+    """``full``: also the plan's structure and each job's label (what report.html shows; trace.tsv
+    needs neither)."""
     meta = read_json(run_dir / "run.json") or {}
     summary = read_json(run_dir / "summary.json")
-    plan = read_json(run_dir / "plan.json") or {}
+    jobs, plan_root = _read_plan(run_dir / "plan.json", full)
     hosts = read_json(run_dir / "hosts.json") or []
-    jobs = {j["id"]: JobInfo(j["id"], j["task"], _label(j), j.get("command", ""), j.get("where", ""))
-            for j in plan.get("jobs", [])}
+    intern = sys.intern
     open_: dict[int, dict[str, Any]] = {}
     attempts: list[Attempt] = []
     for ev in read_journal(run_dir / JOURNAL):
@@ -107,25 +145,27 @@ def load_run(run_dir: Path) -> RunData:
             open_.pop(seq, None)
             ok = bool(ev.get("ok"))
             final = ev.get("final", True)
-            a = Attempt(seq, str(ev.get("host", "")), int(ev.get("attempt") or 0), float(ev.get("ready") or 0),
+            a = Attempt(seq, intern(str(ev.get("host", ""))), int(ev.get("attempt") or 0), float(ev.get("ready") or 0),
                         float(ev.get("start") or 0), float(ev.get("end") or 0),
                         OK if ok else (FAILED if final else RETRIED), ev.get("exit"), int(ev.get("signal") or 0),
                         str(ev.get("error") or ""), int(ev.get("stdout_bytes") or 0),
                         int(ev.get("stderr_bytes") or 0), int(ev.get("bytes_sent") or 0),
-                        int(ev.get("bytes_fetched") or 0), str(ev.get("stderr") or ""), dict(ev.get("phases") or {}))
+                        int(ev.get("bytes_fetched") or 0), str(ev.get("stderr") or "") if not ok else "", dict(ev.get("phases") or _NO_PHASES) or _NO_PHASES)
             spans = [v for v in a.phases.values() if isinstance(v, list) and len(v) == 2]
             if spans:   # the bar covers staging before the command and fetching after it
                 a.start = min([a.start, *(v[0] for v in spans)])
                 a.end = max([a.end, *(v[1] for v in spans)])
             job.attempts.append(a)
             attempts.append(a)
-            job.label = ev.get("label") or job.label
+            if full:
+                job.label = ev.get("label") or job.label
             job.key = ev.get("key", job.key)
             job.state = OK if ok else (FAILED if final else RUNNING)
         elif kind == "cached":
             job.state = CACHED
             job.key = ev.get("key", job.key)
-            job.label = ev.get("label") or job.label
+            if full:
+                job.label = ev.get("label") or job.label
     running = is_running(run_dir)
     now = float((summary or {}).get("ended") or 0) or (time.time() if running else 0.0)
     for seq, ev in open_.items():
@@ -141,7 +181,7 @@ def load_run(run_dir: Path) -> RunData:
             a.end = max(end, a.start)
     _assign_lanes(attempts, {h["name"]: int(h.get("slots") or 1) for h in hosts})
     _read_tails(run_dir, attempts)
-    return RunData(run_dir, meta, summary, hosts, plan.get("root"), jobs, attempts, start, end, running)
+    return RunData(run_dir, meta, summary, hosts, plan_root, jobs, attempts, start, end, running)
 
 
 def _assign_lanes(attempts: list[Attempt], slots: dict[str, int]) -> None:

@@ -42,7 +42,7 @@ def boot_argv(python: str) -> list[str]:
     return [python, "-I", "-S", "-c", BOOT]
 
 
-_ENCODE = json.JSONEncoder().encode
+_STRING = json.encoder.encode_basestring_ascii   # a str as a JSON string (C, as json.dumps does it)
 
 
 class Frames:
@@ -54,12 +54,14 @@ class Frames:
     halt) loses nothing and the next reader goes on where it stopped.
     """
 
-    __slots__ = ("reader", "buf", "pos")
+    __slots__ = ("reader", "buf", "pos", "kind", "left")
 
     def __init__(self, reader: asyncio.StreamReader):
         self.reader = reader
         self.buf = b""
         self.pos = 0
+        self.kind = b""      # the output frame being copied (O or E) ...
+        self.left = 0        # ... and how many of its bytes are still to come
 
     async def next(self) -> tuple[bytes, bytes]:
         while True:
@@ -76,17 +78,40 @@ class Frames:
             self.buf, self.pos = buf[pos:] + chunk, 0
 
     async def job(self, out: StreamedOutput, err: StreamedOutput) -> int:
-        """Copy a job's output frames to its files; return its status from the end frame."""
+        """Copy a job's output frames to its files; return its status from the end frame.
+
+        An output frame's bytes go to the file as they come, never gathered first: a frame of
+        256 KiB arriving in 16 KiB reads would otherwise be copied again with every read.
+        """
         while True:
-            kind, data = await self.next()
-            if kind == b"X":
-                return int(data)
-            elif kind == b"O":
-                out.write(data)
-            elif kind == b"E":
-                err.write(data)
-            else:
-                raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
+            if self.left:
+                buf, pos = self.buf, self.pos
+                if pos < len(buf):
+                    k = min(len(buf) - pos, self.left)
+                    (out if self.kind == b"O" else err).write(memoryview(buf)[pos:pos + k])
+                    self.pos, self.left = pos + k, self.left - k
+                    continue
+                chunk = await self.reader.read(1 << 20)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(b"", None)
+                self.buf, self.pos = chunk, 0
+                continue
+            buf, pos = self.buf, self.pos
+            if len(buf) - pos >= HDR.size:
+                kind, n = HDR.unpack_from(buf, pos)
+                if kind == b"O" or kind == b"E":
+                    self.kind, self.left, self.pos = kind, n, pos + HDR.size
+                    continue
+                end = pos + HDR.size + n
+                if len(buf) >= end:
+                    self.pos = end
+                    if kind == b"X":
+                        return int(buf[pos + HDR.size:end])
+                    raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
+            chunk = await self.reader.read(1 << 20)
+            if not chunk:
+                raise asyncio.IncompleteReadError(buf[pos:], None)
+            self.buf, self.pos = buf[pos:] + chunk, 0
 
 
 @dataclass(eq=False)
@@ -177,7 +202,9 @@ class SlotTransport:
         out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
         ended: list[int] = []    # the end frame was read (by us or by _stop): the slot may serve again
         try:
-            proc.stdin.write(b"J" + _ENCODE({"s": spec.seq, "c": spec.command, "d": spec.detach}).encode() + b"\n")
+            # the server reads {"s": seq, "c": command, "d": detach}: only the command needs encoding
+            proc.stdin.write(f'J{{"s": {int(spec.seq)}, "c": {_STRING(spec.command)}, '
+                             f'"d": {"true" if spec.detach else "false"}}}\n'.encode())
             timed_out = False
             # no Task per job: the frames are read right here (Frames keeps what a cancelled read left)
             if spec.timeout is None:

@@ -6,12 +6,18 @@ session that is already open costs well under a millisecond. So each host gets
 one long-lived session multiplexed over a master, running the slot server
 (server.py, sent down the session to the host's ``python3``). Jobs, their
 output and their ends travel as frames on that session (see slots.py).
+A connection is opened by its first slot, whose own ssh becomes the master
+(one ssh per host to the first job, as pssh); the other slots ask the master
+for their sessions over its control socket (mux.py), without an ssh process
+each; closing ends the masters the same way.
 
 Why a server and not a plain ``sh`` per slot: a job's outputs are its own
 pipes, so a process a job leaves behind cannot write into the next job's
 output, and the server (a child subreaper) ends everything the job started
-before the job counts as over. When cmflow dies, its ssh clients close their
-sessions; the server sees its stdin close, kills the running job and exits.
+before the job counts as over. When cmflow dies, its ssh clients, control
+connections and pipes close, so the master closes their sessions; the server sees
+its stdin close, kills the running job and exits; the master follows ControlPersist
+seconds later.
 
 Limits of a stock sshd: ``MaxSessions 10`` channels per connection (we use at
 most 8 slots per master) and ``MaxStartups 10:30:100`` unauthenticated
@@ -30,8 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..hosts import Host
-from . import ConnectionLost, Helper, procs, tmpdirs
-from .mux import terminate as mux_terminate
+from . import ConnectionLost, Helper, mux, procs, tmpdirs
 from .procs import kill as _kill
 from .slots import Slot, SlotTransport, boot_argv
 
@@ -165,21 +170,30 @@ class SshTransport(SlotTransport):
             raise ConnectionLost(classify_ssh_error(err.decode("utf-8", "replace"), self.host))
 
     # ------------------------------------------------------------------ slots
-    async def _start(self) -> tuple[asyncio.subprocess.Process, Any]:
+    async def _start(self) -> tuple[Any, Any]:
+        """A slot's session: the first of a connection is its master's own (see _start_leader);
+        the others are asked of the master over its control socket (mux.py), as an ``ssh -S``
+        client would, without that client's process (exec, config parsing, ~1 MB per slot)."""
         # the master with the fewest sessions; never more than 8 on one connection
         index = min(range(self._n_masters), key=lambda i: self._sessions[i])
         self._sessions[index] += 1
+        why = ""
         try:
-            if not self._usable(index):
-                return await self._start_leader(index)
-            path = await self._master(index)
-            proc = await _spawn([*self.base, *self._mux(path), "--", self.host.hostname, REMOTE_COMMAND],
-                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+            for _ in range(2):
+                if not self._usable(index):
+                    return await self._start_leader(index)
+                path = await self._master(index)
+                try:
+                    return await mux.open_session(path, REMOTE_COMMAND, limit=1 << 20), (index, path, None)
+                except mux.MuxError as e:
+                    # the master is gone (its connection died, or it outlived ControlPersist with no
+                    # session): a new connection, once; a second failure is the host's
+                    self._forget_master(index, path)
+                    why = str(e)
+            raise ConnectionLost(f"session to {self.host.name} not opened: {why}")
         except BaseException:
             self._sessions[index] -= 1
             raise
-        return proc, (index, path, None)
 
     async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, Any]:
         """Open a connection whose first session is this slot's, as pssh opens one ssh per host.
@@ -288,7 +302,7 @@ class SshTransport(SlotTransport):
             self._dir = None
 
     async def _exit_master(self, path: str) -> None:
-        await mux_terminate(path)
+        await mux.terminate(path)
 
 
 _ssh_program: str | None = None
