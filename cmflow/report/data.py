@@ -179,8 +179,9 @@ def load_run(run_dir: Path, full: bool = True) -> RunData:
     for a in attempts:
         if a.state == RUNNING:
             a.end = max(end, a.start)
-    _assign_lanes(attempts, {h["name"]: int(h.get("slots") or 1) for h in hosts})
-    _read_tails(run_dir, attempts)
+    if full:   # lanes and stderr tails are the page's; trace.tsv needs neither (nor a sort of every attempt)
+        _assign_lanes(attempts, {h["name"]: int(h.get("slots") or 1) for h in hosts})
+        _read_tails(run_dir, attempts)
     return RunData(run_dir, meta, summary, hosts, plan_root, jobs, attempts, start, end, running)
 
 
