@@ -130,7 +130,7 @@ def main() -> None:
         cluster.run("scancel", job)
         print(f"{a.jobs} x `true` in one allocation of 4 nodes x 2 CPUs (job {job}), {a.reps} reps each (median):")
         g = report("parallel -j 8 srun --overlap", a.jobs, gp)
-        c = report("cmflow run (a shell per CPU)", a.jobs, cm)
+        c = report("cmflow run (a slot server per CPU)", a.jobs, cm)
         print(f"ratio cmflow / parallel+srun: {c / g:.1f}x  (target >= 5x)\n")
 
         inv = work / "jobs.yaml"

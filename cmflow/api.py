@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from . import ast
+from .aio import within
 from .compiler import compile_file, compile_flow
 from .executor import Executor, Observer, RunOptions, RunResult
 from .errors import UsageError
@@ -32,7 +33,7 @@ from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
 from .runlog import RunLog, new_run_id, write_atomic
 from .status import StatusLog
 from .tasks import TaskLoader
-from .transport import Transport
+from .transport import Transport, procs
 
 Display = Literal["auto", "live", "plain", "quiet"]
 
@@ -109,7 +110,7 @@ CLOSE_BOUND = 30.0   # seconds for closing every transport at once (each bounds 
 
 async def close_transports(transports: Iterable[Transport]) -> None:
     """Close all transports concurrently, in bounded time, even if we are cancelled again meanwhile."""
-    closing = asyncio.ensure_future(asyncio.wait_for(
+    closing = asyncio.ensure_future(within(
         asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True), CLOSE_BOUND))
     while not closing.done():
         try:
@@ -277,13 +278,19 @@ def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
         got: list[int] = []
+        procs.reset()
         rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
         inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display, resume=resume, report=report))
 
         def on_signal(signum: int) -> None:
             if not got:
                 got.append(signum)
-                inner.cancel()
+                inner.cancel()   # the jobs end in order, every wait bounded
+                return
+            # again: the user will not wait for that; end every process of the run now
+            # (the allocations are still released, without waiting for Slurm to confirm)
+            n = procs.kill_all()
+            sys.stderr.write(f"cmflow: interrupted again: {n} process{'es' if n != 1 else ''} of the run killed\n")
 
         for s in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(s, on_signal, s)

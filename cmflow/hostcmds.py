@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import knownhosts
+from .aio import within
 from .errors import UsageError
 from .hosts import Host, Inventory, fold_nodeset, load_inventory
 from .knownhosts import HostKey
@@ -105,7 +106,7 @@ async def probe(host: Host, ssh_config: str | None, timeout: float) -> HostStatu
     except FileNotFoundError:
         return HostStatus(host.name, False, "no ssh client on this machine (install openssh-client)")
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout + 5)
+        out, err = await within(proc.communicate(), timeout + 5)
     except asyncio.TimeoutError:
         proc.kill()
         await proc.wait()

@@ -14,16 +14,16 @@ import asyncio
 import sys
 from typing import Any
 
-from . import ConnectionLost
+from . import ConnectionLost, procs
 from .slots import SlotTransport, boot_argv
 
 
 class LocalTransport(SlotTransport):
     async def _start(self) -> tuple[asyncio.subprocess.Process, Any]:
         try:
-            proc = await asyncio.create_subprocess_exec(
+            proc = await procs.spawn(
                 *boot_argv(sys.executable), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=1 << 20)
+                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
         except OSError as e:
             raise ConnectionLost(f"cannot start a slot server ({sys.executable}): {e.strerror}") from None
         return proc, None

@@ -17,6 +17,8 @@ import socket
 import struct
 from asyncio import streams
 
+from ..aio import within
+
 MUX_MSG_HELLO = 0x00000001
 MUX_C_ALIVE_CHECK = 0x10000004
 MUX_C_TERMINATE = 0x10000005
@@ -32,7 +34,7 @@ async def terminate(path: str, timeout: float = 5.0) -> bool:
     False if no master listens there (already gone) or it did not end in time.
     """
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+        reader, writer = await within(asyncio.open_unix_connection(path), timeout)
     except (OSError, asyncio.TimeoutError):
         return False
     pid = None
@@ -41,8 +43,8 @@ async def terminate(path: str, timeout: float = 5.0) -> bool:
         # sockets before it has finished exiting, and a caller may count processes next
         writer.write(_MSG.pack(8, MUX_MSG_HELLO, VERSION) + _MSG.pack(8, MUX_C_ALIVE_CHECK, 1)
                      + _MSG.pack(8, MUX_C_TERMINATE, 2))
-        pid = await asyncio.wait_for(_alive(reader), timeout)
-        await asyncio.wait_for(reader.read(-1), timeout)   # its answer, then EOF as it exits
+        pid = await within(_alive(reader), timeout)
+        await within(reader.read(-1), timeout)   # its answer, then EOF as it exits
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
         return False
     finally:
@@ -53,12 +55,12 @@ async def terminate(path: str, timeout: float = 5.0) -> bool:
 async def master_pid(path: str, timeout: float = 5.0) -> int | None:
     """The pid of the master on `path` (as ``ssh -O check``), None if none answers."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), timeout)
+        reader, writer = await within(asyncio.open_unix_connection(path), timeout)
     except (OSError, asyncio.TimeoutError):
         return None
     try:
         writer.write(_MSG.pack(8, MUX_MSG_HELLO, VERSION) + _MSG.pack(8, MUX_C_ALIVE_CHECK, 1))
-        return await asyncio.wait_for(_alive(reader), timeout)
+        return await within(_alive(reader), timeout)
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
         return None
     finally:
@@ -87,7 +89,7 @@ async def _ended(pid: int, timeout: float) -> bool:
     ended = loop.create_future()
     loop.add_reader(fd, lambda: ended.done() or ended.set_result(True))
     try:
-        return await asyncio.wait_for(ended, timeout)
+        return await within(ended, timeout)
     except asyncio.TimeoutError:
         return False
     finally:
@@ -192,7 +194,7 @@ async def open_session(path: str, command: str, limit: int = 1 << 16, timeout: f
     ours: list[int] = []
     try:
         try:
-            await asyncio.wait_for(loop.sock_connect(sock, path), timeout)
+            await within(loop.sock_connect(sock, path), timeout)
         except (OSError, asyncio.TimeoutError) as e:
             raise MuxError(f"no master on its control socket ({e})") from None
         in_r, in_w = os.pipe()
@@ -217,7 +219,7 @@ async def open_session(path: str, command: str, limit: int = 1 << 16, timeout: f
         theirs.clear()
         while True:
             try:
-                kind, rest = await asyncio.wait_for(session._packet(), timeout)
+                kind, rest = await within(session._packet(), timeout)
             except (EOFError, OSError, asyncio.TimeoutError) as e:
                 raise MuxError(f"the master closed its control socket ({type(e).__name__})") from None
             if kind == MUX_MSG_HELLO:

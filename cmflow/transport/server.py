@@ -22,8 +22,10 @@ outlive itself. The server
 Protocol: the first stdin line is ``C<json config>``; then ``J<json job>``
 lines (``{"s": seq, "c": command, "d": detach}``) and ``K<seq>`` (kill the
 running job). Stdout carries frames: 1 byte type, 4 bytes big-endian length,
-payload. ``R`` ready (payload: pid), ``O``/``E`` job stdout/stderr, ``X`` end
-of job (payload: exit status, or -signal).
+payload. ``R`` ready (payload: pid; then, if the config's ``tell`` lists
+environment variables, a space and a JSON object of their values), ``O``/``E``
+job stdout/stderr, ``X`` end of job (payload: exit status, or -signal). A
+short job's frames leave in one write (see ``hold``).
 """
 import errno
 import json
@@ -47,6 +49,8 @@ F_SETPIPE_SZ = 1031
 PR_SET_CHILD_SUBREAPER = 36
 GATHER = 1 << 16         # once a job's output passed this, it is sent in frames of this much or more ...
 GATHER_WAIT = 0.0005     # ... by waiting this long (seconds) when less is in the pipe
+SPLICE_MIN = GATHER      # less output than this in the pipe is read, and held to go out with what follows
+HOLD_WAIT = 0.05         # seconds held output may wait for the job's end (or more output) before it is sent
 
 
 def _pending(fd):
@@ -90,6 +94,9 @@ class Server:
         self.env = dict(os.environ)
         self.env.update(cfg.get("env") or {})
         self.grace = float(cfg.get("grace", 2.0))
+        self.tell = cfg.get("tell") or []
+        self.held = bytearray()      # frames not written yet (see hold)
+        self.held_since = 0.0
         self.workdir_error = None
         wd = cfg.get("workdir")
         if wd:
@@ -126,13 +133,34 @@ class Server:
         self.kill_asked = True
 
     # ------------------------------------------------------------------ frames
+    # A short job's frames (its output, then its end) leave in ONE write. Two small writes
+    # in a row on a TCP stream without TCP_NODELAY (srun's I/O connection to a step; ssh)
+    # make the second wait for the first one's delayed ACK: ~40 ms a job.
     def send(self, kind, payload=b""):
-        try:
-            _write_all(1, HDR.pack(kind, len(payload)) + payload)
-        except (BrokenPipeError, OSError):
-            raise ControllerGone()
+        """Write a frame now, after anything held."""
+        self.hold(kind, payload)
+        self.flush()
+
+    def hold(self, kind, payload):
+        """Queue a frame; it goes with the next send, at CHUNK bytes, or after HOLD_WAIT."""
+        if not self.held:
+            self.held_since = time.monotonic()
+        self.held += HDR.pack(kind, len(payload)) + payload
+        if len(self.held) >= CHUNK:
+            self.flush()
+
+    def flush(self):
+        if self.held:
+            data = bytes(self.held)
+            del self.held[:]
+            self.send_raw(data)
+
+    def hold_left(self):
+        """Seconds until held output must go (None: nothing held)."""
+        return max(0.0, self.held_since + HOLD_WAIT - time.monotonic()) if self.held else None
 
     def send_header(self, kind, n):
+        self.flush()
         self.send_raw(HDR.pack(kind, n))
 
     def send_raw(self, data):
@@ -335,7 +363,7 @@ class Server:
         self.kill_asked = False
         detach = bool(job.get("d"))
         if self.workdir_error:
-            self.send(b"E", self.workdir_error.encode())
+            self.hold(b"E", self.workdir_error.encode())
             self.finish(1)
             return
         self.main_status = None
@@ -366,9 +394,11 @@ class Server:
             if line is not None:
                 self.handle(line)
                 continue
+            if self.hold_left() == 0:
+                self.flush()
             watch = list(pipes) + [self.wake] + ([0] if self.stdin_open else [])
             try:
-                ready, _, _ = select.select(watch, [], [])
+                ready, _, _ = select.select(watch, [], [], self.hold_left())
             except InterruptedError:
                 continue
             for fd in ready:
@@ -395,7 +425,7 @@ class Server:
             # wake-ups here, fewer frames for the controller). Small outputs never wait.
             time.sleep(GATHER_WAIT)
             avail = _pending(fd)
-        if avail and self.splice:
+        if avail and self.splice and avail >= SPLICE_MIN:
             n = min(avail, CHUNK)
             self.send_header(pipes[fd], n)
             try:
@@ -411,7 +441,7 @@ class Server:
         except (BlockingIOError, InterruptedError):
             return
         if data:
-            self.send(pipes[fd], data)
+            self.hold(pipes[fd], data)
             self.relayed[fd] = self.relayed.get(fd, 0) + len(data)
         else:
             os.close(fd)
@@ -461,7 +491,8 @@ class Server:
 
     # ------------------------------------------------------------------ main
     def serve(self):
-        self.send(b"R", str(self.me).encode())
+        told = {name: os.environ.get(name, "") for name in self.tell}
+        self.send(b"R", (str(self.me) + (" " + json.dumps(told) if told else "")).encode())
         try:
             while self.stdin_open:
                 line = self.next_message()

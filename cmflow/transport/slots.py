@@ -19,13 +19,14 @@ import json
 import os
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..aio import within
 from ..hosts import Host
 from . import ConnectionLost, JobSpec, Outcome
-from .framing import _kill, stderr_text
+from .procs import kill as _kill, stderr_text
 from .output import StreamedOutput
 
 SERVER_CODE = (Path(__file__).with_name("server.py")).read_bytes()
@@ -119,12 +120,15 @@ class Slot:
     pid: int                 # the server's pid, on its host
     tag: Any = None          # the transport's own (ssh: which master it rides on)
     frames: Frames | None = None
+    told: dict[str, str] = field(default_factory=dict)   # the server's values of the transport's `tell`
 
 
 class SlotTransport:
     """A pool of slot servers for one host; subclasses say how a server process is started."""
 
     host: Host
+    tell: tuple[str, ...] = ()              # environment variables the server reports when ready
+    start_timeout: float | None = None      # how long a server may take to come up (Slurm: a step)
 
     def __init__(self, host: Host):
         self.host = host
@@ -132,7 +136,7 @@ class SlotTransport:
         self._all: set[Slot] = set()
         self._closed = False
         self._config = ("C" + json.dumps({"env": dict(host.env), "workdir": host.workdir or None,
-                                          "grace": KILL_GRACE}) + "\n").encode()
+                                          "grace": KILL_GRACE, "tell": list(self.tell)}) + "\n").encode()
 
     # ---------------------------------------------------------- for subclasses
     async def _start(self) -> tuple[asyncio.subprocess.Process, Any]:
@@ -152,6 +156,10 @@ class SlotTransport:
     def _lost(self, slot: Slot) -> None:
         """A slot's session died (ssh: its master may be dead too)."""
 
+    def _ref(self, slot: Slot) -> str:
+        """The batch system's name for where a job ran (Outcome.ref; Slurm: its step)."""
+        return ""
+
     # ------------------------------------------------------------------ slots
     async def _open_slot(self) -> Slot:
         proc, tag = await self._start()
@@ -160,8 +168,8 @@ class SlotTransport:
             proc.stdin.write(SERVER_CODE + self._config)
             frames = Frames(proc.stdout)
             try:
-                kind, payload = await frames.next()
-            except (asyncio.IncompleteReadError, ConnectionError):
+                kind, payload = await within(frames.next(), self.start_timeout)
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
                 kind, payload = b"", b""
             if kind != b"R":
                 err = await _drain(proc)
@@ -171,7 +179,8 @@ class SlotTransport:
             if proc.returncode is None:
                 await asyncio.shield(_kill(proc))
             raise
-        slot = Slot(proc, int(payload), tag, frames)
+        pid, _, told = payload.partition(b" ")
+        slot = Slot(proc, int(pid), tag, frames, json.loads(told) if told else {})
         self._all.add(slot)
         self._opened(tag)
         return slot
@@ -208,7 +217,7 @@ class SlotTransport:
                     timed_out = True
                     status = await self._stop(slot, spec.seq, out, err)
             ended.append(status)
-            return _outcome(status, start, out.close(), err.close(), timed_out)
+            return _outcome(status, start, out.close(), err.close(), timed_out, self._ref(slot))
         except asyncio.CancelledError:
             # halt now, Ctrl-C, SIGTERM: the server ends the job's whole tree before we go on
             await _uncancellable(self._stop(slot, spec.seq, out, err, ended))
@@ -218,7 +227,7 @@ class SlotTransport:
             msg = (await _drain(proc)).strip()
             why = f"session to {self.host.name} lost" if not isinstance(e, asyncio.TimeoutError) else \
                 f"the slot server on {self.host.name} did not end the job"
-            return Outcome(None, start=start, end=time.time(), connection_failed=True,
+            return Outcome(None, start=start, end=time.time(), connection_failed=True, ref=self._ref(slot),
                            message=why + (f": {msg.splitlines()[-1]}" if msg else ""))
         finally:
             out.close()
@@ -233,7 +242,7 @@ class SlotTransport:
         """Ask the server to kill the running job; its end frame comes once every process is gone."""
         assert slot.proc.stdin and slot.frames
         slot.proc.stdin.write(f"K{seq}\n".encode())
-        status = await asyncio.wait_for(slot.frames.job(out, err), KILL_GRACE + 15)
+        status = await within(slot.frames.job(out, err), KILL_GRACE + 15)
         if ended is not None:
             ended.append(status)
         return status
@@ -247,10 +256,11 @@ class SlotTransport:
         await asyncio.gather(*(self._discard(s) for s in slots))
 
 
-def _outcome(status: int, start: float, out_bytes: int, err_bytes: int, timed_out: bool) -> Outcome:
+def _outcome(status: int, start: float, out_bytes: int, err_bytes: int, timed_out: bool, ref: str) -> Outcome:
     if status < 0:
-        return Outcome(None, -status, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes)
-    return Outcome(status, 0, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes)
+        return Outcome(None, -status, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes,
+                       ref=ref)
+    return Outcome(status, 0, start, time.time(), timed_out, stdout_bytes=out_bytes, stderr_bytes=err_bytes, ref=ref)
 
 
 async def _uncancellable(coro: Any) -> None:
@@ -273,7 +283,7 @@ async def _close(proc: asyncio.subprocess.Process) -> None:
         proc.stdin.close()
     if proc.returncode is None:
         try:
-            await asyncio.wait_for(proc.wait(), CLOSE_WAIT + KILL_GRACE)
+            await within(proc.wait(), CLOSE_WAIT + KILL_GRACE)
         except asyncio.TimeoutError:
             await _kill(proc)
 

@@ -5,16 +5,17 @@ Allocation mode. One pilot allocation per Slurm host (``salloc --no-shell
 Its nodes become hosts of the run (``cluster/n1`` ...; ``cluster`` is then the
 group of them), each with a slot per allocated CPU, so the executor's
 placement, failover and down-marking work per node as they do for ssh hosts.
-Each slot is one long-lived ``sh`` started as a job step::
+Each slot is one long-lived slot server (``server.py``, as over ssh) started
+as a job step::
 
-    srun --jobid=ID --overlap -N1 -n1 -w NODE --quiet sh
+    srun --jobid=ID --overlap -N1 -n1 -w NODE --quiet --unbuffered python3 -I -S -c BOOT
 
-and jobs go down its stdin framed exactly as over ssh (``ssh.py``). Measured
-on the test cluster: a step costs ~40-55 ms of srun and controller work, a job
-down an open slot shell well under a millisecond; so a step per job would be
-the scheduler's cost and the run's bottleneck. A timeout, halt or Ctrl-C
-``scancel``s the slot's step: Slurm itself kills everything the job started on
-the node; the slot gets a new step when next needed. Only the pilot is polled
+and jobs go down its stdin as frames (``slots.py``). Measured on the test
+cluster: a step costs ~40-55 ms of srun and controller work, a job down an
+open slot ~1 ms; so a step per job would be the scheduler's cost and the run's
+bottleneck. The server ends everything a job started when the job ends (it
+is a child subreaper), a timed-out or cancelled one too, and sends its output
+home; a step whose server stops answering is ``scancel``ed. Only the pilot is polled
 (``squeue``, once a minute, and when a slot fails, to say why). The allocation
 is cancelled when the run ends, however it ends.
 
@@ -25,24 +26,23 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import shlex
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..aio import within
 from ..errors import CmflowError
 from ..hosts import Host, Inventory
-from . import ConnectionLost, JobSpec, Outcome
-from .output import StreamedOutput
-from .framing import _drain, _kill
+from . import ConnectionLost, JobSpec, Outcome, procs
+from .procs import kill as _kill
+from .slots import Slot, SlotTransport, boot_argv
 
 CMD_TIMEOUT = 60.0        # a Slurm client call that takes longer is treated as failed
 PILOT_POLL = 60.0         # seconds between checks that the pilot allocation still runs
 SLOT_START_TIMEOUT = 120.0
 KILL_WAIT = 15.0          # a cancelled step's srun exits within KillWait; this bounds our wait for it
 RELEASE_WAIT = 15.0       # how long closing waits for a cancelled allocation to leave squeue
-_CHUNK = 1 << 16
 
 
 class SlurmError(CmflowError):
@@ -51,17 +51,18 @@ class SlurmError(CmflowError):
     exit_status = 1
 
 
-async def slurm_cmd(*argv: str, timeout: float = CMD_TIMEOUT) -> tuple[int, str, str]:
-    """Run one Slurm client command; (status, stdout, stderr). A missing client is a SlurmError."""
+async def slurm_cmd(*argv: str, timeout: float = CMD_TIMEOUT, essential: bool = False) -> tuple[int, str, str]:
+    """Run one Slurm client command; (status, stdout, stderr). A missing client is a SlurmError.
+
+    ``essential``: a second Ctrl-C does not kill it (the scancel that releases an allocation)."""
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        proc = await procs.spawn(*argv, essential=essential, stdin=asyncio.subprocess.DEVNULL,
+                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
         raise SlurmError(f"`{argv[0]}` is not installed here: run cmflow where the Slurm client commands are "
                          f"(a login node), or install them") from None
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await within(proc.communicate(), timeout)
     except asyncio.TimeoutError:
         await _kill(proc)
         return -1, "", f"{argv[0]} did not answer within {timeout:.0f}s"
@@ -143,7 +144,10 @@ class Allocation:
             self._poller.cancel()
         if not self.owned:
             return
-        await slurm_cmd("scancel", "--quiet", self.job_id)
+        await slurm_cmd("scancel", "--quiet", self.job_id, timeout=RELEASE_WAIT if procs.hurrying() else CMD_TIMEOUT,
+                        essential=True)
+        if procs.hurrying():
+            return   # a second Ctrl-C: Slurm has been told, that is enough
         # cancelled is not gone: wait (briefly) until it has left the queue, so
         # a run that returned holds nothing of the cluster
         deadline = time.monotonic() + RELEASE_WAIT
@@ -164,9 +168,8 @@ async def request_allocation(host: Host, job_name: str) -> Allocation:
     argv += [f"--ntasks-per-node={spec.cpus_per_node}"] if spec.cpus_per_node else ["--exclusive"]
     argv += spec.request_args()
     try:
-        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                    stdout=asyncio.subprocess.DEVNULL,
-                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        proc = await procs.spawn(*argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                                 stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
         raise SlurmError("`salloc` is not installed here: run cmflow where the Slurm client commands are "
                          "(a login node), or install them") from None
@@ -183,11 +186,10 @@ async def request_allocation(host: Host, job_name: str) -> Allocation:
         await proc.wait()
     except BaseException:
         # Ctrl-C or halt while waiting: salloc revokes a pending request on SIGTERM;
-        # scancel covers the moment it was granted
-        proc.terminate()
-        await asyncio.shield(proc.wait())
+        # scancel covers the moment it was granted (and a salloc that did not answer)
+        await asyncio.shield(_end_salloc(proc))
         if job_id:
-            await asyncio.shield(slurm_cmd("scancel", "--quiet", job_id))
+            await asyncio.shield(slurm_cmd("scancel", "--quiet", job_id, essential=True))
         raise
     if proc.returncode != 0 or not job_id:
         raise SlurmError(f"{host.name}: Slurm refused the allocation ({' '.join(shlex.quote(a) for a in argv)}): "
@@ -199,6 +201,14 @@ async def request_allocation(host: Host, job_name: str) -> Allocation:
         await asyncio.shield(alloc.release())
         raise
     return alloc
+
+
+async def _end_salloc(proc: asyncio.subprocess.Process) -> None:
+    proc.terminate()
+    try:
+        await within(proc.wait(), KILL_WAIT)
+    except asyncio.TimeoutError:
+        await _kill(proc)
 
 
 async def _allocated_nodes(job_id: str) -> tuple[tuple[str, int], ...]:
@@ -301,199 +311,66 @@ class Clusters:
 
 
 # ----------------------------------------------------- allocation mode: steps
-@dataclass(eq=False)
-class _Slot:
-    proc: asyncio.subprocess.Process
-    step: str                # JOBID.STEPID of its step
-    said: bytearray          # the tail of what srun and the slot shell wrote to stderr
-    drain: asyncio.Task | None = None
+class StepTransport(SlotTransport):
+    """One node of an allocation: a slot server per slot, each server a job step.
 
+    The slot server (server.py, as over ssh) runs as the step's one task::
 
-async def _keep_tail(reader: asyncio.StreamReader, tail: bytearray, limit: int = 4096) -> None:
-    """Read srun's stderr as it comes (a full pipe would stall the step), keeping its tail."""
-    while chunk := await reader.read(_CHUNK):
-        tail += chunk
-        del tail[:-limit]
+        srun --jobid=ID --overlap -N1 -n1 -w NODE --quiet --unbuffered python3 -I -S -c BOOT
 
+    It is a child subreaper inside the step, so whatever a job leaves behind
+    (``sleep 1000 &``) is ended with the job, not when the step ends; a
+    timed-out job's output up to its end still comes home, stderr included.
+    A timeout, halt or Ctrl-C asks the server to end the job (the step stays,
+    for the next job); a step whose server no longer answers is ``scancel``ed.
+    """
 
-class StepTransport:
-    """One node of an allocation: a long-lived shell per slot, each a job step."""
+    tell = ("SLURM_STEP_ID",)
+    start_timeout = SLOT_START_TIMEOUT
 
     def __init__(self, host: Host, alloc: Allocation, node: str):
-        self.host = host
+        super().__init__(host)
         self.alloc = alloc
         self.node = node
-        self.token = "CMFLOW_" + secrets.token_hex(16)
-        self._marker = ("\n" + self.token + " ").encode()
-        self._idle: list[_Slot] = []
-        self._all: set[_Slot] = set()
-        self._closed = False
 
-    def _srun(self) -> list[str]:
+    async def _start(self) -> tuple[asyncio.subprocess.Process, Any]:
         # --overlap: the batch step of an sbatch allocation holds its node's CPUs, and a
-        # step that asked for memory exclusively would make the next one wait
-        return ["srun", f"--jobid={self.alloc.job_id}", "--overlap", "-N1", "-n1", "-w", self.node, "--quiet",
-                f"--job-name={self.host.name}", "sh"]
-
-    async def _open_slot(self) -> _Slot:
+        # step that asked for memory exclusively would make the next one wait.
+        # --unbuffered: slurmstepd otherwise holds a task's output until a newline, and
+        # frames are binary (the task's stdout is then a pty in raw mode: bytes pass as
+        # they are; stdin stays a pipe).
+        argv = ["srun", f"--jobid={self.alloc.job_id}", "--overlap", "-N1", "-n1", "-w", self.node, "--quiet",
+                "--unbuffered", f"--job-name={self.host.name}", *boot_argv("python3")]
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *self._srun(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, start_new_session=True, limit=_CHUNK)
+            proc = await procs.spawn(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                                     stderr=asyncio.subprocess.PIPE, limit=1 << 20)
         except FileNotFoundError:
             raise ConnectionLost("`srun` is not installed here") from None
-        try:
-            assert proc.stdin and proc.stdout
-            proc.stdin.write(self._init_script().encode())
-            try:
-                line = await asyncio.wait_for(proc.stdout.readline(), SLOT_START_TIMEOUT)
-            except (ConnectionError, asyncio.LimitOverrunError, asyncio.TimeoutError):
-                line = b""
-            parts = line.decode("utf-8", "replace").split()
-            if len(parts) != 3 or parts[0] != self.token:
-                err = await _drain(proc)
-                await self.alloc.refresh()
-                raise ConnectionLost(f"no job step on {self.node}: "
-                                     f"{_last_error(err) if err.strip() else 'srun ended'}{self.alloc.why()}")
-        except BaseException:
-            if proc.returncode is None:
-                await asyncio.shield(_kill(proc))
-            raise
-        assert proc.stderr
-        slot = _Slot(proc, f"{self.alloc.job_id}.{parts[2]}", bytearray())
-        slot.drain = asyncio.ensure_future(_keep_tail(proc.stderr, slot.said))
-        self._all.add(slot)
-        return slot
+        return proc, None
 
-    def _init_script(self) -> str:
-        lines = [f"export {k}={shlex.quote(v)}" for k, v in self.host.env]
-        if self.host.workdir:
-            wd = self.host.workdir
-            target = "~" + shlex.quote(wd[1:]) if wd.startswith("~") else shlex.quote(wd)
-            lines.append(f"cd {target} || {{ echo 'cmflow: cannot cd to {wd}' >&2; exit 97; }}")
-        # the job's stderr goes to a file on the node and follows its stdout on the one stream
-        lines.append('E=$(mktemp "${TMPDIR:-/tmp}/cmflow-err.XXXXXX") || exit 98')
-        lines.append('trap \'rm -f "$E"\' EXIT')
-        lines.append(f"printf '%s %s %s\\n' {self.token} $$ \"$SLURM_STEP_ID\"")
-        return "\n".join(lines) + "\n"
+    def _start_failed(self, stderr: str, tag: Any) -> str:
+        text = stderr.strip()
+        if "python3" in text and ("No such file" in text or "not found" in text):
+            return f"{self.node} has no python3 (cmflow runs each slot's server with it)"
+        if "cmflow: cannot enter workdir" in text:
+            return text.splitlines()[-1]
+        return f"no job step on {self.node}: {_last_error(text) if text else 'srun ended'}"
+
+    def _ref(self, slot: Slot) -> str:
+        return f"{self.alloc.job_id}.{slot.told.get('SLURM_STEP_ID') or '?'}"
 
     async def run(self, spec: JobSpec) -> Outcome:
-        start = time.time()
-        try:
-            slot = self._idle.pop() if self._idle else await self._open_slot()
-        except ConnectionLost as e:
-            return Outcome(None, start=start, end=time.time(), connection_failed=True, message=str(e))
-        start = time.time()
-        proc = slot.proc
-        assert proc.stdin and proc.stdout and proc.stderr
-        # One stream back, not two: srun carries a step's stdout and stderr over one TCP
-        # connection, and a second small write right after the first waits ~40 ms for
-        # the delayed ACK (Nagle). So stderr is sent after the status line, counted.
-        script = (f"sh -c {shlex.quote(spec.command)} </dev/null 2>\"$E\"; s=$?; "
-                  f"if [ -s \"$E\" ]; then n=$(wc -c <\"$E\"); printf '\\n%s %d %d\\n' {self.token} $s $n; "
-                  f"head -c $n \"$E\"; else printf '\\n%s %d 0\\n' {self.token} $s; fi\n")
-        out, err = StreamedOutput(spec.stdout), StreamedOutput(spec.stderr)
-        reusable = False
-        try:
-            proc.stdin.write(script.encode())
-            waiting = asyncio.ensure_future(self._collect(proc, out, err))
-            try:
-                status = await asyncio.wait_for(asyncio.shield(waiting), spec.timeout)
-            except asyncio.TimeoutError:
-                waiting.cancel()
-                await self._end_step(slot)
-                return Outcome(None, 9, start, time.time(), timed_out=True, stdout_bytes=out.close(),
-                               stderr_bytes=err.close(), ref=slot.step)
-            except BaseException:
-                waiting.cancel()
-                raise
-            reusable = True
-            return Outcome(status, 0, start, time.time(), stdout_bytes=out.close(), stderr_bytes=err.close(),
-                           ref=slot.step)
-        except (ConnectionLost, ConnectionError, BrokenPipeError):
-            await _kill(proc)
-            if slot.drain:
-                try:
-                    await asyncio.wait_for(slot.drain, 5)
-                except (asyncio.TimeoutError, ConnectionError):
-                    pass
-            msg = slot.said.decode("utf-8", "replace")
-            await self.alloc.refresh()
-            return Outcome(None, start=start, end=time.time(), connection_failed=True, ref=slot.step,
-                           message=f"job step {slot.step} on {self.node} lost: "
-                                   f"{_last_error(msg) if msg.strip() else 'srun ended'}{self.alloc.why()}")
-        except asyncio.CancelledError:
-            # halt now / Ctrl-C: Slurm ends the step and everything the job started in it
-            await asyncio.shield(self._end_step(slot))
-            raise
-        finally:
-            out.close()
-            err.close()
-            if reusable and not self._closed:
-                self._idle.append(slot)
-            else:
-                await asyncio.shield(self._discard(slot))
+        outcome = await super().run(spec)
+        if outcome.connection_failed:
+            await self.alloc.refresh()   # "allocation N is TIMEOUT" says more than "srun ended"
+            outcome = replace(outcome, message=outcome.message + self.alloc.why())
+        return outcome
 
-    async def _collect(self, proc: asyncio.subprocess.Process, out: StreamedOutput, err: StreamedOutput) -> int:
-        """Copy the job's stdout up to the status line '<TOKEN> STATUS N', then N bytes of its stderr."""
-        assert proc.stdout
-        reader, marker = proc.stdout, self._marker
-        buf = b""
-        keep = len(marker) - 1
-        while True:
-            chunk = await reader.read(_CHUNK)
-            if not chunk:
-                raise ConnectionLost("step ended")
-            buf += chunk
-            i = buf.find(marker)
-            if i >= 0:
-                out.write(buf[:i])
-                rest = buf[i + len(marker):]
-                break
-            out.write(buf[:-keep])
-            buf = buf[-keep:]
-        while b"\n" not in rest:
-            more = await reader.read(_CHUNK)
-            if not more:
-                raise ConnectionLost("step ended")
-            rest += more
-        line, rest = rest.split(b"\n", 1)
-        status, size = (int(x) for x in line.split())
-        while len(rest) < size:
-            more = await reader.read(max(size - len(rest), 1))
-            if not more:
-                raise ConnectionLost("step ended")
-            rest += more
-        err.write(rest[:size])
-        return status
-
-    async def _end_step(self, slot: _Slot) -> None:
-        """scancel the slot's step and wait for its srun to go: nothing of the job is left on the node."""
-        await slurm_cmd("scancel", "--quiet", slot.step)
-        try:
-            await asyncio.wait_for(slot.proc.wait(), KILL_WAIT)
-        except asyncio.TimeoutError:
-            pass
-        await self._discard(slot)
-
-    async def _discard(self, slot: _Slot) -> None:
-        self._all.discard(slot)
-        await _kill(slot.proc)
-        if slot.drain:
-            slot.drain.cancel()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        for slot in list(self._all):
-            if slot.proc.stdin and not slot.proc.stdin.is_closing():
-                slot.proc.stdin.close()   # the slot shell exits at end of input, its step ends
-        for slot in list(self._all):
-            try:
-                await asyncio.wait_for(slot.proc.wait(), 5)
-            except asyncio.TimeoutError:
-                pass
-            await self._discard(slot)
-        self._idle.clear()
+    async def _discard(self, slot: Slot) -> None:
+        await super()._discard(slot)   # its stdin closed: the server ends its job and exits, so does the step
+        if slot.proc.returncode != 0 and "SLURM_STEP_ID" in slot.told and not procs.hurrying():
+            # srun had to be killed, or lost its step: Slurm ends whatever the step still runs
+            await slurm_cmd("scancel", "--quiet", self._ref(slot))
 
 
 async def probe_cluster(host: Host, timeout: float = 10) -> tuple[bool, str, str]:

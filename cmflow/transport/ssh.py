@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..hosts import Host
-from . import ConnectionLost, Helper, mux, tmpdirs
-from .framing import _drain, _kill, _pump  # noqa: F401  (slurm.py's step slots use them)
+from . import ConnectionLost, Helper, mux, procs, tmpdirs
+from .procs import kill as _kill
 from .slots import Slot, SlotTransport, boot_argv
 
 SESSIONS_PER_MASTER = 8
@@ -317,7 +317,7 @@ async def _spawn(argv: list[str], **kw: Any) -> asyncio.subprocess.Process:
     if _ssh_program is None:
         _ssh_program = shutil.which(argv[0]) or argv[0]
     try:
-        return await asyncio.create_subprocess_exec(_ssh_program, *argv[1:], start_new_session=True, **kw)
+        return await procs.spawn(_ssh_program, *argv[1:], **kw)
     except FileNotFoundError:
         _ssh_program = None
         raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None

@@ -1,0 +1,46 @@
+"""The slot server's frames on the wire (cmflow/transport/server.py)."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from cmflow.transport.slots import HDR, SERVER_CODE, boot_argv
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace not installed (.ci/run installs it)")
+def test_a_short_jobs_output_and_end_leave_in_one_write(tmp_path):
+    """Two small writes in a row on a TCP stream without TCP_NODELAY (srun's I/O connection to a
+    step, ssh) make the second wait for the first one's delayed ACK: ~40 ms a job. So a job that
+    prints a line and ends sends its output and its end frame in one write."""
+    trace = tmp_path / "trace"
+    server = subprocess.Popen(["strace", "-f", "-e", "trace=write,writev,splice", "-o", str(trace),
+                               *boot_argv(sys.executable)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert server.stdin and server.stdout
+
+    def frame() -> tuple[bytes, bytes]:
+        kind, n = HDR.unpack(server.stdout.read(HDR.size))
+        return kind, server.stdout.read(n)
+
+    try:
+        server.stdin.write(SERVER_CODE + b'C{"env": {}, "grace": 1}\n')
+        server.stdin.flush()
+        kind, pid = frame()
+        assert kind == b"R"
+        server.stdin.write(b"J" + json.dumps({"s": 1, "c": "echo hi"}).encode() + b"\n")
+        server.stdin.flush()
+        frames = [frame()]
+        while frames[-1][0] != b"X":
+            frames.append(frame())
+    finally:
+        server.stdin.close()
+        server.wait(30)
+    assert frames == [(b"O", b"hi\n"), (b"X", b"0")]
+    # what the server itself (not the job) wrote to its stdout: the ready frame, then ONE write
+    to_stdout = [ln for ln in trace.read_text().splitlines()
+                 if ln.startswith(pid.decode() + " ") and re.search(r"\b(write|writev)\(1,|splice\(\d+, NULL, 1,", ln)]
+    assert len(to_stdout) == 2, to_stdout
