@@ -322,6 +322,13 @@ def usage_error(argv: list[str], left: list[Any] = ()) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:     # Ctrl-C before a run has its own handling (start-up, parsing): quietly
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     # --resume=deep reads as --resume --deep (docopt cannot give one option an optional value)
     argv = sys.argv[1:] if argv is None else argv
     argv = [a for arg in argv for a in (("--resume", "--deep") if arg == "--resume=deep" else (arg,))]
