@@ -41,7 +41,7 @@ def _pos() -> Pos:
 
 # ---------------------------------------------------------------- expressions
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Name:
     """A reference to a task or binding: ``a`` or ``tasks.a``."""
 
@@ -53,7 +53,7 @@ class Name:
         return ".".join(self.parts)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Call:
     """A call: ``run(3, size="big")``, ``report(a | b)``, ``twice(sq(n))``.
 
@@ -66,7 +66,7 @@ class Call:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class HostsOf:
     """The iterable ``hosts(TARGET)``: the host names of a host, group, label or range."""
 
@@ -74,7 +74,7 @@ class HostsOf:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class For:
     """One clause ``for a, b in ITER``; ITER is a Call (``range(...)``), HostsOf, a list literal,
     or anything else the grammar accepts there (a Name, a literal), which the compiler rejects."""
@@ -84,7 +84,7 @@ class For:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Gen:
     """``name(item for ... for ...)``: clauses nest left to right, as in Python."""
 
@@ -94,7 +94,7 @@ class Gen:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Placed:
     """``expr @ target``: run every task in ``expr`` on a host, group or label."""
 
@@ -103,19 +103,19 @@ class Placed:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Seq:
     items: tuple[Expr, ...]
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Par:
     items: tuple[Expr, ...]
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Sum:
     items: tuple[Expr, ...]
     pos: Pos = _pos()
@@ -158,7 +158,7 @@ def plus(items: list[Expr] | tuple[Expr, ...], pos: Pos = NOPOS) -> Expr:
 
 # ----------------------------------------------------------------- statements
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Import:
     """``import m`` / ``import m as t``."""
 
@@ -167,7 +167,7 @@ class Import:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class FromImport:
     """``from m import a, b as c`` (names) or ``from m import *`` (names is None)."""
 
@@ -176,7 +176,7 @@ class FromImport:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Def:
     """An inline task: Python source of a def (with its decorators)."""
 
@@ -185,7 +185,7 @@ class Def:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Bind:
     """``name = EXPR``: every reference to name shares one evaluation."""
 
@@ -194,7 +194,7 @@ class Bind:
     pos: Pos = _pos()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class ExprStmt:
     expr: Expr
     pos: Pos = _pos()
@@ -203,7 +203,7 @@ class ExprStmt:
 Stmt = Union[Import, FromImport, Def, Bind, ExprStmt]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Flow:
     statements: tuple[Stmt, ...]
     filename: str = field(default="<flow>", compare=False)
