@@ -1,7 +1,6 @@
 """The slot server's frames on the wire (cmflow/transport/server.py)."""
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -9,7 +8,7 @@ import sys
 
 import pytest
 
-from cmflow.transport.slots import HDR, SERVER_CODE, boot_argv
+from cmflow.transport.slots import HDR, SERVER_CODE, boot_argv, message
 
 
 @pytest.mark.skipif(not shutil.which("strace"), reason="strace not installed (.ci/run installs it)")
@@ -27,11 +26,11 @@ def test_a_short_jobs_output_and_end_leave_in_one_write(tmp_path):
         return kind, server.stdout.read(n)
 
     try:
-        server.stdin.write(SERVER_CODE + b'C{"env": {}, "grace": 1}\n')
+        server.stdin.write(SERVER_CODE + message(b"C", {"env": {}, "grace": 1}))
         server.stdin.flush()
         kind, pid = frame()
         assert kind == b"R"
-        server.stdin.write(b"J" + json.dumps({"s": 1, "c": "echo hi"}).encode() + b"\n")
+        server.stdin.write(message(b"J", {"s": 1, "c": "echo hi"}))
         server.stdin.flush()
         frames = [frame()]
         while frames[-1][0] != b"X":
@@ -44,3 +43,15 @@ def test_a_short_jobs_output_and_end_leave_in_one_write(tmp_path):
     to_stdout = [ln for ln in trace.read_text().splitlines()
                  if ln.startswith(pid.decode() + " ") and re.search(r"\b(write|writev)\(1,|splice\(\d+, NULL, 1,", ln)]
     assert len(to_stdout) == 2, to_stdout
+
+
+def test_the_server_starts_without_json_or_the_signal_module():
+    """Every slot (128 of them for 16 hosts x 8) pays the server's start-up: json (with re) and
+    signal (with enum) were more than half of it. Its top level must not import them."""
+    probe = subprocess.run(
+        [sys.executable, "-I", "-S", "-c",
+         "import sys\nexec(compile(sys.stdin.buffer.read(), 'srv', 'exec'), {'__name__': 'srv'})\n"
+         "print(' '.join(m for m in ('json', 're', 'signal', 'enum') if m in sys.modules))"],
+        input=SERVER_CODE, capture_output=True, timeout=30)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.decode().split() == []

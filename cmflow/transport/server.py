@@ -19,8 +19,9 @@ outlive itself. The server
 * kills the running job and exits when its stdin closes: the controller (the
   ssh session or cmflow itself) is gone.
 
-Protocol: the first stdin line is ``C<json config>``; then ``J<json job>``
-lines (``{"s": seq, "c": command, "d": detach}``) and ``K<seq>`` (kill the
+Protocol: the first stdin line is ``C<config>``; then ``J<job>`` lines
+(``{"s": seq, "c": command, "d": detach}``; both as hex of marshal version 2,
+see ``_decode``) and ``K<seq>`` (kill the
 running job). Stdout carries frames: 1 byte type, 4 bytes big-endian length,
 payload. ``R`` ready (payload: pid; then, if the config's ``tell`` lists
 environment variables, a space and a JSON object of their values), ``O``/``E``
@@ -28,13 +29,17 @@ job stdout/stderr, ``X`` end of job (payload: exit status, or -signal). A
 short job's frames leave in one write (see ``hold``).
 """
 import errno
-import json
+import marshal
 import os
 import select
-import signal
 import struct
 import sys
 import time
+
+try:      # the C module itself: `signal` imports enum, a third of a bare interpreter's start-up
+    import _signal as signal
+except ImportError:
+    import signal
 
 try:
     import fcntl
@@ -198,7 +203,7 @@ class Server:
         elif kind == b"J":
             if self.job is not None:
                 raise SystemExit("cmflow slot server: a job was sent while another runs")
-            self.run_job(json.loads(rest.decode("utf-8")))
+            self.run_job(_decode(rest))
 
     # ------------------------------------------------------------------ processes
     def children(self, pid):
@@ -492,7 +497,11 @@ class Server:
     # ------------------------------------------------------------------ main
     def serve(self):
         told = {name: os.environ.get(name, "") for name in self.tell}
-        self.send(b"R", (str(self.me) + (" " + json.dumps(told) if told else "")).encode())
+        if told:
+            import json    # only where the controller asked (a Slurm step's ids): JSON, safe to read there
+            self.send(b"R", (str(self.me) + " " + json.dumps(told)).encode())
+        else:
+            self.send(b"R", str(self.me).encode())
         try:
             while self.stdin_open:
                 line = self.next_message()
@@ -513,9 +522,15 @@ class Server:
         self.kill_tree(self.grace)
 
 
+def _decode(line):
+    """A message from the controller: hex of marshal (version 2: every Python 3 reads it). Not JSON:
+    importing json (and re with it) would cost more than the rest of the server's start-up."""
+    return marshal.loads(bytes.fromhex(line.decode("ascii") if isinstance(line, bytes) else line))
+
+
 def main(config_line):
     os.set_blocking(0, False)
-    cfg = json.loads(config_line)
+    cfg = _decode(config_line)
     Server(cfg).serve()
 
 
