@@ -111,3 +111,11 @@ def flow_of(jobs: int, folder: Path, command: str = "true", form: str = "text") 
             f.write(f"t({jobs - 1})\n")
     return flow
 
+
+def one_job_per_host(folder: Path, hosts: int, name: str = "one") -> Path:
+    """A pssh host list (`hostlist`: h1..hN) and a flow of one `true` on each of those hosts."""
+    (folder / "hostlist").write_text("".join(f"h{i}\n" for i in range(1, hosts + 1)))
+    (folder / "bench_tasks.py").write_text("def t(i):\n    return 'true'\n")
+    flow = folder / f"{name}.flow"
+    flow.write_text("from bench_tasks import t\n" + " | ".join(f"t({i}) @ h{i}" for i in range(1, hosts + 1)) + "\n")
+    return flow

@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, failed  # noqa: F401  (puts tests/ on sys.path)
+from _common import ROOT, failed, one_job_per_host  # noqa: F401  (puts tests/ on sys.path)
 from sshhosts import SshdHosts, have_sshd
 
 
@@ -58,10 +58,7 @@ def main() -> None:
     try:
         work = base / "work"
         work.mkdir()
-        (work / "hostlist").write_text("".join(f"h{i}\n" for i in range(1, a.hosts + 1)))
-        (work / "cold_tasks.py").write_text("def t(i):\n    return 'true'\n")
-        (work / "cold.flow").write_text("from cold_tasks import t\n" +
-                                        " | ".join(f"t({i}) @ h{i}" for i in range(1, a.hosts + 1)) + "\n")
+        one_job_per_host(work, a.hosts, "cold")
         pssh = ["parallel-ssh", "-h", str(work / "hostlist"), "-p", str(a.hosts), "-x", f"-F {hosts.ssh_config}",
                 "true"]
         cm = [sys.executable, "-m", "cmflow", "run", "cold.flow", "--hosts", str(hosts.inventory_file), "-q",

@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import failed
+from _common import failed, one_job_per_host
 from sshhosts import SshdHosts, have_sshd
 
 CG = Path("/sys/fs/cgroup/cpuacct")
@@ -162,10 +162,7 @@ def main() -> None:
         print(f"  up in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
         work = base / "work"
         work.mkdir()
-        (work / "hostlist").write_text("".join(f"h{i}\n" for i in range(1, a.hosts + 1)))
-        (work / "bench_tasks.py").write_text("def t(i):\n    return 'true'\n")
-        (work / "one.flow").write_text("from bench_tasks import t\n" +
-                                       " | ".join(f"t({i}) @ h{i}" for i in range(1, a.hosts + 1)) + "\n")
+        one_job_per_host(work, a.hosts)
         many = a.hosts * a.jobs_per_host
         (work / "many.flow").write_text("from bench_tasks import t\n" + " | ".join(f"t({i})" for i in range(many)) + "\n")
         cfg = str(hosts.ssh_config)
