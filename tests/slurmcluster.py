@@ -11,6 +11,7 @@ file under one folder); this wraps it for Python:
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -87,6 +88,13 @@ class SlurmCluster:
         jobs = self.run("squeue", "-h", "-o", "%i %T %j").split("\n")
         steps = self.run("squeue", "-h", "-s", "-o", "%i %j").split("\n")
         return [j for j in jobs if j.strip()] + [f"step {s}" for s in steps if s.strip()]
+
+    def job_state(self, job: str) -> str:
+        """A job's state as slurmctld knows it now (scontrol): sacct reads slurmdbd, which hears
+        of a job's start and end some time after they happen and may still say PENDING."""
+        out = self.run("scontrol", "show", "job", "-o", job)
+        m = re.search(r"\bJobState=(\S+)", out)
+        return m.group(1) if m else ""
 
     def wait_queue_empty(self, timeout: float = 30) -> list[str]:
         """Wait until nothing is queued (a cancelled job completes within KillWait); what is left."""
