@@ -79,7 +79,7 @@ class Frames:
     timeout, halt) loses nothing and the next reader goes on where it stopped.
     """
 
-    __slots__ = ("fd", "buf", "pos", "kind", "left", "bulk", "grown")
+    __slots__ = ("fd", "buf", "pos", "kind", "left", "bulk", "grown", "drained", "_loop", "_waiter")
 
     def __init__(self, fd: int):
         os.set_blocking(fd, False)
@@ -90,32 +90,58 @@ class Frames:
         self.left = 0        # ... and how many of its bytes are still to come
         self.bulk = False    # a payload outlasted what was read: read headers alone
         self.grown = 0       # the pipe: 1 enlarged for the job's big output, -1 could not be, 0 not tried
+        self.drained = True  # the last read emptied the pipe: wait before the next (no read that fails)
+        self._loop: asyncio.AbstractEventLoop | None = None   # watching the pipe (see _readable)
+        self._waiter: asyncio.Future[None] | None = None
 
     def close(self) -> None:
         if self.fd >= 0:
+            self._unwatch()
             self._shrink(False)
             fd, self.fd = self.fd, -1
             os.close(fd)
 
     async def _readable(self) -> None:
-        loop = asyncio.get_running_loop()
-        ready = loop.create_future()
-        loop.add_reader(self.fd, _wake, ready)
+        """Wait until the pipe is readable. The pipe stays watched from one wait to the next (no
+        epoll_ctl pair, no selector bookkeeping per wait: a short job waits once, for its end
+        frame); it is unwatched when it turns readable with nobody waiting (an idle slot whose
+        server died must not wake the loop over and over)."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self.fd, self._ready)
+        self._waiter = waiter = self._loop.create_future()
         try:
-            await ready
+            await waiter
         finally:
-            loop.remove_reader(self.fd)
+            self._waiter = None
+
+    def _ready(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            self._unwatch()
+        elif not waiter.done():
+            waiter.set_result(None)
+        # else: woken already, the waiting task has not run yet
+
+    def _unwatch(self) -> None:
+        if self._loop is not None:
+            loop, self._loop = self._loop, None
+            if not loop.is_closed():
+                loop.remove_reader(self.fd)
 
     async def _more(self, n: int) -> None:
         """Add up to `n` bytes from the pipe to what is unread; at EOF IncompleteReadError."""
         while True:
+            if self.drained:
+                await self._readable()
             try:
                 chunk = os.read(self.fd, n)
             except (BlockingIOError, InterruptedError):
-                await self._readable()
+                self.drained = True
                 continue
             if not chunk:
                 raise asyncio.IncompleteReadError(self.buf[self.pos:], None)
+            self.drained = len(chunk) < n
             self.buf, self.pos = self.buf[self.pos:] + chunk, 0
             return
 
@@ -208,11 +234,6 @@ class Frames:
                     return   # still holds more than that (never after an end frame): stays counted
             _grown -= 1
         self.grown = 0
-
-
-def _wake(ready: asyncio.Future[None]) -> None:
-    if not ready.done():
-        ready.set_result(None)
 
 
 READ_SIZE = 1 << 16          # a read of small frames
