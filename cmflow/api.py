@@ -16,24 +16,25 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from . import ast
 from .aio import within
 from .compiler import compile_file, compile_flow
-from .executor import Executor, Observer, RunOptions, RunResult
 from .errors import UsageError
-from .files.mover import FileMover
 from .hosts import Host, Inventory, load_inventory
-from .journal import Journal
+from .options import RunOptions
 from .parser import parse_expr
 from .plan import Plan
-from .resume import ResumeIndex
-from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
-from .runlog import RunLog, new_run_id, write_atomic
-from .status import StatusLog
 from .tasks import TaskLoader
 from .transport import Transport, procs
+
+if TYPE_CHECKING:
+    from .executor import Observer, RunResult
+    from .rundir import RunBusy
+    from .runlog import RunLog
+# The executor, run log, journal, status and file mover are imported when a run starts, after its
+# ssh connections have been started (see _warm_up): their import is a third of cmflow's start-up.
 
 Display = Literal["auto", "live", "plain", "quiet"]
 
@@ -149,6 +150,8 @@ def resume_source(plan: Plan, run_dir: str | Path | None, root: Path = Path("run
         if not (src / "journal.jsonl").is_file() and not (src / "run.json").is_file():
             raise UsageError(f"--resume: {src} is not a run directory with a journal")
         return src
+    from .rundir import latest_run
+
     src = latest_run(root, flow_id(plan))
     if src is None:
         raise UsageError(f"--resume: no earlier run of {plan.filename} under {root}/")
@@ -174,12 +177,52 @@ def _write_hosts(log: RunLog, inv: Inventory) -> None:
                                    "labels": list(h.labels)} for h in inv.hosts])
 
 
+@dataclass
+class _Warm:
+    """Transports whose first connection was started before the run itself (see _warm_up)."""
+
+    window: asyncio.Semaphore        # the run's fanout window, shared with every other transport
+    transports: dict[str, Transport]
+
+
+def _warm_up(plan: Plan, inv: Inventory, options: RunOptions, resume: object) -> _Warm:
+    """Start connecting to the ssh hosts the run will surely use, before the rest of it is imported.
+
+    A connection is ~150 ms of handshake CPU on both ends, cmflow's imports and run set-up ~0.1 s
+    more: started first, the handshakes run while Python works (pssh, which has little to import,
+    starts its ssh clients at once). Surely used: a host that some job is placed on alone. Not for
+    a resume (the job may be cached) nor Slurm (its hosts exist once the allocation does)."""
+    window = asyncio.Semaphore(options.fanout)   # ssh handshakes at once, all hosts together
+    warm = _Warm(window, {})
+    if resume is not None or any(h.slurm for h in inv.hosts):
+        return warm
+    open_files_for(inv.hosts)
+    for target in {job.target for job in plan.jobs if job.target is not None}:
+        try:
+            hosts = inv.resolve(target)
+        except KeyError:
+            continue     # the executor says why
+        if len(hosts) == 1 and not hosts[0].local and hosts[0].name not in warm.transports:
+            t = warm.transports[hosts[0].name] = make_transport(hosts[0], inv, None, window)
+            t.warm()     # type: ignore[attr-defined]   (an SshTransport)
+    return warm
+
+
 async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
                display: Display = "quiet", observers: Sequence[Observer] = (), resume: str | Path | None = None,
-               report: bool = True) -> Run:
+               report: bool = True, _warm: _Warm | None = None) -> Run:
     """Run a compiled plan. Cancel the calling task to stop it: every job is killed, the log flushed.
 
     ``resume``: an earlier run directory whose OK results are reused by key (see journal.py)."""
+    from .executor import Executor, RunResult
+    from .files.mover import FileMover
+    from .journal import Journal
+    from .resume import ResumeIndex
+    from .rundir import RunBusy, RunLock, is_running, point_latest
+    from .runlog import RunLog, new_run_id, write_atomic
+    from .status import StatusLog
+
+    warm = _warm or _Warm(asyncio.Semaphore(options.fanout), {})
     rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
     index = None
     if resume is not None:
@@ -212,6 +255,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     result: RunResult | None = None
     shown: list[Any] = []
     executor: Executor | None = None
+    transports: dict[str, Transport] = dict(warm.transports)    # closed at the end, whatever happens
     try:
         async with AsyncExitStack() as stack:
             clusters = None
@@ -223,21 +267,21 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
                 stack.push_async_callback(clusters.aclose)
                 inv = await clusters.open(inv)
                 _write_hosts(log, inv)
+            # every transport (those warmed up too) closes whatever happens, before the allocations go
+            stack.push_async_callback(close_transports, transports.values())
             shown = _observers(display, plan, inv)
             # a deferred call (built at run time) is a job too, at most one each
             status = StatusLog(rdir, len(plan.jobs) + plan.deferred(), {h.name: h.slots for h in inv.hosts})
-            window = asyncio.Semaphore(options.fanout)   # ssh handshakes at once, all hosts together
             open_files_for(inv.hosts)
-            executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters, window) for h in inv.hosts}, log,
-                                options, [*shown, status, *observers], files=files, journal=journal,
-                                resume=index)
+            for h in inv.hosts:
+                if h.name not in transports:
+                    transports[h.name] = make_transport(h, inv, clusters, warm.window)
+            executor = Executor(plan, inv, transports, log, options, [*shown, status, *observers], files=files,
+                                journal=journal, resume=index)
             try:
                 result = await executor.run()
             finally:
-                try:
-                    await files.close()   # queued work dirs go while the connections still stand
-                finally:
-                    await close_transports(executor.transports.values())
+                await files.close()   # queued work dirs go while the connections still stand
     finally:
         for o in shown:
             o.close()
@@ -278,14 +322,13 @@ def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
         got: list[int] = []
-        procs.reset()
-        rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
-        inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display, resume=resume, report=report))
+        inner: asyncio.Future[Run] | None = None
 
         def on_signal(signum: int) -> None:
             if not got:
                 got.append(signum)
-                inner.cancel()   # the jobs end in order, every wait bounded
+                if inner is not None:
+                    inner.cancel()   # the jobs end in order, every wait bounded
                 return
             # again: the user will not wait for that; end every process of the run now
             # (the allocations are still released, without waiting for Slurm to confirm)
@@ -294,15 +337,29 @@ def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run
 
         for s in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(s, on_signal, s)
+        procs.reset()
+        warm = _warm_up(plan, inv, options, resume)
         try:
-            return await inner
-        except asyncio.CancelledError:
-            if not got or (me is not None and me.cancelling()):
-                raise
-            return Run(RunResult(False, cancelled=True), rdir, plan, got[0])
+            await asyncio.sleep(0)     # the warmed-up ssh clients start (fork) before the imports below
+            from .executor import RunResult
+            from .runlog import new_run_id
+
+            rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
+            inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display, resume=resume, report=report,
+                                               _warm=warm))
+            if got:
+                inner.cancel()
+            try:
+                return await inner
+            except asyncio.CancelledError:
+                if not got or (me is not None and me.cancelling()):
+                    raise
+                return Run(RunResult(False, cancelled=True), rdir, plan, got[0])
         finally:
             for s in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(s)
+            # arun closes them itself; this is for a run that failed before it could (a busy run dir)
+            await close_transports(warm.transports.values())
 
     return asyncio.run(main())
 

@@ -213,3 +213,53 @@ def test_open_file_limit_is_raised_for_many_slots():
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 256 + 4 * 1024
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_run_connects_to_its_placed_hosts_before_it_imports_the_executor(sshd_hosts, tmp_path):
+    """Cold start: a host some job is placed on is connected to first, and the run imports the rest
+    of itself (executor, run log, ...) while the handshakes go on. A fresh interpreter, so that what
+    is imported when the first ssh starts says when that was; each host is connected to once."""
+    (tmp_path / "tasks.py").write_text("def t(i):\n    return f'echo {i}'\n")
+    (tmp_path / "f.flow").write_text("from tasks import t\nt(1) @ h1 | t(2) @ h2 | t(3) @ h1\n")
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys\nfrom cmflow.transport import ssh\nimport cmflow.api as api\nseen = []\nreal = ssh._spawn\n"
+        "async def spy(argv, **kw):\n    seen.append((argv[-2], 'cmflow.executor' in sys.modules))\n"
+        "    return await real(argv, **kw)\n"
+        "ssh._spawn = spy\n"
+        f"plan, inv = api.load('f.flow', {str(sshd_hosts.inventory_file)!r})\n"
+        "run = api.run_sync(plan, inv, run_dir='run', report=False)\n"
+        "print(run.result.ok, run.result.value, sorted(seen))\n")
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(probe)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "[1,", "2,", "3]", "[('h1',", "False),", "('h2',", "False)]"], r.stdout
+
+
+def test_a_warmed_up_connection_is_the_first_jobs_or_is_closed(sshd_hosts, tmp_path, monkeypatch):
+    """A warmed-up host's first slot serves the first job (no second connection); one no job took
+    is closed with the transport: no ssh process, no master left."""
+    argvs = spawned_argvs(monkeypatch)
+
+    async def main():
+        used, unused = transports(sshd_hosts, tmp_path, 1, ["h1", "h2"])
+        used.warm()
+        unused.warm()
+        try:
+            out = await used.run(spec(tmp_path, 1, "echo hi"))
+            await asyncio.wait_for(asyncio.shield(unused._early), 60)   # up, and never asked for
+            slot = next(iter(unused._all))
+            pid = await mux.master_pid(unused._paths[0])
+        finally:
+            await used.aclose()
+            await unused.aclose()
+        return out, slot.proc, pid
+
+    out, proc, pid = asyncio.run(main())
+    assert out.ok and (tmp_path / "1.out").read_text() == "hi\n", out
+    assert len(argvs) == 2                       # one connection each
+    assert proc.returncode is not None           # the unused slot's ssh ended ...
+    assert pid is not None and (not os.path.exists(f"/proc/{pid}")
+                                or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z")   # ... its master too

@@ -108,6 +108,7 @@ class SshTransport(SlotTransport):
         self._sessions: Counter[int] = Counter()
         self._master_lock = asyncio.Lock()   # one new connection at a time per host (MaxStartups)
         self._helper_lock: asyncio.Lock | None = None
+        self._early: asyncio.Task[Slot] | None = None    # a slot opened before a job asked (warm)
 
     # ------------------------------------------------------------ connections
     def _new_control_path(self, index: int) -> str:
@@ -170,6 +171,18 @@ class SshTransport(SlotTransport):
             raise ConnectionLost(classify_ssh_error(err.decode("utf-8", "replace"), self.host))
 
     # ------------------------------------------------------------------ slots
+    def warm(self) -> None:
+        """Open the first slot (and with it the connection) now, before any job asks for one: a run
+        warms up the hosts it will surely use while it sets itself up. The first job takes it."""
+        if self._early is None and not self._all and not self._closed:
+            self._early = asyncio.ensure_future(super()._open_slot())
+
+    async def _open_slot(self) -> Slot:
+        early, self._early = self._early, None
+        if early is not None:
+            return await early      # cancelled with the job that waits for it, as an opening slot is
+        return await super()._open_slot()
+
     async def _start(self) -> tuple[Any, Any]:
         """A slot's session: the first of a connection is its master's own (see _start_leader);
         the others are asked of the master over its control socket (mux.py), as an ``ssh -S``
@@ -294,6 +307,10 @@ class SshTransport(SlotTransport):
 
     # ------------------------------------------------------------------ close
     async def aclose(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:     # warmed up and never taken: an open slot (closed below), or not yet
+            early.cancel()
+            await asyncio.gather(early, return_exceptions=True)
         await super().aclose()
         await asyncio.gather(*(self._exit_master(p) for p in self._paths if os.path.exists(p)))
         self._masters.clear()
