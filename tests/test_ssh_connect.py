@@ -155,8 +155,8 @@ def test_a_gone_master_is_replaced_for_the_next_slot(sshd_hosts, tmp_path):
 
 
 def test_a_master_with_no_session_left_is_replaced(sshd_hosts, tmp_path):
-    """Every slot of a host closed (its master then ends after ControlPersist): a new slot on that
-    host does not fail on the stale control socket, it opens a connection of its own."""
+    """Every slot of a host closed: its master, the first slot's ssh, ended with the last session
+    (no ControlPersist); a new slot on that host opens a connection of its own."""
     async def main():
         (t,) = transports(sshd_hosts, tmp_path, 2, ["h2"])
         try:
@@ -165,7 +165,7 @@ def test_a_master_with_no_session_left_is_replaced(sshd_hosts, tmp_path):
             for slot in list(t._all):
                 await t._discard(slot)
             t._idle.clear()
-            assert await mux.terminate(old)       # as ControlPersist would, a little later
+            assert await mux.master_pid(old, timeout=5) is None     # gone with its sessions
             outs = await asyncio.gather(t.run(spec(tmp_path, 2, "true")), t.run(spec(tmp_path, 3, "true")))
             return outs, list(t._paths)
         finally:
@@ -263,3 +263,29 @@ def test_a_warmed_up_connection_is_the_first_jobs_or_is_closed(sshd_hosts, tmp_p
     assert proc.returncode is not None           # the unused slot's ssh ended ...
     assert pid is not None and (not os.path.exists(f"/proc/{pid}")
                                 or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z")   # ... its master too
+
+
+def test_the_first_slot_going_leaves_its_master_to_the_others(sshd_hosts, tmp_path, shared):
+    """The first slot's ssh is the master of the host's other sessions (no ControlPersist, one
+    process per connection): that slot discarded while another slot's job runs, the job goes on
+    to its end over the same connection; the ssh process ends with the last session."""
+    async def main():
+        (t,) = transports(sshd_hosts, tmp_path, 2, ["h3"])
+        try:
+            assert (await t.run(spec(tmp_path, 1, "true"))).ok
+            first = t._idle.pop()
+            go = shared / "go"
+            job = asyncio.ensure_future(t.run(spec(tmp_path, 2, f"while [ ! -e {go} ]; do sleep 0.02; done; echo on")))
+            while not t._all - {first}:       # the second slot's session is open, its job running
+                await asyncio.sleep(0.01)
+            await t._discard(first)           # returns at once: the process stays the others' master
+            assert first.proc.returncode is None
+            go.touch()
+            out = await job
+            return out, first.proc
+        finally:
+            await t.aclose()
+
+    out, leader = asyncio.run(main())
+    assert out.ok and (tmp_path / "2.out").read_text() == "on\n", out
+    assert leader.returncode is not None

@@ -6,18 +6,19 @@ session that is already open costs well under a millisecond. So each host gets
 one long-lived session multiplexed over a master, running the slot server
 (server.py, sent down the session to the host's ``python3``). Jobs, their
 output and their ends travel as frames on that session (see slots.py).
-A connection is opened by its first slot, whose own ssh becomes the master
-(one ssh per host to the first job, as pssh); the other slots ask the master
-for their sessions over its control socket (mux.py), without an ssh process
-each; closing ends the masters the same way.
+A connection is opened by its first slot, whose own ssh is the master, in
+the foreground, without ControlPersist: one ssh process per connection, as
+pssh has one per host; it lives while any session on it does. The other slots
+ask it for their sessions over its control socket (mux.py), without an ssh
+process each; closing ends the masters the same way.
 
 Why a server and not a plain ``sh`` per slot: a job's outputs are its own
 pipes, so a process a job leaves behind cannot write into the next job's
 output, and the server (a child subreaper) ends everything the job started
 before the job counts as over. When cmflow dies, its ssh clients, control
 connections and pipes close, so the master closes their sessions; the server sees
-its stdin close, kills the running job and exits; the master follows ControlPersist
-seconds later.
+its stdin close, kills the running job and exits; the master ends with its last
+session (a master started for helpers alone, ``-N -f``, ControlPersist seconds later).
 
 Limits of a stock sshd: ``MaxSessions 10`` channels per connection (we use at
 most 8 slots per master) and ``MaxStartups 10:30:100`` unauthenticated
@@ -38,7 +39,7 @@ from typing import Any
 from ..hosts import Host
 from . import ConnectionLost, Helper, mux, procs, tmpdirs
 from .procs import kill as _kill
-from .slots import Slot, SlotTransport, boot_argv
+from .slots import Slot, SlotTransport, _close as _close_proc, boot_argv
 
 SESSIONS_PER_MASTER = 8
 CONNECT_TIMEOUT = 10
@@ -109,6 +110,7 @@ class SshTransport(SlotTransport):
         self._master_lock = asyncio.Lock()   # one new connection at a time per host (MaxStartups)
         self._helper_lock: asyncio.Lock | None = None
         self._early: asyncio.Task[Slot] | None = None    # a slot opened before a job asked (warm)
+        self._masters_left: list[Any] = []      # leaders' ssh processes whose slot went, master of others
 
     # ------------------------------------------------------------ connections
     def _new_control_path(self, index: int) -> str:
@@ -211,11 +213,12 @@ class SshTransport(SlotTransport):
     async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, Any]:
         """Open a connection whose first session is this slot's, as pssh opens one ssh per host.
 
-        With ControlMaster=yes and ControlPersist, ssh authenticates, forks the master to the
-        background (its stdio on /dev/null) and becomes a client of it for this session. The
-        slot's ready frame is then the master's ready signal: the other slots of the host wait
-        for it and multiplex over the master. The host's connect lock and a place in the fanout
-        window are held until then (released in _opened/_unopened).
+        With ControlMaster=yes and no ControlPersist, the ssh process is the master and this
+        session's client at once (with ControlPersist it would fork a second process, the
+        master, ~1 MB more per host). It outlives its own session while others use it (see
+        _discard). The slot's ready frame is the master's ready signal: the other slots of the
+        host wait for it and multiplex over the master. The host's connect lock and a place in
+        the fanout window are held until then (released in _opened/_unopened).
         """
         path = self._new_control_path(index)
         leader = _Leader(asyncio.get_running_loop().create_future(), [])
@@ -226,8 +229,7 @@ class SshTransport(SlotTransport):
                     await gate.acquire()
                     leader.held.append(gate)
             proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
-                                 "-o", f"ControlPersist={CONTROL_PERSIST}", "--", self.host.hostname,
-                                 REMOTE_COMMAND],
+                                 "--", self.host.hostname, REMOTE_COMMAND],
                                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                                 stderr=asyncio.subprocess.PIPE, limit=1 << 20)
         except BaseException as e:
@@ -270,8 +272,17 @@ class SshTransport(SlotTransport):
         self._forget_master(index, path)
 
     async def _discard(self, slot: Slot) -> None:
+        index, _, leader = slot.tag
         if slot in self._all:
-            self._sessions[slot.tag[0]] -= 1
+            self._sessions[index] -= 1
+        if leader is not None and self._sessions[index] > 0 and slot.proc.returncode is None:
+            # this slot's ssh is the master of the other slots' sessions: it ends its own session
+            # (stdin closed) and stays their master, until the last of them ends (aclose waits)
+            self._all.discard(slot)
+            if slot.proc.stdin and not slot.proc.stdin.is_closing():
+                slot.proc.stdin.close()
+            self._masters_left.append(slot.proc)
+            return
         await super()._discard(slot)
 
     # ---------------------------------------------------------------- helpers
@@ -312,7 +323,9 @@ class SshTransport(SlotTransport):
             early.cancel()
             await asyncio.gather(early, return_exceptions=True)
         await super().aclose()
-        await asyncio.gather(*(self._exit_master(p) for p in self._paths if os.path.exists(p)))
+        await asyncio.gather(*(self._exit_master(p) for p in self._paths if os.path.exists(p)),
+                             *(_close_proc(p) for p in self._masters_left))
+        self._masters_left.clear()
         self._masters.clear()
         if self._dir:
             tmpdirs.remove(self._dir)
