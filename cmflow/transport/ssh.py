@@ -110,7 +110,7 @@ class SshTransport(SlotTransport):
         self._master_lock = asyncio.Lock()   # one new connection at a time per host (MaxStartups)
         self._helper_lock: asyncio.Lock | None = None
         self._early: asyncio.Task[Slot] | None = None    # a slot opened before a job asked (warm)
-        self._masters_left: list[Any] = []      # leaders' ssh processes whose slot went, master of others
+        self._masters_left: list[Slot] = []     # leaders whose slot went, their ssh still master of others
 
     # ------------------------------------------------------------ connections
     def _new_control_path(self, index: int) -> str:
@@ -185,7 +185,7 @@ class SshTransport(SlotTransport):
             return await early      # cancelled with the job that waits for it, as an opening slot is
         return await super()._open_slot()
 
-    async def _start(self) -> tuple[Any, Any]:
+    async def _start(self) -> tuple[Any, int, Any]:
         """A slot's session: the first of a connection is its master's own (see _start_leader);
         the others are asked of the master over its control socket (mux.py), as an ``ssh -S``
         client would, without that client's process (exec, config parsing, ~1 MB per slot)."""
@@ -199,7 +199,8 @@ class SshTransport(SlotTransport):
                     return await self._start_leader(index)
                 path = await self._master(index)
                 try:
-                    return await mux.open_session(path, REMOTE_COMMAND, limit=1 << 20), (index, path, None)
+                    session = await mux.open_session(path, REMOTE_COMMAND, limit=1 << 20)
+                    return session, session.take_stdout(), (index, path, None)
                 except mux.MuxError as e:
                     # the master is gone (its connection died, or it outlived ControlPersist with no
                     # session): a new connection, once; a second failure is the host's
@@ -210,7 +211,7 @@ class SshTransport(SlotTransport):
             self._sessions[index] -= 1
             raise
 
-    async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, Any]:
+    async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, int, Any]:
         """Open a connection whose first session is this slot's, as pssh opens one ssh per host.
 
         With ControlMaster=yes and no ControlPersist, the ssh process is the master and this
@@ -228,15 +229,22 @@ class SshTransport(SlotTransport):
                 if gate is not None:
                     await gate.acquire()
                     leader.held.append(gate)
-            proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
-                                 "--", self.host.hostname, REMOTE_COMMAND],
-                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+            out_r, out_w = os.pipe()      # the session's stdout: a raw pipe for the slot (see slots.Frames)
+            try:
+                proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                                     "--", self.host.hostname, REMOTE_COMMAND],
+                                    stdin=asyncio.subprocess.PIPE, stdout=out_w,
+                                    stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+            except BaseException:
+                os.close(out_r)
+                raise
+            finally:
+                os.close(out_w)
         except BaseException as e:
             _release(leader)
             _fail(leader.done, e)
             raise
-        return proc, (index, path, leader)
+        return proc, out_r, (index, path, leader)
 
     def _opened(self, tag: Any) -> None:
         leader = tag[2]
@@ -281,7 +289,7 @@ class SshTransport(SlotTransport):
             self._all.discard(slot)
             if slot.proc.stdin and not slot.proc.stdin.is_closing():
                 slot.proc.stdin.close()
-            self._masters_left.append(slot.proc)
+            self._masters_left.append(slot)
             return
         await super()._discard(slot)
 
@@ -324,7 +332,7 @@ class SshTransport(SlotTransport):
             await asyncio.gather(early, return_exceptions=True)
         await super().aclose()
         await asyncio.gather(*(self._exit_master(p) for p in self._paths if os.path.exists(p)),
-                             *(_close_proc(p) for p in self._masters_left))
+                             *(_end_master(s) for s in self._masters_left))
         self._masters_left.clear()
         self._masters.clear()
         if self._dir:
@@ -351,6 +359,15 @@ async def _spawn(argv: list[str], **kw: Any) -> asyncio.subprocess.Process:
     except FileNotFoundError:
         _ssh_program = None
         raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None
+
+
+async def _end_master(slot: Slot) -> None:
+    """A leader's ssh that stayed master of other sessions: it ends with the last (bounded wait)."""
+    try:
+        await _close_proc(slot.proc)
+    finally:
+        if slot.frames is not None:
+            slot.frames.close()
 
 
 def _release(leader: _Leader) -> None:
