@@ -289,3 +289,45 @@ def test_the_first_slot_going_leaves_its_master_to_the_others(sshd_hosts, tmp_pa
     out, leader = asyncio.run(main())
     assert out.ok and (tmp_path / "2.out").read_text() == "on\n", out
     assert leader.returncode is not None
+
+
+def test_a_hosts_connection_is_closed_once_the_jobs_only_it_can_run_are_over(tmp_path):
+    """256 hosts x 1 job must not hold 256 ssh processes to the end: a host that only its own
+    placed jobs use is closed after the last of them (final attempt); a host that a group, an
+    unplaced job or a job moving files may still use is not. (Transports here are fakes that
+    record the close: this is the run's bookkeeping, not ssh.)"""
+    import types
+
+    from cmflow import api
+
+    (tmp_path / "tasks.py").write_text("def t(i):\n    return 'true'\n")
+    (tmp_path / "f.flow").write_text("from tasks import t\nt(1) @ h1 | t(2) @ h1 | t(3) @ h2 | t(4) @ g | t(5) @ h4\n")
+    inv_file = tmp_path / "inv.yaml"
+    inv_file.write_text("hosts:\n  h1: {}\n  h2: {}\n  h3: {}\n  h4: {}\n  here: {local: true}\ngroups:\n  g: [h2, h3]\n")
+    plan, inv = api.load(str(tmp_path / "f.flow"), str(inv_file))
+    closed: list[str] = []
+
+    class FakeTransport:
+        def __init__(self, name):
+            self.name = name
+
+        async def aclose(self):
+            closed.append(self.name)
+
+    async def main():
+        retire = api._Retire(plan, inv, {h.name: FakeTransport(h.name) for h in inv.hosts})
+        by_label = {j.label: j for j in plan.jobs}
+        end = lambda label, final=True, ok=True: retire.job_ended(types.SimpleNamespace(job=by_label[label]), final, ok)
+        end("t(1) @ h1")
+        await asyncio.sleep(0)
+        assert closed == []                     # h1 has a job left
+        end("t(2) @ h1", final=False, ok=False)   # an attempt that will be retried
+        await asyncio.sleep(0)
+        assert closed == []
+        end("t(2) @ h1", final=True, ok=False)
+        end("t(3) @ h2")                         # h2 is also in group g: kept
+        retire.job_cached(by_label["t(5) @ h4"])
+        await asyncio.gather(*retire.closing)
+        assert sorted(closed) == ["h1", "h4"]
+
+    asyncio.run(main())

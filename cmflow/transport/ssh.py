@@ -111,6 +111,7 @@ class SshTransport(SlotTransport):
         self._helper_lock: asyncio.Lock | None = None
         self._early: asyncio.Task[Slot] | None = None    # a slot opened before a job asked (warm)
         self._masters_left: list[Slot] = []     # leaders whose slot went, their ssh still master of others
+        self._closing: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ connections
     def _new_control_path(self, index: int) -> str:
@@ -326,6 +327,14 @@ class SshTransport(SlotTransport):
 
     # ------------------------------------------------------------------ close
     async def aclose(self) -> None:
+        """Close every slot and master. A second call while the first runs (a run retires a host's
+        connection once its jobs are over, then closes every transport) waits for it to end."""
+        while self._closing is not None and not self._closing.done():
+            await asyncio.shield(self._closing)
+        self._closing = asyncio.ensure_future(self._close_all())
+        await asyncio.shield(self._closing)
+
+    async def _close_all(self) -> None:
         early, self._early = self._early, None
         if early is not None:     # warmed up and never taken: an open slot (closed below), or not yet
             early.cancel()
