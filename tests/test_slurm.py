@@ -577,3 +577,54 @@ def test_job_mode_node_failure_is_submitted_again(slurm, tmp_path, shared):
     stats = json.loads((tmp_path / "run" / "slurm" / "stats-batch.json").read_text())
     assert stats["lost"] and all(x["state"] == "NODE_FAIL" and x["node"] == "n3" for x in stats["lost"])
     assert all(not x["ref"].endswith("@n3") for x in recs)
+
+
+@pytest.mark.parametrize("sacct, said, expect", [
+    (("COMPLETED", "0:0"), "124", dict(timed_out=True)),     # accounting was wrong: the job's own word wins
+    (("COMPLETED", "0:0"), "3", dict(exit_status=3)),
+    (("FAILED", "0:11"), "139", dict(exit_status=None, signal=11)),
+    (("FAILED", "130:0"), "130", dict(exit_status=130)),
+    (("COMPLETED", "0:0"), None, dict(exit_status=0)),       # no file: accounting's word
+    (("CANCELLED", "0:15"), "0", dict(exit_status=None, message="Slurm CANCELLED")),
+])
+def test_the_jobs_status_file_corrects_accounting(tmp_path, sacct, said, expect):
+    import asyncio
+    from cmflow.hosts import Host
+    from cmflow.slurmspec import SlurmSpec
+    from cmflow.transport import JobSpec
+    from cmflow.transport.slurm_jobs import JobsTransport, _Job, _status_path
+
+    t = JobsTransport(Host("batch", "batch", slurm=SlurmSpec(submit="jobs")), "cmflow-x")
+    spec = JobSpec(1, "true", tmp_path / "1.1.out", tmp_path / "1.1.err", timeout=10)
+    if said is not None:
+        _status_path(spec).write_text(said + "\n")
+    loop = asyncio.new_event_loop()
+    job = _Job(spec, loop.create_future(), id="7", submitted=time.time())
+    loop.close()
+    o = t._outcome(job, *sacct, "2026-01-01T00:00:00", "2026-01-01T00:00:12", "n3")
+    for k, v in expect.items():
+        got = getattr(o, k)
+        assert (v in got) if k == "message" else got == v, (k, got)
+    assert not _status_path(spec).exists() or sacct[0] == "CANCELLED"
+
+
+@pytest.mark.parametrize("command, timeout, status, killed_by", [
+    ("echo hi; exit 3", None, 3, 0),
+    ("kill -KILL $$", None, 137, 9),          # the command's signal becomes the batch script's
+    ("exec sleep 30", 0.2, 124, 0),           # `timeout` ended it
+])
+def test_batch_script_writes_the_status_and_keeps_a_signal(tmp_path, command, timeout, status, killed_by):
+    """The batch script job mode submits, run here by sh as slurmstepd would (no Slurm needed)."""
+    from cmflow.hosts import Host
+    from cmflow.slurmspec import SlurmSpec
+    from cmflow.transport import JobSpec
+    from cmflow.transport.slurm_jobs import JobsTransport, _Job, _status_path
+
+    t = JobsTransport(Host("batch", "batch", slurm=SlurmSpec(submit="jobs")), "cmflow-x")
+    spec = JobSpec(1, command, tmp_path / "1.1.out", tmp_path / "1.1.err", timeout=timeout)
+    script = tmp_path / "batch.sh"
+    script.write_text(t._script([_Job(spec, None)]))
+    r = subprocess.run(["sh", str(script)], timeout=30)
+    assert r.returncode == (-killed_by if killed_by else status)
+    assert _status_path(spec).read_text() == f"{status}\n"
+    assert not list(tmp_path.glob("*.tmp"))

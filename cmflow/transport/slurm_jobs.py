@@ -157,7 +157,8 @@ class JobsTransport:
                  'case "${SLURM_ARRAY_TASK_ID:-0}" in']
         for i, j in enumerate(batch):
             lines.append(f"{i}) o={shlex.quote(str(j.spec.stdout.resolve()))} "
-                         f"e={shlex.quote(str(j.spec.stderr.resolve()))} c={shlex.quote(j.spec.command)} ;;")
+                         f"e={shlex.quote(str(j.spec.stderr.resolve()))} "
+                         f"s={shlex.quote(str(_status_path(j.spec).resolve()))} c={shlex.quote(j.spec.command)} ;;")
         lines += ["*) exit 99 ;;", "esac", 'exec </dev/null >"$o" 2>"$e"']
         lines += [f"export {k}={shlex.quote(v)}" for k, v in self.host.env]
         if self.host.workdir:
@@ -166,9 +167,16 @@ class JobsTransport:
             lines.append(f"cd {target} || {{ echo 'cmflow: cannot cd to {wd}' >&2; exit 97; }}")
         t = batch[0].spec.timeout
         if t is not None:
-            lines.append(f'exec timeout -k {TIMEOUT_GRACE} {max(t, 0.001):g} sh -c "$c"')
+            lines.append(f'timeout -k {TIMEOUT_GRACE} {max(t, 0.001):g} sh -c "$c"')
         else:
-            lines.append('exec sh -c "$c"')
+            lines.append('sh -c "$c"')
+        # The command's exit status, as the job itself saw it, written whole (temp + rename):
+        # sacct reads slurmdbd, which has been seen to say COMPLETED 0:0 for a job `timeout`
+        # ended with 124. A command killed by a signal is killed again here with the same signal,
+        # so Slurm records the signal as it would have with `exec`.
+        lines += ['r=$?', 'printf "%s\\n" "$r" >"$s.tmp" && mv -f "$s.tmp" "$s"',
+                  'if [ "$r" -gt 128 ] && [ "$r" -lt 160 ]; then ulimit -c 0; trap - $((r-128)); kill -$((r-128)) $$; fi',
+                  'exit "$r"']
         return "\n".join(lines) + "\n"
 
     async def _submit(self, batch: list[_Job]) -> bool:
@@ -276,6 +284,14 @@ class JobsTransport:
         status, _, sig = code.partition(":")
         exit_status = int(status) if status.isdigit() else None
         signal = int(sig) if sig.isdigit() else 0
+        said = _read_status(job.spec)
+        if said is not None and state in ("COMPLETED", "FAILED"):
+            # the job's own word on how its command ended wins over accounting's
+            if said > 128 and (signal or exit_status == 0):
+                exit_status, signal, state = None, said - 128, "FAILED"
+            else:
+                exit_status, signal = said, 0
+                state = "COMPLETED" if said == 0 else "FAILED"
         out, err = _settle(job.spec.stdout), _settle(job.spec.stderr)
         ref = f"{job.id}@{node}" if node and node not in ("None", "(null)") else job.id
         base = dict(start=t0, end=t1, stdout_bytes=out, stderr_bytes=err, ref=ref)
@@ -284,7 +300,8 @@ class JobsTransport:
             return Outcome(exit_status or 0, **base)
         if state == "FAILED":
             # `timeout` exits 124 when it had to stop the command
-            if t is not None and exit_status == 124 and t1 - t0 >= t - 1:
+            # (124: TERM sufficed; KILL after the grace shows as signal 9 or 137)
+            if t is not None and (exit_status in (124, 137) or signal == 9) and t1 - t0 >= t - 1:
                 return Outcome(None, 9, timed_out=True, **base)
             if exit_status == 0 and signal:
                 return Outcome(None, signal, **base)
@@ -337,6 +354,23 @@ def _epoch(stamp: str) -> float | None:
         return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S"))
     except ValueError:
         return None
+
+
+def _status_path(spec: JobSpec) -> Path:
+    return spec.stdout.with_name(spec.stdout.name.removesuffix(".out") + ".status")
+
+
+def _read_status(spec: JobSpec) -> int | None:
+    """The exit status the batch script wrote for its command (None: it never got there,
+    e.g. Slurm killed it); the file is removed, it was only for us."""
+    path = _status_path(spec)
+    try:
+        text = path.read_text()
+        os.unlink(path)
+    except OSError:
+        return None
+    text = text.strip()
+    return int(text) if text.isdigit() else None
 
 
 def _settle(path: Path) -> int:
