@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -34,10 +35,54 @@ from sshhosts import SshdHosts, have_sshd
 HOSTS, SLOTS = 4, 4
 
 
-def timed(cmd: str, cwd: Path, groups: dict[str, Path] | None) -> tuple[float, int, float]:
-    """Wall seconds, peak RSS (KB) of the largest process of `cmd`, and the CPU seconds of both ends."""
+# what each process of the two cgroups is, by its name: client side, then server side
+ROLES = {("client", "python3"): "cmflow", ("client", "ssh"): "ssh", ("server", "sshd"): "sshd",
+         ("server", "python3"): "slot servers", ("server", "head"): "jobs (head)"}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+class Split:
+    """CPU seconds per role, from /proc/PID/stat of every process in the groups, sampled every 20 ms
+    (a process's last moments before it exits are missed: the rest of the groups' total is 'other')."""
+
+    def __init__(self, groups: dict[str, Path]):
+        self.groups = groups
+        self.seen: dict[int, tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.02):
+            self.sample()
+
+    def sample(self) -> None:
+        for side, g in self.groups.items():
+            for pid in (g / "cgroup.procs").read_text().split():
+                try:
+                    stat = Path(f"/proc/{pid}/stat").read_text()
+                except OSError:
+                    continue
+                comm = stat[stat.index("(") + 1:stat.rindex(")")]
+                f = stat[stat.rindex(")") + 2:].split()
+                self.seen[int(pid)] = (ROLES.get((side, comm), "other"), (int(f[11]) + int(f[12])) / TICK)
+
+    def finish(self, total: float) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        roles: dict[str, float] = {}
+        for role, cpu in self.seen.values():
+            roles[role] = roles.get(role, 0.0) + cpu
+        roles["other"] = total - sum(v for k, v in roles.items() if k != "other")
+        return roles
+
+
+def timed(cmd: str, cwd: Path, groups: dict[str, Path] | None) -> tuple[float, int, float, dict[str, float]]:
+    """Wall seconds, peak RSS (KB) of the largest process of `cmd`, the CPU seconds of both ends, and
+    those split by role (cmflow, ssh, sshd, slot servers, jobs)."""
     rss_file = cwd / "rss"
     cpu0 = sum(cg_cpu(g) for g in (groups or {}).values())
+    split = Split(groups) if groups else None
 
     def join() -> None:
         if groups:
@@ -50,7 +95,8 @@ def timed(cmd: str, cwd: Path, groups: dict[str, Path] | None) -> tuple[float, i
     if r.returncode != 0:
         failed(cmd[:80], r.returncode, r.stderr)
     time.sleep(0.3)   # let sshd sessions finish their accounting
-    return wall, int(rss_file.read_text().split()[-1]), sum(cg_cpu(g) for g in (groups or {}).values()) - cpu0
+    cpu = sum(cg_cpu(g) for g in (groups or {}).values()) - cpu0
+    return wall, int(rss_file.read_text().split()[-1]), cpu, split.finish(cpu) if split else {}
 
 
 def main() -> None:
@@ -79,28 +125,44 @@ def main() -> None:
         ssh_runs, cm_runs = [], []
         for _ in range(a.reps):   # alternate, so both see the same machine
             ssh_runs.append(timed(plain, work, groups))
+            check(sorted(work.glob("out*")), jobs, size)
             for f in work.glob("out*"):
                 f.unlink()
             shutil.rmtree(work / "run", ignore_errors=True)
             cm_runs.append(timed(cm_cmd, work, groups))
+            check(sorted((work / "run" / "jobs").glob("*.out")), jobs, size)
             shutil.rmtree(work / "run", ignore_errors=True)
+            print(f"  rep {len(cm_runs)}: plain {ssh_runs[-1][0]:.2f} s, cmflow {cm_runs[-1][0]:.2f} s,"
+                  f" load average {os.getloadavg()[0]:.1f}", flush=True)
     finally:
         hosts.stop()
         shutil.rmtree(base, ignore_errors=True)
     total_mb = jobs * a.mb
-    s = statistics.median(w for w, _, _ in ssh_runs)
-    c = statistics.median(w for w, _, _ in cm_runs)
-    s_cpu = statistics.median(u for _, _, u in ssh_runs)
-    c_cpu = statistics.median(u for _, _, u in cm_runs)
+    s = statistics.median(w for w, _, _, _ in ssh_runs)
+    c = statistics.median(w for w, _, _, _ in cm_runs)
+    s_cpu = statistics.median(u for _, _, u, _ in ssh_runs)
+    c_cpu = statistics.median(u for _, _, u, _ in cm_runs)
     print(f"{jobs} jobs x {a.mb} MB stdout over {HOSTS} loopback sshd hosts x {SLOTS} slots, {a.reps} reps (median):")
-    print(f"  plain ssh > file   {s:6.2f} s  {total_mb / s:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _, _ in ssh_runs)}"
+    print(f"  plain ssh > file   {s:6.2f} s  {total_mb / s:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _, _, _ in ssh_runs)}"
           f"   CPU {s_cpu:.2f} s")
-    print(f"  cmflow run         {c:6.2f} s  {total_mb / c:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _, _ in cm_runs)}"
-          f"   CPU {c_cpu:.2f} s   peak RSS {max(r for _, r, _ in cm_runs) / 1024:.0f} MB")
+    print(f"  cmflow run         {c:6.2f} s  {total_mb / c:7.1f} MB/s   walls {', '.join(f'{w:.2f}' for w, _, _, _ in cm_runs)}"
+          f"   CPU {c_cpu:.2f} s   peak RSS {max(r for _, r, _, _ in cm_runs) / 1024:.0f} MB")
     print(f"ratio cmflow / plain ssh: {s / c:.2f}x  (target >= 0.8x, RSS <= 100 MB)")
     if groups:
         print(f"CPU ratio (both ends, ssh and sshd included): {s_cpu / c_cpu:.2f}x"
               f"   load average {os.getloadavg()[0]:.1f}")
+        for name, runs in (("plain ssh", ssh_runs), ("cmflow", cm_runs)):
+            order = [*ROLES.values(), "other"]
+            roles = sorted({r for *_, split in runs for r in split}, key=order.index)
+            print(f"  CPU-s by process, {name:<9} (median): " + ", ".join(
+                f"{r} {statistics.median(split.get(r, 0.0) for *_, split in runs):.2f}" for r in roles))
+
+
+def check(files: list[Path], jobs: int, size: int) -> None:
+    """Every job's output there, whole: a side that lost bytes has no time worth a ratio."""
+    sizes = [f.stat().st_size for f in files]
+    if len(sizes) != jobs or any(n != size for n in sizes):
+        failed("a side's outputs", 1, f"expected {jobs} files of {size} bytes, found sizes {sizes}")
 
 
 if __name__ == "__main__":

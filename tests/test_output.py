@@ -1,9 +1,13 @@
 """Output of any size streams to its files; a large stdout is stored once (value = a reference to it)."""
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import struct
 import textwrap
 
+import pytest
 from conftest import cmflow
 from test_processes import inventory  # noqa: F401  (the local/ssh fixture)
 
@@ -61,10 +65,38 @@ def test_stdout_and_stderr_in_pieces_of_every_size_arrive_exact(inventory, tmp_p
     assert (tmp_path / "run" / "jobs" / "1.1.err").read_bytes() == err
 
 
-def test_frames_split_anywhere_reach_the_right_files(tmp_path):
-    """The controller's frame reader, fed the server's frames cut at every size: each output exact,
-    the status read, and what follows the end frame left for the next job."""
-    import asyncio
+def _pieces(data: bytes, rnd, bounds: list[int]) -> list[bytes]:
+    """`data` cut at a random step; for long data at random places plus every place near a frame boundary."""
+    step = rnd.choice((1, 3, 5, 7, 4096, 100000))
+    if len(data) // step <= 3000:
+        cuts = set(range(0, len(data), step))
+    else:
+        cuts = {rnd.randrange(len(data)) for _ in range(300)}
+        cuts |= {b + d for b in bounds for d in range(-6, 7) if 0 <= b + d < len(data)}
+    cuts = sorted(cuts | {0})
+    return [data[a:b] for a, b in zip(cuts, cuts[1:] + [len(data)])]
+
+
+async def _feed(fd: int, pieces: list[bytes], close: bool = False) -> None:
+    """Write each piece into the pipe only once the reader has taken everything before it, so the
+    reader sees the pieces one by one (no timing involved: the writer waits for an empty pipe)."""
+    import fcntl
+    import termios
+
+    for piece in pieces:
+        while struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]:
+            await asyncio.sleep(0)
+        view = memoryview(piece)
+        while view:
+            try:
+                view = view[os.write(fd, view):]
+            except BlockingIOError:
+                await asyncio.sleep(0)
+    if close:
+        os.close(fd)
+
+
+def _frames_fuzz(tmp_path, trials: int) -> None:
     import random
 
     from cmflow.transport.output import StreamedOutput
@@ -72,27 +104,126 @@ def test_frames_split_anywhere_reach_the_right_files(tmp_path):
 
     async def one(trial: int) -> None:
         rnd = random.Random(trial)
-        reader = asyncio.StreamReader()
         want = {b"O": b"", b"E": b""}
-        data = b""
+        data, bounds = b"", []
         for _ in range(rnd.randint(0, 6)):
             kind = rnd.choice((b"O", b"E"))
-            payload = bytes([rnd.randint(0, 255)]) * rnd.choice((0, 1, 5, 300, 70000))
+            payload = bytes([rnd.randint(0, 255)]) * rnd.choice((0, 1, 5, 300, 70000, 300000))
             data += HDR.pack(kind, len(payload)) + payload
+            bounds.append(len(data))
             want[kind] += payload
         data += HDR.pack(b"X", 2) + b"-9" + HDR.pack(b"O", 3) + b"nxt"
-        for i in range(0, len(data), step := rnd.choice((1, 3, 5, 7, 4096, 100000))):
-            reader.feed_data(data[i:i + step])
-        frames = Frames(reader)
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        frames = Frames(r)
         out, err = StreamedOutput(tmp_path / f"{trial}.out"), StreamedOutput(tmp_path / f"{trial}.err")
-        assert await frames.job(out, err) == -9
-        out.close(), err.close()
-        for kind, path in ((b"O", out.path), (b"E", err.path)):
-            assert (path.read_bytes() if path.exists() else b"") == want[kind], trial
-        assert await frames.next() == (b"O", b"nxt")
+        try:
+            feeder = asyncio.ensure_future(_feed(w, _pieces(data, rnd, bounds)))
+            assert await frames.job(out, err) == -9
+            out.close(), err.close()
+            for kind, path in ((b"O", out.path), (b"E", err.path)):
+                assert (path.read_bytes() if path.exists() else b"") == want[kind], trial
+            assert await frames.next() == (b"O", b"nxt")
+            await feeder
+        finally:
+            frames.close()
+            os.close(w)
 
     async def main() -> None:
-        for trial in range(120):
+        for trial in range(trials):
             await one(trial)
 
     asyncio.run(main())
+
+
+def test_frames_split_anywhere_reach_the_right_files(tmp_path):
+    """The controller's frame reader, fed the server's frames through a pipe cut at every size:
+    each output exact (copied from what was read, spliced from the pipe for the rest), the status
+    read, and what follows the end frame left for the next job."""
+    _frames_fuzz(tmp_path, 120)
+
+
+def test_frames_split_anywhere_without_splice(tmp_path, monkeypatch):
+    """The same where splice cannot be used (no os.splice, or a file system without it): read and write."""
+    from cmflow.transport import output
+
+    monkeypatch.setattr(output, "_splice", False)
+    _frames_fuzz(tmp_path, 60)
+
+
+def test_a_frame_larger_than_any_pipe_arrives_whole(tmp_path):
+    """One 40 MiB output frame (many pipe-fulls, splice moving what each holds) and a stderr frame after it."""
+    from cmflow.transport.output import StreamedOutput
+    from cmflow.transport.slots import HDR, Frames
+
+    big = bytes(range(256)) * (40 * 4096)
+
+    async def main() -> None:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        frames = Frames(r)
+        out, err = StreamedOutput(tmp_path / "o"), StreamedOutput(tmp_path / "e")
+        try:
+            data = HDR.pack(b"O", len(big)) + big + HDR.pack(b"E", 4) + b"warn" + HDR.pack(b"X", 1) + b"0"
+            feeder = asyncio.ensure_future(_feed(w, [data[i:i + 777_777] for i in range(0, len(data), 777_777)]))
+            assert await frames.job(out, err) == 0
+            await feeder
+        finally:
+            frames.close()
+            os.close(w)
+        assert out.close() == len(big) and err.close() == 4
+
+    asyncio.run(main())
+    assert (tmp_path / "o").read_bytes() == big
+    assert (tmp_path / "e").read_bytes() == b"warn"
+
+
+@pytest.mark.parametrize("cut", ["header", "payload", "read payload", "end frame"])
+def test_eof_inside_a_frame_is_a_lost_connection(tmp_path, cut):
+    """The server's stdout closing before a job's end frame is complete (its session died) is an
+    IncompleteReadError, which the slot turns into a lost connection: never a short, silent success."""
+    from cmflow.transport.output import StreamedOutput
+    from cmflow.transport.slots import HDR, Frames
+
+    data = {"header": HDR.pack(b"O", 10)[:3],
+            "payload": HDR.pack(b"O", 200_000) + b"x" * 1000,
+            "read payload": HDR.pack(b"E", 10) + b"abc",
+            "end frame": HDR.pack(b"O", 2) + b"hi" + HDR.pack(b"X", 3) + b"1"}[cut]
+
+    async def main() -> None:
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        frames = Frames(r)
+        out, err = StreamedOutput(tmp_path / "o"), StreamedOutput(tmp_path / "e")
+        try:
+            feeder = asyncio.ensure_future(_feed(w, [data], close=True))
+            with pytest.raises(asyncio.IncompleteReadError):
+                await frames.job(out, err)
+            await feeder
+        finally:
+            frames.close()
+            out.close(), err.close()
+
+    asyncio.run(main())
+
+
+def test_a_slot_server_dying_in_a_big_output_fails_the_attempt_as_a_lost_connection(tmp_path):
+    """A real local slot server killed while it relays a big output: the job's attempt is a lost
+    connection (retried elsewhere by the executor), not a job that ended well with half its output."""
+    from cmflow.hosts import Host
+    from cmflow.transport import JobSpec
+    from cmflow.transport.local import LocalTransport
+
+    async def main():
+        t = LocalTransport(Host("here", "localhost", slots=1, local=True))
+        try:
+            # the job's parent is its slot server: the job kills it once its output is under way
+            spec = JobSpec(seq=1, command="head -c 3000000 /dev/zero; exec kill -9 $PPID",
+                           stdout=tmp_path / "o", stderr=tmp_path / "e")
+            return await t.run(spec)
+        finally:
+            await t.aclose()
+
+    outcome = asyncio.run(main())
+    assert outcome.connection_failed, outcome
+    assert outcome.exit_status is None

@@ -14,16 +14,14 @@ import asyncio
 import sys
 from typing import Any
 
-from . import ConnectionLost, procs
-from .slots import SlotTransport, boot_argv
+from . import ConnectionLost
+from .slots import SlotTransport, boot_argv, spawn_slot
 
 
 class LocalTransport(SlotTransport):
-    async def _start(self) -> tuple[asyncio.subprocess.Process, Any]:
+    async def _start(self) -> tuple[asyncio.subprocess.Process, int, Any]:
         try:
-            proc = await procs.spawn(
-                *boot_argv(sys.executable), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+            proc, out_fd = await spawn_slot(*boot_argv(sys.executable))
         except OSError as e:
             raise ConnectionLost(f"cannot start a slot server ({sys.executable}): {e.strerror}") from None
-        return proc, None
+        return proc, out_fd, None

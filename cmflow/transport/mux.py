@@ -125,7 +125,8 @@ class Session:
     The command's stdin, stdout and stderr are pipes whose far ends were handed to the master
     (SCM_RIGHTS, as the ssh client does). Closing the control socket ends the session: the master
     closes the channel, so the remote side sees its stdin close, as when a mux client is killed.
-    Offers what the slot code uses of asyncio's Process: stdin, stdout, stderr, returncode, wait(), kill().
+    Offers what the slot code uses of asyncio's Process: stdin, stderr, returncode, wait(), kill(); the
+    command's stdout is a raw pipe, taken by the slot (take_stdout: see slots.Frames).
     """
 
     def __init__(self, sock: socket.socket, loop: asyncio.AbstractEventLoop):
@@ -134,7 +135,7 @@ class Session:
         self.pid = None
         self.returncode: int | None = None
         self.stdin: asyncio.StreamWriter | None = None
-        self.stdout: asyncio.StreamReader | None = None
+        self._stdout = -1                  # the read end of the command's stdout, until taken
         self.stderr: asyncio.StreamReader | None = None
         self._buf = b""
         self._ended: asyncio.Future[int] = loop.create_future()
@@ -171,6 +172,11 @@ class Session:
         self._sock.close()
         if not self._ended.done():
             self._ended.set_result(self.returncode)
+
+    def take_stdout(self) -> int:
+        """The read end of the command's stdout as a raw descriptor; the caller closes it."""
+        fd, self._stdout = self._stdout, -1
+        return fd
 
     async def wait(self) -> int:
         return await asyncio.shield(self._ended)
@@ -232,8 +238,8 @@ async def open_session(path: str, command: str, limit: int = 1 << 16, timeout: f
                 raise MuxError("session refused: " + rest[8:8 + n].decode("utf-8", "replace"))
             else:
                 raise MuxError(f"unexpected mux message {kind:#x}")
-        ours.remove(out_r)          # each descriptor from here on belongs to a pipe transport
-        session.stdout = await _reader(loop, out_r, limit)
+        ours.remove(out_r)          # each descriptor from here on belongs to the session
+        session._stdout = out_r
         ours.remove(err_r)
         session.stderr = await _reader(loop, err_r, limit)
         ours.remove(in_w)
@@ -243,6 +249,8 @@ async def open_session(path: str, command: str, limit: int = 1 << 16, timeout: f
     except BaseException as e:
         for fd in theirs + ours:
             os.close(fd)
+        if session._stdout >= 0:
+            os.close(session.take_stdout())
         sock.close()
         if isinstance(e, OSError):     # the master went away while we asked (or we ran out of descriptors)
             raise MuxError(f"control socket: {e.strerror or e}") from None

@@ -9,9 +9,9 @@ job. Filesystems without ``O_TMPFILE`` get a named file straight away
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
-from typing import BinaryIO
 
 
 class JobOutput:
@@ -84,30 +84,65 @@ class OutputFiles:
 
 
 class StreamedOutput:
-    """Output that arrives in chunks (over ssh): the file is created at the first byte."""
+    """Output that arrives in chunks (from a slot server): the file is created at the first byte.
 
-    __slots__ = ("path", "file", "size", "closed")
+    It is a raw descriptor, not a Python file: bytes already read are written with
+    ``os.write``, and the rest of a frame is moved from the slot's pipe into the file by
+    the kernel (``splice_from``), never becoming Python bytes.
+    """
+
+    __slots__ = ("path", "fd", "size", "closed")
 
     def __init__(self, path: Path):
         self.path = path
-        self.file: BinaryIO | None = None
+        self.fd = -1
         self.size = 0
         self.closed = False
 
-    def write(self, data: bytes) -> int:
-        if data:
-            if self.file is None:
-                self.file = open(self.path, "wb")
-            self.file.write(data)
-            self.size += len(data)
-        return len(data)
+    def _open(self) -> int:
+        if self.fd < 0:
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        return self.fd
+
+    def write(self, data: bytes | memoryview) -> int:
+        n = len(data)
+        if n:
+            fd = self._open()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            self.size += n
+        return n
+
+    def splice_from(self, pipe: int, n: int) -> int | None:
+        """Move up to `n` bytes from `pipe` (non-blocking) to the file in the kernel: how many (0 at
+        EOF); BlockingIOError when the pipe is empty; None where splice cannot be used (no
+        os.splice, or a filesystem without it): the caller then reads and writes."""
+        global _splice
+        if not _splice:
+            return None
+        fd = self._open()
+        try:
+            moved = os.splice(pipe, fd, min(n, SPLICE_MAX), flags=_SPLICE_FLAGS)
+        except OSError as e:
+            if e.errno in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                _splice = False    # e.g. a file system without splice_write: read and write, from now on
+                return None
+            raise
+        self.size += moved
+        return moved
 
     def close(self) -> int:
         """Finish the file; idempotent. Returns the size written."""
         if self.closed:
             return self.size
         self.closed = True
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
         return self.size
+
+
+SPLICE_MAX = 1 << 20     # bytes one splice call may move (a pipe holds at most pipe-max-size)
+_splice = hasattr(os, "splice")
+_SPLICE_FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if _splice else 0

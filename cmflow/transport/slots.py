@@ -15,6 +15,7 @@ frame; if the controller dies, the server notices its stdin close.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import marshal
 import os
@@ -26,7 +27,7 @@ from typing import Any
 
 from ..aio import within
 from ..hosts import Host
-from . import ConnectionLost, JobSpec, Outcome
+from . import ConnectionLost, JobSpec, Outcome, procs
 from .procs import kill as _kill, stderr_text
 from .output import StreamedOutput
 
@@ -37,6 +38,21 @@ BOOT = ("import os\nb=b''\nwhile len(b)<{n}:\n c=os.read(0,{n}-len(b))\n if not 
         "exec(compile(b,'cmflow-slot-server','exec'))").format(n=len(SERVER_CODE))
 KILL_GRACE = float(os.environ.get("CMFLOW_KILL_GRACE", "2"))   # seconds between TERM and KILL
 CLOSE_WAIT = 5.0             # seconds a server may take to exit once its stdin is closed
+
+
+async def spawn_slot(*argv: str) -> tuple[asyncio.subprocess.Process, int]:
+    """Start a slot's process (procs.spawn: its own session): stdin and stderr asyncio pipes, stdout
+    a pipe of ours whose read end is returned raw (see SlotTransport._start)."""
+    out_r, out_w = os.pipe()
+    try:
+        proc = await procs.spawn(*argv, stdin=asyncio.subprocess.PIPE, stdout=out_w,
+                                 stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+    except BaseException:
+        os.close(out_r)
+        raise
+    finally:
+        os.close(out_w)
+    return proc, out_r
 
 
 def boot_argv(python: str) -> list[str]:
@@ -50,58 +66,105 @@ def message(kind: bytes, value: Any) -> bytes:
 
 
 class Frames:
-    """The frames of one slot server's stdout, parsed out of whole reads.
+    """The frames of one slot server's stdout, read from the raw pipe (no asyncio StreamReader).
 
-    One ``read`` brings every frame that has arrived (a job's end is usually one
-    5-byte frame), instead of two ``readexactly`` per frame. What was read but
-    not yet taken stays here, so a reader cancelled between reads (a timeout,
-    halt) loses nothing and the next reader goes on where it stopped.
+    Small frames (a job's end, a short job's output) come in whole reads: one read brings
+    every frame that has arrived. The payload of a big output frame is moved from the pipe
+    straight into the output file by the kernel (``StreamedOutput.splice_from``): it never
+    becomes Python bytes, and the pipe is waited on only when it is empty. Once output
+    flows in big frames, headers are read on their own (5 bytes), so that the payload
+    behind them stays in the pipe for splice.
+
+    What was read but not yet taken stays here, so a reader cancelled while it waits (a
+    timeout, halt) loses nothing and the next reader goes on where it stopped.
     """
 
-    __slots__ = ("reader", "buf", "pos", "kind", "left")
+    __slots__ = ("fd", "buf", "pos", "kind", "left", "bulk", "grown")
 
-    def __init__(self, reader: asyncio.StreamReader):
-        self.reader = reader
+    def __init__(self, fd: int):
+        os.set_blocking(fd, False)
+        self.fd = fd
         self.buf = b""
         self.pos = 0
         self.kind = b""      # the output frame being copied (O or E) ...
         self.left = 0        # ... and how many of its bytes are still to come
+        self.bulk = False    # a payload outlasted what was read: read headers alone
+        self.grown = False   # the pipe was enlarged for a big output
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(self.fd, _wake, ready)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+
+    async def _more(self, n: int) -> None:
+        """Add up to `n` bytes from the pipe to what is unread; at EOF IncompleteReadError."""
+        while True:
+            try:
+                chunk = os.read(self.fd, n)
+            except (BlockingIOError, InterruptedError):
+                await self._readable()
+                continue
+            if not chunk:
+                raise asyncio.IncompleteReadError(self.buf[self.pos:], None)
+            self.buf, self.pos = self.buf[self.pos:] + chunk, 0
+            return
+
+    def _want(self, need: int) -> int:
+        """How much to read when `need` more bytes complete the frame at hand."""
+        return need if self.bulk else max(need, READ_SIZE)
 
     async def next(self) -> tuple[bytes, bytes]:
         while True:
             buf, pos = self.buf, self.pos
-            if len(buf) - pos >= HDR.size:
+            need = HDR.size - (len(buf) - pos)
+            if need <= 0:
                 kind, n = HDR.unpack_from(buf, pos)
                 end = pos + HDR.size + n
                 if len(buf) >= end:
                     self.pos = end
                     return kind, buf[pos + HDR.size:end]
-            chunk = await self.reader.read(1 << 20)
-            if not chunk:
-                raise asyncio.IncompleteReadError(buf[pos:], None)
-            self.buf, self.pos = buf[pos:] + chunk, 0
+                need = end - len(buf)
+            await self._more(self._want(need))
 
     async def job(self, out: StreamedOutput, err: StreamedOutput) -> int:
-        """Copy a job's output frames to its files; return its status from the end frame.
-
-        An output frame's bytes go to the file as they come, never gathered first: a frame of
-        256 KiB arriving in 16 KiB reads would otherwise be copied again with every read.
-        """
+        """Copy a job's output frames to its files; return its status from the end frame."""
         while True:
             if self.left:
+                dest = out if self.kind == b"O" else err
                 buf, pos = self.buf, self.pos
                 if pos < len(buf):
                     k = min(len(buf) - pos, self.left)
-                    (out if self.kind == b"O" else err).write(memoryview(buf)[pos:pos + k])
+                    dest.write(memoryview(buf)[pos:pos + k])
                     self.pos, self.left = pos + k, self.left - k
                     continue
-                chunk = await self.reader.read(1 << 20)
-                if not chunk:
+                # what was read is used up: the rest of the payload goes from the pipe to the file
+                self.bulk = True
+                if not self.grown:
+                    self._grow()
+                try:
+                    k = dest.splice_from(self.fd, self.left)
+                except (BlockingIOError, InterruptedError):
+                    await self._readable()
+                    continue
+                if k is None:          # no splice here: read and write
+                    await self._more(min(self.left, READ_SIZE))
+                    continue
+                if not k:
                     raise asyncio.IncompleteReadError(b"", None)
-                self.buf, self.pos = chunk, 0
+                self.left -= k
                 continue
             buf, pos = self.buf, self.pos
-            if len(buf) - pos >= HDR.size:
+            need = HDR.size - (len(buf) - pos)
+            if need <= 0:
                 kind, n = HDR.unpack_from(buf, pos)
                 if kind == b"O" or kind == b"E":
                     self.kind, self.left, self.pos = kind, n, pos + HDR.size
@@ -109,13 +172,37 @@ class Frames:
                 end = pos + HDR.size + n
                 if len(buf) >= end:
                     self.pos = end
+                    self.bulk = False
                     if kind == b"X":
                         return int(buf[pos + HDR.size:end])
                     raise ConnectionLost(f"unexpected frame {kind!r} from the slot server")
-            chunk = await self.reader.read(1 << 20)
-            if not chunk:
-                raise asyncio.IncompleteReadError(buf[pos:], None)
-            self.buf, self.pos = buf[pos:] + chunk, 0
+                need = end - len(buf)
+            await self._more(self._want(need))
+
+    def _grow(self) -> None:
+        """A big output flows through this pipe: enlarge it (fewer wake-ups here and for the
+        writer, ssh), for a bounded number of pipes: a user's pipe memory past
+        /proc/sys/fs/pipe-user-pages-soft would shrink every new pipe of theirs to one page."""
+        global _grown
+        self.grown = True
+        if _grown < GROW_PIPES:
+            try:
+                fcntl.fcntl(self.fd, F_SETPIPE_SZ, GROWN_PIPE_SIZE)
+                _grown += 1
+            except OSError:
+                pass    # over pipe-max-size or the user's limit: the pipe keeps its size
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
+
+
+READ_SIZE = 1 << 16          # a read of small frames
+F_SETPIPE_SZ = 1031
+GROWN_PIPE_SIZE = int(os.environ.get("CMFLOW_PIPE_SIZE", 1 << 20))
+GROW_PIPES = 32              # at most this many pipes enlarged per cmflow process (32 MiB)
+_grown = 0
 
 
 @dataclass(eq=False)
@@ -143,8 +230,13 @@ class SlotTransport:
                                       "grace": KILL_GRACE, "tell": list(self.tell)})
 
     # ---------------------------------------------------------- for subclasses
-    async def _start(self) -> tuple[asyncio.subprocess.Process, Any]:
-        """Start a process whose stdin/stdout reach a fresh slot server (own session, three pipes)."""
+    async def _start(self) -> tuple[asyncio.subprocess.Process, int, Any]:
+        """Start a process whose stdin/stdout reach a fresh slot server (own session, three pipes).
+
+        Returns the process (its stdin a StreamWriter, its stderr a StreamReader), the read end of
+        the server's stdout as a raw descriptor, which the slot owns from then on (Frames reads it
+        and splices output from it; `spawn_slot` makes one), and the transport's tag.
+        """
         raise NotImplementedError
 
     def _start_failed(self, stderr: str, tag: Any) -> str:
@@ -166,11 +258,11 @@ class SlotTransport:
 
     # ------------------------------------------------------------------ slots
     async def _open_slot(self) -> Slot:
-        proc, tag = await self._start()
+        proc, out_fd, tag = await self._start()
+        frames = Frames(out_fd)
         try:
-            assert proc.stdin and proc.stdout
+            assert proc.stdin
             proc.stdin.write(SERVER_CODE + self._config)
-            frames = Frames(proc.stdout)
             try:
                 kind, payload = await within(frames.next(), self.start_timeout)
             except (asyncio.IncompleteReadError, ConnectionError, asyncio.TimeoutError):
@@ -179,6 +271,7 @@ class SlotTransport:
                 err = await _drain(proc)
                 raise ConnectionLost(self._start_failed(err, tag))
         except BaseException:
+            frames.close()
             self._unopened(tag)
             if proc.returncode is None:
                 await asyncio.shield(_kill(proc))
@@ -191,7 +284,11 @@ class SlotTransport:
 
     async def _discard(self, slot: Slot) -> None:
         self._all.discard(slot)
-        await _close(slot.proc)
+        try:
+            await _close(slot.proc)
+        finally:
+            if slot.frames is not None:
+                slot.frames.close()
 
     # ------------------------------------------------------------------ jobs
     async def run(self, spec: JobSpec) -> Outcome:

@@ -36,7 +36,7 @@ from ..errors import CmflowError
 from ..hosts import Host, Inventory
 from . import ConnectionLost, JobSpec, Outcome, procs
 from .procs import kill as _kill
-from .slots import Slot, SlotTransport, boot_argv
+from .slots import Slot, SlotTransport, boot_argv, spawn_slot
 
 CMD_TIMEOUT = 60.0        # a Slurm client call that takes longer is treated as failed
 PILOT_POLL = 60.0         # seconds between checks that the pilot allocation still runs
@@ -333,7 +333,7 @@ class StepTransport(SlotTransport):
         self.alloc = alloc
         self.node = node
 
-    async def _start(self) -> tuple[asyncio.subprocess.Process, Any]:
+    async def _start(self) -> tuple[asyncio.subprocess.Process, int, Any]:
         # --overlap: the batch step of an sbatch allocation holds its node's CPUs, and a
         # step that asked for memory exclusively would make the next one wait.
         # --unbuffered: slurmstepd otherwise holds a task's output until a newline, and
@@ -342,11 +342,10 @@ class StepTransport(SlotTransport):
         argv = ["srun", f"--jobid={self.alloc.job_id}", "--overlap", "-N1", "-n1", "-w", self.node, "--quiet",
                 "--unbuffered", f"--job-name={self.host.name}", *boot_argv("python3")]
         try:
-            proc = await procs.spawn(*argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                     stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+            proc, out_fd = await spawn_slot(*argv)
         except FileNotFoundError:
             raise ConnectionLost("`srun` is not installed here") from None
-        return proc, None
+        return proc, out_fd, None
 
     def _start_failed(self, stderr: str, tag: Any) -> str:
         text = stderr.strip()

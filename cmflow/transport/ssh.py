@@ -170,7 +170,7 @@ class SshTransport(SlotTransport):
             raise ConnectionLost(classify_ssh_error(err.decode("utf-8", "replace"), self.host))
 
     # ------------------------------------------------------------------ slots
-    async def _start(self) -> tuple[Any, Any]:
+    async def _start(self) -> tuple[Any, int, Any]:
         """A slot's session: the first of a connection is its master's own (see _start_leader);
         the others are asked of the master over its control socket (mux.py), as an ``ssh -S``
         client would, without that client's process (exec, config parsing, ~1 MB per slot)."""
@@ -184,7 +184,8 @@ class SshTransport(SlotTransport):
                     return await self._start_leader(index)
                 path = await self._master(index)
                 try:
-                    return await mux.open_session(path, REMOTE_COMMAND, limit=1 << 20), (index, path, None)
+                    session = await mux.open_session(path, REMOTE_COMMAND, limit=1 << 20)
+                    return session, session.take_stdout(), (index, path, None)
                 except mux.MuxError as e:
                     # the master is gone (its connection died, or it outlived ControlPersist with no
                     # session): a new connection, once; a second failure is the host's
@@ -195,7 +196,7 @@ class SshTransport(SlotTransport):
             self._sessions[index] -= 1
             raise
 
-    async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, Any]:
+    async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, int, Any]:
         """Open a connection whose first session is this slot's, as pssh opens one ssh per host.
 
         With ControlMaster=yes and ControlPersist, ssh authenticates, forks the master to the
@@ -212,16 +213,23 @@ class SshTransport(SlotTransport):
                 if gate is not None:
                     await gate.acquire()
                     leader.held.append(gate)
-            proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
-                                 "-o", f"ControlPersist={CONTROL_PERSIST}", "--", self.host.hostname,
-                                 REMOTE_COMMAND],
-                                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+            out_r, out_w = os.pipe()      # the session's stdout: a raw pipe for the slot (see slots.Frames)
+            try:
+                proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                                     "-o", f"ControlPersist={CONTROL_PERSIST}", "--", self.host.hostname,
+                                     REMOTE_COMMAND],
+                                    stdin=asyncio.subprocess.PIPE, stdout=out_w,
+                                    stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+            except BaseException:
+                os.close(out_r)
+                raise
+            finally:
+                os.close(out_w)
         except BaseException as e:
             _release(leader)
             _fail(leader.done, e)
             raise
-        return proc, (index, path, leader)
+        return proc, out_r, (index, path, leader)
 
     def _opened(self, tag: Any) -> None:
         leader = tag[2]
