@@ -19,8 +19,10 @@ from typing import Any, TextIO
 
 from .errors import UsageError
 from .flushing import flush_soon, forget
+from .jsonfmt import boolean as _b, value as _v
 
 EVENTS = "events.jsonl"
+_DUMPS = json.dumps
 STATES = ("waiting", "staging", "running", "fetching", "done", "failed")
 
 
@@ -42,8 +44,16 @@ class StatusLog:
         if not self._f.closed:
             self._f.flush()
 
+    def _line(self, line: str) -> None:
+        if not self._f.closed:
+            self._f.write(line)
+            flush_soon(self)
+
+    # the two lines of every job: json.dumps of the dict _write would write, formatted directly (jsonfmt.py)
     def job_started(self, job: Any, host: str, attempt: int) -> None:
-        self._write({"e": "start", "job": job.id, "host": host, "attempt": attempt, "files": bool(job.files)})
+        self._line(f'{{"e": "start", "job": {_v(job.id, _DUMPS)}, "host": {_v(host, _DUMPS)}, '
+                   f'"attempt": {_v(attempt, _DUMPS)}, "files": {"true" if job.files else "false"}, '
+                   f'"t": {_v(round(time.time(), 3), _DUMPS)}}}\n')
 
     def job_cached(self, job: Any) -> None:
         self._write({"e": "cached", "job": job.id, "label": job.label})
@@ -53,9 +63,11 @@ class StatusLog:
                      "sent": sent, "fetched": fetched})
 
     def job_ended(self, rec: Any, final: bool, ok: bool) -> None:
-        self._write({"e": "end", "job": rec.seq, "host": rec.host, "attempt": rec.attempt, "ok": ok,
-                     "final": final, "label": rec.label, "error": rec.error, "sent": rec.bytes_sent,
-                     "fetched": rec.bytes_fetched})
+        self._line(f'{{"e": "end", "job": {_v(rec.seq, _DUMPS)}, "host": {_v(rec.host, _DUMPS)}, '
+                   f'"attempt": {_v(rec.attempt, _DUMPS)}, "ok": {_b(ok, _DUMPS)}, "final": {_b(final, _DUMPS)}, '
+                   f'"label": {_v(rec.label, _DUMPS)}, "error": {_v(rec.error, _DUMPS)}, '
+                   f'"sent": {_v(rec.bytes_sent, _DUMPS)}, "fetched": {_v(rec.bytes_fetched, _DUMPS)}, '
+                   f'"t": {_v(round(time.time(), 3), _DUMPS)}}}\n')
 
     def host_down(self, host: str, reason: str) -> None:
         self._write({"e": "down", "host": host, "reason": reason})

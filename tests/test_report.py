@@ -96,6 +96,10 @@ def test_the_streamed_trace_is_the_reference_one_at_every_point_of_a_killed_run(
     from cmflow.report import write_trace
     from cmflow.report.trace import trace_lines
 
+    from cmflow.journal import read_journal
+    from cmflow.report import report_doc
+    from cmflow.report import data as report_data
+
     run = _run_with_failures(tmp_path)
     lines = (run / "journal.jsonl").read_text().splitlines(keepends=True)
     assert {"start", "end"} <= {json.loads(line)["ev"] for line in lines}
@@ -105,6 +109,14 @@ def test_the_streamed_trace_is_the_reference_one_at_every_point_of_a_killed_run(
         assert trace_lines(run) is not None
         write_trace(run)
         assert (run / "trace.tsv").read_text() == _reference_trace(run), n
+        # load_run leaves start lines undecoded unless no end follows: the page is the one every line
+        # decoded makes; a job that did not run has the plan's label
+        lazy = report_doc(report_data.load_run(run))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(report_data, "read_journal_lazily", read_journal)
+            assert report_doc(report_data.load_run(run)) == lazy, n
+        if n == 0:
+            assert sorted(row[1] for row in lazy["jobs"]) == ["bad", "flaky"] + [f"ok({i})" for i in range(1, 7)]
     # a journal two runs appended to (a reused --run-dir): the reference reader takes over, same rows
     (run / "journal.jsonl").write_text("".join(lines * 2))
     assert trace_lines(run) is None

@@ -19,7 +19,7 @@ from array import array
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..journal import JOURNAL, read_journal
+from ..journal import JOURNAL, read_journal_lazily, start_event
 from ..rundir import is_running, read_json
 from .data import CACHED, FAILED, OK, RUNNING
 
@@ -37,7 +37,7 @@ def _span(p: Any) -> str:
 class _Open:
     """A job whose last event is not its last word yet (a start, or an attempt that will be retried)."""
 
-    __slots__ = ("key", "state", "n", "ready0", "start0", "sent", "fetched", "last", "start_ev")
+    __slots__ = ("key", "state", "n", "ready0", "start0", "sent", "fetched", "last", "start_ev", "unread")
 
     def __init__(self) -> None:
         self.key = ""
@@ -47,6 +47,18 @@ class _Open:
         self.sent = self.fetched = 0                # summed over attempts
         self.last: tuple | None = None              # (host, start, end, out_bytes, exit, signal, phases)
         self.start_ev: dict[str, Any] | None = None   # the attempt in flight
+        self.unread: bytes | None = None      # its start line, not decoded yet (as load_run, see there)
+
+    def started(self, ev: dict[str, Any]) -> None:
+        self.key = ev.get("key", self.key)
+        self.start_ev = ev
+        self.state = RUNNING
+
+    def read_start(self) -> None:
+        ev = start_event(self.unread or b"")
+        self.unread = None
+        if ev is not None:
+            self.started(ev)
 
     def attempt(self, host: str, ready: float, start: float, end: float, out: int, exit_: Any, sig: int,
                 sent: int, fetched: int, phases: dict[str, Any]) -> None:
@@ -143,11 +155,15 @@ def _read_events(run_dir: Path, jobs: int, spill: _Spill) -> dict[int, _Open]:
     open_: dict[int, _Open] = {}
     done = bytearray(jobs + 1)
     last_end = 0.0             # the latest end of any attempt (one in flight counts as 0.0, as in load_run)
-    for ev in read_journal(run_dir / JOURNAL):
-        seq = ev.get("seq")
+    for ev in read_journal_lazily(run_dir / JOURNAL):
+        if type(ev) is tuple:
+            seq, raw = ev
+            kind = "start"
+        else:
+            seq = ev.get("seq")
+            kind = ev["ev"]
         if type(seq) is not int or not 0 < seq <= jobs:
             continue           # a deferred job (numbered after the plan's), or not a job's event
-        kind = ev["ev"]
         if kind not in ("start", "end", "cached"):
             continue
         if done[seq]:
@@ -155,11 +171,16 @@ def _read_events(run_dir: Path, jobs: int, spill: _Spill) -> dict[int, _Open]:
         job = open_.get(seq)
         if job is None:
             job = open_[seq] = _Open()
-        job.key = ev.get("key", job.key)
+        if job.unread is not None and (kind != "end" or "key" not in ev):
+            job.read_start()
         if kind == "start":
-            job.start_ev = ev
-            job.state = RUNNING
+            if type(ev) is tuple:
+                job.unread = raw
+            else:
+                job.started(ev)
             continue
+        job.unread = None
+        job.key = ev.get("key", job.key)
         if kind == "cached":
             job.state = CACHED
         else:
@@ -185,6 +206,9 @@ def _read_events(run_dir: Path, jobs: int, spill: _Spill) -> dict[int, _Open]:
         spill.put(seq, job.row())
         done[seq] = 1
         del open_[seq]
+    for job in open_.values():
+        if job.unread is not None:
+            job.read_start()
     # the attempts in flight end when the run ended (or now, if it still runs), as in load_run
     in_flight = [job for job in open_.values() if job.start_ev is not None]
     if in_flight:
