@@ -12,7 +12,7 @@ expect (an older plan.json, a journal reused by two runs): then it answers None.
 from __future__ import annotations
 
 import json
-import mmap
+import os
 import tempfile
 import time
 from array import array
@@ -94,6 +94,7 @@ class _Spill:
         self.len2 = array("i", [0]) * (jobs + 1)
         self._buf: list[bytes] = []
         self._pos = 0
+        self._fd = -1
 
     def put(self, seq: int, halves: tuple[str, str]) -> None:
         a, b = (h.encode("utf-8", "surrogateescape") for h in halves)
@@ -104,19 +105,21 @@ class _Spill:
             self.file.writelines(self._buf)
             self._buf.clear()
 
-    def get(self, mm: mmap.mmap | bytes, seq: int) -> tuple[str, str] | None:
+    def get(self, seq: int) -> tuple[str, str] | None:
+        # read back a row at a time (pread), not through a mapping of the file: mapped pages would
+        # count in the process's resident set (~100 MB at a million jobs)
         at = self.at[seq]
         if at < 0:
             return None
-        mid = at + self.len1[seq]
-        return (mm[at:mid].decode("utf-8", "surrogateescape"),
-                mm[mid:mid + self.len2[seq]].decode("utf-8", "surrogateescape"))
+        n1 = self.len1[seq]
+        data = os.pread(self._fd, n1 + self.len2[seq], at)
+        return data[:n1].decode("utf-8", "surrogateescape"), data[n1:].decode("utf-8", "surrogateescape")
 
-    def view(self) -> mmap.mmap | bytes:
+    def done_writing(self) -> None:
         self.file.writelines(self._buf)
         self._buf.clear()
         self.file.flush()
-        return mmap.mmap(self.file.fileno(), 0, access=mmap.ACCESS_READ) if self._pos else b""
+        self._fd = self.file.fileno()
 
 
 class Unexpected(Exception):
@@ -226,7 +229,7 @@ def _merge(plan: Path, spill: _Spill, jobs: int) -> Iterator[str]:
     """The rows in the plan's order (ids ascending, as write_plan writes them), task and command from
     plan.json a line at a time. Raises Unexpected (while the file is being written) if the plan
     is not in that order."""
-    mm = spill.view()
+    spill.done_writing()
 
     def rows() -> Iterator[str]:
         try:
@@ -242,15 +245,13 @@ def _merge(plan: Path, spill: _Spill, jobs: int) -> Iterator[str]:
                     if type(seq) is not int or not prev < seq <= jobs:
                         raise Unexpected(seq)
                     prev = seq
-                    got = spill.get(mm, seq) or _Open().row()
+                    got = spill.get(seq) or _Open().row()
                     out.append(f"{seq}\t{got[0]}\t{j['task']}\t{got[1]}\t{_esc(j.get('command', ''))}\n")
                     if len(out) >= CHUNK:
                         yield "".join(out)
                         out.clear()
             yield "".join(out)
         finally:
-            if isinstance(mm, mmap.mmap):
-                mm.close()
             spill.file.close()
 
     return rows()
