@@ -17,24 +17,25 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 from . import ast
 from .aio import within
 from .compiler import compile_file, compile_flow
-from .executor import Executor, Observer, RunOptions, RunResult
 from .errors import UsageError
-from .files.mover import FileMover
 from .hosts import Host, Inventory, load_inventory
-from .journal import Journal
+from .options import RunOptions
 from .parser import parse_expr
 from .plan import Plan
-from .resume import ResumeIndex
-from .rundir import RunBusy, RunLock, is_running, latest_run, point_latest
-from .runlog import RunLog, new_run_id, write_atomic
-from .status import StatusLog
 from .tasks import TaskLoader
 from .transport import Transport, procs
+
+if TYPE_CHECKING:
+    from .executor import Observer, RunResult
+    from .rundir import RunBusy
+    from .runlog import RunLog
+# The executor, run log, journal, status and file mover are imported when a run starts, after its
+# ssh connections have been started (see _warm_up): their import is a third of cmflow's start-up.
 
 Display = Literal["auto", "live", "plain", "quiet"]
 
@@ -110,10 +111,12 @@ BIG_RUN = 10_000    # jobs: a run this big gives its memory back before its run 
 CLOSE_BOUND = 30.0   # seconds for closing every transport at once (each bounds its own wait too)
 
 
-async def close_transports(transports: Iterable[Transport]) -> None:
-    """Close all transports concurrently, in bounded time, even if we are cancelled again meanwhile."""
-    closing = asyncio.ensure_future(within(
-        asyncio.gather(*(t.aclose() for t in transports), return_exceptions=True), CLOSE_BOUND))
+async def close_transports(transports: Iterable[Transport] | Iterable[asyncio.Future[None]]) -> None:
+    """Close all transports concurrently (or wait for closes under way), in bounded time, even if
+    we are cancelled again meanwhile."""
+    closing = asyncio.ensure_future(within(asyncio.gather(
+        *(t if isinstance(t, asyncio.Future) else t.aclose() for t in transports), return_exceptions=True),
+        CLOSE_BOUND))
     while not closing.done():
         try:
             await asyncio.shield(closing)
@@ -151,6 +154,8 @@ def resume_source(plan: Plan, run_dir: str | Path | None, root: Path = Path("run
         if not (src / "journal.jsonl").is_file() and not (src / "run.json").is_file():
             raise UsageError(f"--resume: {src} is not a run directory with a journal")
         return src
+    from .rundir import latest_run
+
     src = latest_run(root, flow_id(plan))
     if src is None:
         raise UsageError(f"--resume: no earlier run of {plan.filename} under {root}/")
@@ -176,12 +181,105 @@ def _write_hosts(log: RunLog, inv: Inventory) -> None:
                                    "labels": list(h.labels)} for h in inv.hosts])
 
 
+@dataclass
+class _Warm:
+    """Transports whose first connection was started before the run itself (see _warm_up)."""
+
+    window: asyncio.Semaphore        # the run's fanout window, shared with every other transport
+    transports: dict[str, Transport]
+
+
+def _warm_up(plan: Plan, inv: Inventory, options: RunOptions, resume: object) -> _Warm:
+    """Start connecting to the ssh hosts the run will surely use, before the rest of it is imported.
+
+    A connection is ~150 ms of handshake CPU on both ends, cmflow's imports and run set-up ~0.1 s
+    more: started first, the handshakes run while Python works (pssh, which has little to import,
+    starts its ssh clients at once). Surely used: a host that some job is placed on alone. Not for
+    a resume (the job may be cached) nor Slurm (its hosts exist once the allocation does)."""
+    window = asyncio.Semaphore(options.fanout)   # ssh handshakes at once, all hosts together
+    warm = _Warm(window, {})
+    if resume is not None or any(h.slurm for h in inv.hosts):
+        return warm
+    open_files_for(inv.hosts)
+    for target in {job.target for job in plan.jobs if job.target is not None}:
+        try:
+            hosts = inv.resolve(target)
+        except KeyError:
+            continue     # the executor says why
+        if len(hosts) == 1 and not hosts[0].local and hosts[0].name not in warm.transports:
+            t = warm.transports[hosts[0].name] = make_transport(hosts[0], inv, None, window)
+            t.warm()     # type: ignore[attr-defined]   (an SshTransport)
+    return warm
+
+
+class _Retire:
+    """Closes a host's connection as soon as every job that may run there has ended, instead of at
+    the run's end: a run of one job on each of 256 hosts then holds about as many ssh processes
+    as are connecting or running (~1.4 MB each), not 256, and closing overlaps the other hosts'
+    handshakes. Only hosts that nothing but their own placed jobs can use (no group, label or
+    unplaced job reaches them, no job built at run time), and no job moving files (their work
+    folders are removed over the connection at the end)."""
+
+    def __init__(self, plan: Plan, inv: Inventory, transports: dict[str, Transport]):
+        self.transports = transports
+        self.host_of: dict[int, str] = {}       # job id -> its host, for the jobs counted below
+        self.left: dict[str, int] = {}          # host -> its jobs not ended yet
+        self.closing: list[asyncio.Future[None]] = []
+        if plan.deferred():
+            return
+        shared: set[str] = set()
+        for job in plan.jobs:
+            try:
+                hosts = inv.resolve(job.target)
+            except KeyError:
+                continue
+            if len(hosts) != 1 or job.files is not None or job.target is None:
+                shared.update(h.name for h in hosts)
+            else:
+                self.host_of[job.id] = hosts[0].name
+        ssh = {h.name for h in inv.hosts if not h.local and not h.slurm}
+        for jid, host in list(self.host_of.items()):
+            if host in shared or host not in ssh:
+                del self.host_of[jid]
+            else:
+                self.left[host] = self.left.get(host, 0) + 1
+
+    def _done(self, job_id: int) -> None:
+        host = self.host_of.pop(job_id, None)
+        if host is not None:
+            self.left[host] -= 1
+            if not self.left[host] and host in self.transports:
+                self.closing.append(asyncio.ensure_future(self.transports[host].aclose()))
+
+    def job_ended(self, record: Any, final: bool, ok: bool) -> None:
+        if final or ok:
+            self._done(record.job.id)
+
+    def job_cached(self, job: Any) -> None:
+        self._done(job.id)
+
+    def job_started(self, job: Any, host: str, attempt: int) -> None:
+        pass
+
+    def host_down(self, host: str, reason: str) -> None:
+        pass
+
+
 async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
                display: Display = "quiet", observers: Sequence[Observer] = (), resume: str | Path | None = None,
-               report: bool = True) -> Run:
+               report: bool = True, _warm: _Warm | None = None) -> Run:
     """Run a compiled plan. Cancel the calling task to stop it: every job is killed, the log flushed.
 
     ``resume``: an earlier run directory whose OK results are reused by key (see journal.py)."""
+    from .executor import Executor, RunResult
+    from .files.mover import FileMover
+    from .journal import Journal
+    from .resume import ResumeIndex
+    from .rundir import RunBusy, RunLock, is_running, point_latest
+    from .runlog import RunLog, new_run_id, write_atomic
+    from .status import StatusLog
+
+    warm = _warm or _Warm(asyncio.Semaphore(options.fanout), {})
     rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
     index = None
     if resume is not None:
@@ -214,6 +312,7 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     result: RunResult | None = None
     shown: list[Any] = []
     executor: Executor | None = None
+    transports: dict[str, Transport] = dict(warm.transports)    # closed at the end, whatever happens
     try:
         async with AsyncExitStack() as stack:
             clusters = None
@@ -225,21 +324,23 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
                 stack.push_async_callback(clusters.aclose)
                 inv = await clusters.open(inv)
                 _write_hosts(log, inv)
+            # every transport (those warmed up too) closes whatever happens, before the allocations go
+            stack.push_async_callback(close_transports, transports.values())
             shown = _observers(display, plan, inv)
             # a deferred call (built at run time) is a job too, at most one each
             status = StatusLog(rdir, len(plan.jobs) + plan.deferred(), {h.name: h.slots for h in inv.hosts})
-            window = asyncio.Semaphore(options.fanout)   # ssh handshakes at once, all hosts together
             open_files_for(inv.hosts)
-            executor = Executor(plan, inv, {h.name: make_transport(h, inv, clusters, window) for h in inv.hosts}, log,
-                                options, [*shown, status, *observers], files=files, journal=journal,
-                                resume=index)
+            for h in inv.hosts:
+                if h.name not in transports:
+                    transports[h.name] = make_transport(h, inv, clusters, warm.window)
+            retire = _Retire(plan, inv, transports)
+            stack.push_async_callback(close_transports, retire.closing)   # awaited, after the rest closed
+            executor = Executor(plan, inv, transports, log, options, [*shown, status, *observers, retire],
+                                files=files, journal=journal, resume=index)
             try:
                 result = await executor.run()
             finally:
-                try:
-                    await files.close()   # queued work dirs go while the connections still stand
-                finally:
-                    await close_transports(executor.transports.values())
+                await files.close()   # queued work dirs go while the connections still stand
     finally:
         for o in shown:
             o.close()
@@ -282,14 +383,13 @@ def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
         got: list[int] = []
-        procs.reset()
-        rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
-        inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display, resume=resume, report=report))
+        inner: asyncio.Future[Run] | None = None
 
         def on_signal(signum: int) -> None:
             if not got:
                 got.append(signum)
-                inner.cancel()   # the jobs end in order, every wait bounded
+                if inner is not None:
+                    inner.cancel()   # the jobs end in order, every wait bounded
                 return
             # again: the user will not wait for that; end every process of the run now
             # (the allocations are still released, without waiting for Slurm to confirm)
@@ -298,15 +398,29 @@ def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run
 
         for s in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(s, on_signal, s)
+        procs.reset()
+        warm = _warm_up(plan, inv, options, resume)
         try:
-            return await inner
-        except asyncio.CancelledError:
-            if not got or (me is not None and me.cancelling()):
-                raise
-            return Run(RunResult(False, cancelled=True), rdir, plan, got[0])
+            await asyncio.sleep(0)     # the warmed-up ssh clients start (fork) before the imports below
+            from .executor import RunResult
+            from .runlog import new_run_id
+
+            rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
+            inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display, resume=resume, report=report,
+                                               _warm=warm))
+            if got:
+                inner.cancel()
+            try:
+                return await inner
+            except asyncio.CancelledError:
+                if not got or (me is not None and me.cancelling()):
+                    raise
+                return Run(RunResult(False, cancelled=True), rdir, plan, got[0])
         finally:
             for s in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(s)
+            # arun closes them itself; this is for a run that failed before it could (a busy run dir)
+            await close_transports(warm.transports.values())
 
     return asyncio.run(main())
 

@@ -198,7 +198,7 @@ def _say_implicit_inventory(args: dict, inv: Any) -> None:
 
 def _run(args: dict, plan: Any, inv: Any) -> int:
     from . import api
-    from .executor import RunOptions
+    from .options import RunOptions
 
     halt = args["--halt"]
     if halt not in ("never", "soon", "now"):

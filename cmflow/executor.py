@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Protocol, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from . import values
 from .files.mover import FileMover, Moved, safe_name
@@ -26,6 +26,7 @@ from .files.value import Files
 from . import _gc
 from .hosts import Host, Inventory
 from .journal import Journal, KeyParts, Keys, job_inputs
+from .options import RunOptions  # noqa: F401 - the API and tests import it from here too
 from .plan import Deferred, Job, JobRef, Local, Plan, PlanNode, PPar, PSeq, PSum, fill
 from .resume import ResumeIndex, adopt
 from .runlog import JobRecord, RunLog
@@ -33,22 +34,10 @@ from .scheduler import Closed, Eligible, Scheduler
 from .tasks import user_frames
 from .transport import JobSpec, Outcome, Transport
 
-Halt = Literal["never", "soon", "now"]
 # A stdout larger than this is not read into a value (parse "auto"/"text"): the value is
 # {"stdout_file": PATH, "bytes": N}, and the output is read from that file (README).
 VALUE_LIMIT = 1 << 20
 HOST_DOWN_AFTER = 3   # consecutive connection failures before a host is marked down
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    jobs: int | None = None          # global cap on jobs at once
-    timeout: float | None = None     # default per-job timeout, seconds
-    retries: int = 0                 # default re-runs after a command failure
-    halt: Halt = "never"
-    deep: bool = False               # keys hash input files' content, not size and mtime
-    keep_remote: bool = False        # keep every job's work directory on its host
-    fanout: int = 64                 # ssh connections being opened at once, across all hosts
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Sequence, TextIO
 from . import api
 from .compiler import compile_flow
 from .errors import CmflowError
-from .executor import RunOptions
+from .options import RunOptions
 from .hosts import Inventory
 from .ast import ExprStmt, Flow, Stmt
 from .parser import parse

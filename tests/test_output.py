@@ -6,6 +6,7 @@ import json
 import os
 import struct
 import textwrap
+from pathlib import Path
 
 import pytest
 from conftest import cmflow
@@ -77,14 +78,17 @@ def _pieces(data: bytes, rnd, bounds: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in zip(cuts, cuts[1:] + [len(data)])]
 
 
-async def _feed(fd: int, pieces: list[bytes], close: bool = False) -> None:
+async def _feed(fd: int, pieces: list[bytes], close: bool = False, sizes: set[int] | None = None) -> None:
     """Write each piece into the pipe only once the reader has taken everything before it, so the
-    reader sees the pieces one by one (no timing involved: the writer waits for an empty pipe)."""
+    reader sees the pieces one by one (no timing involved: the writer waits for an empty pipe).
+    `sizes` collects the pipe's sizes seen meanwhile."""
     import fcntl
     import termios
 
     for piece in pieces:
         while struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0" * 4))[0]:
+            if sizes is not None:
+                sizes.add(fcntl.fcntl(fd, 1032))    # F_GETPIPE_SZ
             await asyncio.sleep(0)
         view = memoryview(piece)
         while view:
@@ -152,11 +156,16 @@ def test_frames_split_anywhere_without_splice(tmp_path, monkeypatch):
 
 
 def test_a_frame_larger_than_any_pipe_arrives_whole(tmp_path):
-    """One 40 MiB output frame (many pipe-fulls, splice moving what each holds) and a stderr frame after it."""
+    """One 40 MiB output frame (many pipe-fulls, splice moving what each holds) and a stderr frame
+    after it. The pipe is enlarged while the big output flows, and given back at the job's end."""
+    import fcntl
+
+    from cmflow.transport import slots
     from cmflow.transport.output import StreamedOutput
     from cmflow.transport.slots import HDR, Frames
 
     big = bytes(range(256)) * (40 * 4096)
+    sizes: set[int] = set()
 
     async def main() -> None:
         r, w = os.pipe()
@@ -165,13 +174,17 @@ def test_a_frame_larger_than_any_pipe_arrives_whole(tmp_path):
         out, err = StreamedOutput(tmp_path / "o"), StreamedOutput(tmp_path / "e")
         try:
             data = HDR.pack(b"O", len(big)) + big + HDR.pack(b"E", 4) + b"warn" + HDR.pack(b"X", 1) + b"0"
-            feeder = asyncio.ensure_future(_feed(w, [data[i:i + 777_777] for i in range(0, len(data), 777_777)]))
+            feeder = asyncio.ensure_future(_feed(w, [data[i:i + 777_777] for i in range(0, len(data), 777_777)],
+                                                 sizes=sizes))
             assert await frames.job(out, err) == 0
             await feeder
+            assert fcntl.fcntl(r, 1032) == slots.PIPE_SIZE and slots._grown == 0    # F_GETPIPE_SZ
         finally:
             frames.close()
             os.close(w)
         assert out.close() == len(big) and err.close() == 4
+        if int(Path("/proc/sys/fs/pipe-max-size").read_text()) >= slots.GROWN_PIPE_SIZE:
+            assert slots.GROWN_PIPE_SIZE in sizes
 
     asyncio.run(main())
     assert (tmp_path / "o").read_bytes() == big

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cmflow.transport.slots import HDR, SERVER_CODE, boot_argv, message
+from cmflow.transport.slots import HDR, SERVER_CODE, SERVER_INPUT, boot_argv, message
 
 
 @pytest.mark.skipif(not shutil.which("strace"), reason="strace not installed (.ci/run installs it)")
@@ -26,7 +26,7 @@ def test_a_short_jobs_output_and_end_leave_in_one_write(tmp_path):
         return kind, server.stdout.read(n)
 
     try:
-        server.stdin.write(SERVER_CODE + message(b"C", {"env": {}, "grace": 1}))
+        server.stdin.write(SERVER_INPUT + message(b"C", {"env": {}, "grace": 1}))
         server.stdin.flush()
         kind, pid = frame()
         assert kind == b"R"

@@ -155,8 +155,8 @@ def test_a_gone_master_is_replaced_for_the_next_slot(sshd_hosts, tmp_path):
 
 
 def test_a_master_with_no_session_left_is_replaced(sshd_hosts, tmp_path):
-    """Every slot of a host closed (its master then ends after ControlPersist): a new slot on that
-    host does not fail on the stale control socket, it opens a connection of its own."""
+    """Every slot of a host closed: its master, the first slot's ssh, ended with the last session
+    (no ControlPersist); a new slot on that host opens a connection of its own."""
     async def main():
         (t,) = transports(sshd_hosts, tmp_path, 2, ["h2"])
         try:
@@ -165,7 +165,7 @@ def test_a_master_with_no_session_left_is_replaced(sshd_hosts, tmp_path):
             for slot in list(t._all):
                 await t._discard(slot)
             t._idle.clear()
-            assert await mux.terminate(old)       # as ControlPersist would, a little later
+            assert await mux.master_pid(old, timeout=5) is None     # gone with its sessions
             outs = await asyncio.gather(t.run(spec(tmp_path, 2, "true")), t.run(spec(tmp_path, 3, "true")))
             return outs, list(t._paths)
         finally:
@@ -213,3 +213,121 @@ def test_open_file_limit_is_raised_for_many_slots():
         assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= 256 + 4 * 1024
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_run_connects_to_its_placed_hosts_before_it_imports_the_executor(sshd_hosts, tmp_path):
+    """Cold start: a host some job is placed on is connected to first, and the run imports the rest
+    of itself (executor, run log, ...) while the handshakes go on. A fresh interpreter, so that what
+    is imported when the first ssh starts says when that was; each host is connected to once."""
+    (tmp_path / "tasks.py").write_text("def t(i):\n    return f'echo {i}'\n")
+    (tmp_path / "f.flow").write_text("from tasks import t\nt(1) @ h1 | t(2) @ h2 | t(3) @ h1\n")
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys\nfrom cmflow.transport import ssh\nimport cmflow.api as api\nseen = []\nreal = ssh._spawn\n"
+        "async def spy(argv, **kw):\n    seen.append((argv[-2], 'cmflow.executor' in sys.modules))\n"
+        "    return await real(argv, **kw)\n"
+        "ssh._spawn = spy\n"
+        f"plan, inv = api.load('f.flow', {str(sshd_hosts.inventory_file)!r})\n"
+        "run = api.run_sync(plan, inv, run_dir='run', report=False)\n"
+        "print(run.result.ok, run.result.value, sorted(seen))\n")
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, str(probe)], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "[1,", "2,", "3]", "[('h1',", "False),", "('h2',", "False)]"], r.stdout
+
+
+def test_a_warmed_up_connection_is_the_first_jobs_or_is_closed(sshd_hosts, tmp_path, monkeypatch):
+    """A warmed-up host's first slot serves the first job (no second connection); one no job took
+    is closed with the transport: no ssh process, no master left."""
+    argvs = spawned_argvs(monkeypatch)
+
+    async def main():
+        used, unused = transports(sshd_hosts, tmp_path, 1, ["h1", "h2"])
+        used.warm()
+        unused.warm()
+        try:
+            out = await used.run(spec(tmp_path, 1, "echo hi"))
+            await asyncio.wait_for(asyncio.shield(unused._early), 60)   # up, and never asked for
+            slot = next(iter(unused._all))
+            pid = await mux.master_pid(unused._paths[0])
+        finally:
+            await used.aclose()
+            await unused.aclose()
+        return out, slot.proc, pid
+
+    out, proc, pid = asyncio.run(main())
+    assert out.ok and (tmp_path / "1.out").read_text() == "hi\n", out
+    assert len(argvs) == 2                       # one connection each
+    assert proc.returncode is not None           # the unused slot's ssh ended ...
+    assert pid is not None and (not os.path.exists(f"/proc/{pid}")
+                                or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z")   # ... its master too
+
+
+def test_the_first_slot_going_leaves_its_master_to_the_others(sshd_hosts, tmp_path, shared):
+    """The first slot's ssh is the master of the host's other sessions (no ControlPersist, one
+    process per connection): that slot discarded while another slot's job runs, the job goes on
+    to its end over the same connection; the ssh process ends with the last session."""
+    async def main():
+        (t,) = transports(sshd_hosts, tmp_path, 2, ["h3"])
+        try:
+            assert (await t.run(spec(tmp_path, 1, "true"))).ok
+            first = t._idle.pop()
+            go = shared / "go"
+            job = asyncio.ensure_future(t.run(spec(tmp_path, 2, f"while [ ! -e {go} ]; do sleep 0.02; done; echo on")))
+            while not t._all - {first}:       # the second slot's session is open, its job running
+                await asyncio.sleep(0.01)
+            await t._discard(first)           # returns at once: the process stays the others' master
+            assert first.proc.returncode is None
+            go.touch()
+            out = await job
+            return out, first.proc
+        finally:
+            await t.aclose()
+
+    out, leader = asyncio.run(main())
+    assert out.ok and (tmp_path / "2.out").read_text() == "on\n", out
+    assert leader.returncode is not None
+
+
+def test_a_hosts_connection_is_closed_once_the_jobs_only_it_can_run_are_over(tmp_path):
+    """256 hosts x 1 job must not hold 256 ssh processes to the end: a host that only its own
+    placed jobs use is closed after the last of them (final attempt); a host that a group, an
+    unplaced job or a job moving files may still use is not. (Transports here are fakes that
+    record the close: this is the run's bookkeeping, not ssh.)"""
+    import types
+
+    from cmflow import api
+
+    (tmp_path / "tasks.py").write_text("def t(i):\n    return 'true'\n")
+    (tmp_path / "f.flow").write_text("from tasks import t\nt(1) @ h1 | t(2) @ h1 | t(3) @ h2 | t(4) @ g | t(5) @ h4\n")
+    inv_file = tmp_path / "inv.yaml"
+    inv_file.write_text("hosts:\n  h1: {}\n  h2: {}\n  h3: {}\n  h4: {}\n  here: {local: true}\ngroups:\n  g: [h2, h3]\n")
+    plan, inv = api.load(str(tmp_path / "f.flow"), str(inv_file))
+    closed: list[str] = []
+
+    class FakeTransport:
+        def __init__(self, name):
+            self.name = name
+
+        async def aclose(self):
+            closed.append(self.name)
+
+    async def main():
+        retire = api._Retire(plan, inv, {h.name: FakeTransport(h.name) for h in inv.hosts})
+        by_label = {j.label: j for j in plan.jobs}
+        end = lambda label, final=True, ok=True: retire.job_ended(types.SimpleNamespace(job=by_label[label]), final, ok)
+        end("t(1) @ h1")
+        await asyncio.sleep(0)
+        assert closed == []                     # h1 has a job left
+        end("t(2) @ h1", final=False, ok=False)   # an attempt that will be retried
+        await asyncio.sleep(0)
+        assert closed == []
+        end("t(2) @ h1", final=True, ok=False)
+        end("t(3) @ h2")                         # h2 is also in group g: kept
+        retire.job_cached(by_label["t(5) @ h4"])
+        await asyncio.gather(*retire.closing)
+        assert sorted(closed) == ["h1", "h4"]
+
+    asyncio.run(main())

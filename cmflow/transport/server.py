@@ -72,11 +72,31 @@ def _pending(fd):
 
 def _subreaper():
     try:
-        import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return _prctl(PR_SET_CHILD_SUBREAPER, 1) == 0
     except Exception:  # not Linux, or no ctypes: orphans escape to init (documented limit)
         return False
+
+
+def _prctl(option, arg):
+    """prctl(2) through _ctypes, the C half of ctypes: the ctypes package's Python half (its
+    classes, struct, ...) cost a quarter of a slot server's start-up. ctypes itself where that fails."""
+    try:
+        import _ctypes
+
+        class Int(_ctypes._SimpleCData):
+            _type_ = "i"
+
+        class Func(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL
+            _restype_ = Int
+
+        class Libc(object):
+            _handle = _ctypes.dlopen(None, os.RTLD_LAZY)
+
+        return Func(("prctl", Libc()))(option, arg, 0, 0, 0)
+    except (ImportError, AttributeError, OSError, TypeError):
+        import ctypes
+        return ctypes.CDLL(None).prctl(option, arg, 0, 0, 0)
 
 
 def _write_all(fd, data):

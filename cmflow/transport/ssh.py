@@ -6,18 +6,19 @@ session that is already open costs well under a millisecond. So each host gets
 one long-lived session multiplexed over a master, running the slot server
 (server.py, sent down the session to the host's ``python3``). Jobs, their
 output and their ends travel as frames on that session (see slots.py).
-A connection is opened by its first slot, whose own ssh becomes the master
-(one ssh per host to the first job, as pssh); the other slots ask the master
-for their sessions over its control socket (mux.py), without an ssh process
-each; closing ends the masters the same way.
+A connection is opened by its first slot, whose own ssh is the master, in
+the foreground, without ControlPersist: one ssh process per connection, as
+pssh has one per host; it lives while any session on it does. The other slots
+ask it for their sessions over its control socket (mux.py), without an ssh
+process each; closing ends the masters the same way.
 
 Why a server and not a plain ``sh`` per slot: a job's outputs are its own
 pipes, so a process a job leaves behind cannot write into the next job's
 output, and the server (a child subreaper) ends everything the job started
 before the job counts as over. When cmflow dies, its ssh clients, control
 connections and pipes close, so the master closes their sessions; the server sees
-its stdin close, kills the running job and exits; the master follows ControlPersist
-seconds later.
+its stdin close, kills the running job and exits; the master ends with its last
+session (a master started for helpers alone, ``-N -f``, ControlPersist seconds later).
 
 Limits of a stock sshd: ``MaxSessions 10`` channels per connection (we use at
 most 8 slots per master) and ``MaxStartups 10:30:100`` unauthenticated
@@ -38,7 +39,7 @@ from typing import Any
 from ..hosts import Host
 from . import ConnectionLost, Helper, mux, procs, tmpdirs
 from .procs import kill as _kill
-from .slots import Slot, SlotTransport, boot_argv
+from .slots import Slot, SlotTransport, _close as _close_proc, boot_argv
 
 SESSIONS_PER_MASTER = 8
 CONNECT_TIMEOUT = 10
@@ -108,6 +109,9 @@ class SshTransport(SlotTransport):
         self._sessions: Counter[int] = Counter()
         self._master_lock = asyncio.Lock()   # one new connection at a time per host (MaxStartups)
         self._helper_lock: asyncio.Lock | None = None
+        self._early: asyncio.Task[Slot] | None = None    # a slot opened before a job asked (warm)
+        self._masters_left: list[Slot] = []     # leaders whose slot went, their ssh still master of others
+        self._closing: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ connections
     def _new_control_path(self, index: int) -> str:
@@ -170,6 +174,18 @@ class SshTransport(SlotTransport):
             raise ConnectionLost(classify_ssh_error(err.decode("utf-8", "replace"), self.host))
 
     # ------------------------------------------------------------------ slots
+    def warm(self) -> None:
+        """Open the first slot (and with it the connection) now, before any job asks for one: a run
+        warms up the hosts it will surely use while it sets itself up. The first job takes it."""
+        if self._early is None and not self._all and not self._closed:
+            self._early = asyncio.ensure_future(super()._open_slot())
+
+    async def _open_slot(self) -> Slot:
+        early, self._early = self._early, None
+        if early is not None:
+            return await early      # cancelled with the job that waits for it, as an opening slot is
+        return await super()._open_slot()
+
     async def _start(self) -> tuple[Any, int, Any]:
         """A slot's session: the first of a connection is its master's own (see _start_leader);
         the others are asked of the master over its control socket (mux.py), as an ``ssh -S``
@@ -199,11 +215,12 @@ class SshTransport(SlotTransport):
     async def _start_leader(self, index: int) -> tuple[asyncio.subprocess.Process, int, Any]:
         """Open a connection whose first session is this slot's, as pssh opens one ssh per host.
 
-        With ControlMaster=yes and ControlPersist, ssh authenticates, forks the master to the
-        background (its stdio on /dev/null) and becomes a client of it for this session. The
-        slot's ready frame is then the master's ready signal: the other slots of the host wait
-        for it and multiplex over the master. The host's connect lock and a place in the fanout
-        window are held until then (released in _opened/_unopened).
+        With ControlMaster=yes and no ControlPersist, the ssh process is the master and this
+        session's client at once (with ControlPersist it would fork a second process, the
+        master, ~1 MB more per host). It outlives its own session while others use it (see
+        _discard). The slot's ready frame is the master's ready signal: the other slots of the
+        host wait for it and multiplex over the master. The host's connect lock and a place in
+        the fanout window are held until then (released in _opened/_unopened).
         """
         path = self._new_control_path(index)
         leader = _Leader(asyncio.get_running_loop().create_future(), [])
@@ -216,8 +233,7 @@ class SshTransport(SlotTransport):
             out_r, out_w = os.pipe()      # the session's stdout: a raw pipe for the slot (see slots.Frames)
             try:
                 proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
-                                     "-o", f"ControlPersist={CONTROL_PERSIST}", "--", self.host.hostname,
-                                     REMOTE_COMMAND],
+                                     "--", self.host.hostname, REMOTE_COMMAND],
                                     stdin=asyncio.subprocess.PIPE, stdout=out_w,
                                     stderr=asyncio.subprocess.PIPE, limit=1 << 20)
             except BaseException:
@@ -265,8 +281,17 @@ class SshTransport(SlotTransport):
         self._forget_master(index, path)
 
     async def _discard(self, slot: Slot) -> None:
+        index, _, leader = slot.tag
         if slot in self._all:
-            self._sessions[slot.tag[0]] -= 1
+            self._sessions[index] -= 1
+        if leader is not None and self._sessions[index] > 0 and slot.proc.returncode is None:
+            # this slot's ssh is the master of the other slots' sessions: it ends its own session
+            # (stdin closed) and stays their master, until the last of them ends (aclose waits)
+            self._all.discard(slot)
+            if slot.proc.stdin and not slot.proc.stdin.is_closing():
+                slot.proc.stdin.close()
+            self._masters_left.append(slot)
+            return
         await super()._discard(slot)
 
     # ---------------------------------------------------------------- helpers
@@ -302,8 +327,22 @@ class SshTransport(SlotTransport):
 
     # ------------------------------------------------------------------ close
     async def aclose(self) -> None:
+        """Close every slot and master. A second call while the first runs (a run retires a host's
+        connection once its jobs are over, then closes every transport) waits for it to end."""
+        while self._closing is not None and not self._closing.done():
+            await asyncio.shield(self._closing)
+        self._closing = asyncio.ensure_future(self._close_all())
+        await asyncio.shield(self._closing)
+
+    async def _close_all(self) -> None:
+        early, self._early = self._early, None
+        if early is not None:     # warmed up and never taken: an open slot (closed below), or not yet
+            early.cancel()
+            await asyncio.gather(early, return_exceptions=True)
         await super().aclose()
-        await asyncio.gather(*(self._exit_master(p) for p in self._paths if os.path.exists(p)))
+        await asyncio.gather(*(self._exit_master(p) for p in self._paths if os.path.exists(p)),
+                             *(_end_master(s) for s in self._masters_left))
+        self._masters_left.clear()
         self._masters.clear()
         if self._dir:
             tmpdirs.remove(self._dir)
@@ -329,6 +368,15 @@ async def _spawn(argv: list[str], **kw: Any) -> asyncio.subprocess.Process:
     except FileNotFoundError:
         _ssh_program = None
         raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None
+
+
+async def _end_master(slot: Slot) -> None:
+    """A leader's ssh that stayed master of other sessions: it ends with the last (bounded wait)."""
+    try:
+        await _close_proc(slot.proc)
+    finally:
+        if slot.frames is not None:
+            slot.frames.close()
 
 
 def _release(leader: _Leader) -> None:
