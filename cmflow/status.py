@@ -23,6 +23,7 @@ from .jsonfmt import boolean as _b, value as _v
 
 EVENTS = "events.jsonl"
 _DUMPS = json.dumps
+_OK, _CACHED = "ok", "cached"    # a job's final word in read_status, when it needs no more
 STATES = ("waiting", "staging", "running", "fetching", "done", "failed")
 
 
@@ -128,7 +129,9 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     total, started = 0, None
     hosts: dict[str, HostStatus] = {}
     live: dict[tuple[int, int], tuple[str, str, int, int]] = {}   # (job, attempt) -> host, state, sent, fetched
-    ended: dict[int, dict] = {}
+    # each job's final word: _OK, _CACHED or (a failure) what `failures` shows of it; a run of a
+    # million jobs must not keep a million events
+    ended: dict[int, Any] = {}
     with open(events, encoding="utf-8") as f:
         for line in f:
             try:
@@ -152,7 +155,8 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
                 host.bytes_sent += ev.get("sent", 0)
                 host.bytes_fetched += ev.get("fetched", 0)
                 if ev.get("final"):
-                    ended[ev["job"]] = ev
+                    ended[ev["job"]] = _OK if ev.get("ok") else (ev["job"], ev.get("label"), ev.get("host"),
+                                                                 ev.get("error"))
                     if ev.get("ok"):
                         host.done += 1
                     else:
@@ -160,7 +164,7 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
                 else:
                     host.retried += 1
             elif kind == "cached":   # reused from an earlier run (--resume): done, on no host
-                ended[ev["job"]] = {**ev, "ok": True, "cached": True}
+                ended[ev["job"]] = _CACHED
                 continue
             elif kind == "down":
                 host.down = ev.get("reason", "down")
@@ -174,7 +178,7 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     now = now or time.time()
     end = os.stat(events).st_mtime if finished else now
     elapsed = max(end - (started or end), 0.0)
-    done = sum(1 for e in ended.values() if e.get("ok"))
+    done = sum(1 for e in ended.values() if e is _OK or e is _CACHED)
     failed = len(ended) - done
     waiting = 0 if finished else max(total - len(ended) - len({k[0] for k in live}), 0)
     total = max(total, len(ended) + len({k[0] for k in live}))   # a deferred call equal to a planned job
@@ -182,9 +186,8 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     eta = None
     if not finished and ended and remaining > 0:
         eta = elapsed / len(ended) * remaining
-    failures = [{"job": e["job"], "task": e.get("label"), "host": e.get("host"), "reason": e.get("error")}
-                for e in ended.values() if not e.get("ok")]
-    cached = sum(1 for e in ended.values() if e.get("cached"))
+    failures = [{"job": e[0], "task": e[1], "host": e[2], "reason": e[3]} for e in ended.values() if type(e) is tuple]
+    cached = sum(1 for e in ended.values() if e is _CACHED)
     return Status(str(run_dir), finished, summary.get("ok") if summary else None, total, waiting, done, failed,
                   cached, round(elapsed, 3), round(eta, 1) if eta is not None else None, hosts, failures)
 

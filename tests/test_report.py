@@ -145,6 +145,12 @@ def test_the_streamed_trace_of_a_resumed_run_shows_cached_jobs(tmp_path):
     trace.unlink()
     write_trace(tmp_path / "again")
     assert trace.read_text() == _reference_trace(tmp_path / "again")
+    # `cmflow status` of it counts jobs by their final word alone (it keeps no event per job)
+    rows = [line.split("\t") for line in trace.read_text().splitlines()[1:]]
+    doc = json.loads(cmflow("status", "again", "--format", "json", cwd=tmp_path).stdout)
+    cached = sum(r[10] == "cached" for r in rows)
+    assert cached and (doc["cached"], doc["done"], doc["failed"]) == (cached, 7, 1)
+    assert [(f["job"], f["task"]) for f in doc["failures"]] == [(8, "bad")]
 
 
 def _check_page(page, shot: Path) -> None:
