@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -106,6 +107,7 @@ def open_files_for(hosts: Iterable[Host]) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
+BIG_RUN = 10_000    # jobs: a run this big gives its memory back before its run directory is read back
 CLOSE_BOUND = 30.0   # seconds for closing every transport at once (each bounds its own wait too)
 
 
@@ -357,6 +359,8 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
         journal.close()
         lock.release()
         executor = None    # every job's result and slot state: gone before the run directory is read back
+        if len(plan.jobs) > BIG_RUN:
+            gc.collect()   # now, not whenever: each job's run refers back to the executor (a cycle)
         _finish(rdir, report)
     return Run(result, rdir, plan)
 

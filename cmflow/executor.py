@@ -814,17 +814,14 @@ class Executor:
         self.log.record(rec, final or ok)
         if self.journal is not None and keyed is not None:
             parts, key, ready = keyed
-            self.journal.ended({
-                "seq": job.id, "key": key, "parts": parts.to_json(), "task": job.task, "label": rec.label,
-                "where": job.where, "host": host, "attempt": attempt, "ready": round(ready, 6),
-                "start": round(outcome.start, 6), "end": round(outcome.end, 6), "ok": ok,
-                "final": final, "exit": outcome.exit_status, "signal": outcome.signal,
-                "timed_out": outcome.timed_out, "connection_failed": outcome.connection_failed,
-                "error": rec.error, "stdout": f"jobs/{out.name}" if outcome.stdout_bytes else "",
-                "stderr": f"jobs/{err.name}" if outcome.stderr_bytes else "",
-                "stdout_bytes": outcome.stdout_bytes, "stderr_bytes": outcome.stderr_bytes,
-                **({"bytes_sent": moved.bytes_sent, "bytes_fetched": moved.bytes_fetched} if moved else {}),
-                **_phases(self._phase_marks.pop((job.id, attempt), ()), time.time())})
+            more = {"bytes_sent": moved.bytes_sent, "bytes_fetched": moved.bytes_fetched} if moved else {}
+            if self._phase_marks:
+                more.update(_phases(self._phase_marks.pop((job.id, attempt), ()), time.time()))
+            self.journal.ended_attempt(
+                job, key, parts, rec.label, host, attempt, (ready, outcome.start, outcome.end), ok, final,
+                outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, rec.error,
+                f"jobs/{out.name}" if outcome.stdout_bytes else "", f"jobs/{err.name}" if outcome.stderr_bytes else "",
+                outcome.stdout_bytes, outcome.stderr_bytes, more)
         for hook in self._on_ended:
             hook(rec, final, ok)
 

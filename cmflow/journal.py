@@ -38,6 +38,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from .flushing import flush_soon, forget
 from .hosts import Host
+from .jsonfmt import boolean as _b, string as _string, value as _v
 from .plan import Job
 
 JOURNAL = "journal.jsonl"
@@ -58,8 +59,22 @@ class KeyParts:
     inputs: tuple[tuple[str, str], ...] = ()    # (path, fingerprint)
 
     def key(self) -> str:
-        doc = [KEY_VERSION, self.task, self.args, self.command, self.placement, self.env, list(self.inputs)]
-        return hashlib.sha256(_COMPACT(doc).encode()).hexdigest()
+        # _COMPACT([KEY_VERSION, task, args, command, placement, env, [list(i) for i in inputs]]), formatted
+        # directly (every job has a key); the fields are strings (the dataclass says so; else the encoder)
+        fields = (self.task, self.args, self.command, self.placement, self.env)
+        if all(type(f) is str for f in fields):
+            inputs = ",".join(f"[{_v(p, _COMPACT)},{_v(f, _COMPACT)}]" for p, f in self.inputs)
+            text = f'["{KEY_VERSION}",{",".join(map(_string, fields))},[{inputs}]]'
+        else:
+            text = _COMPACT([KEY_VERSION, *fields, list(self.inputs)])
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def text(self) -> str:
+        """``to_json()`` as the journal writes it (compact JSON), formatted directly."""
+        inputs = ",".join(f"[{_v(p, _ENCODE)},{_v(f, _ENCODE)}]" for p, f in self.inputs)
+        return (f'{{"task":{_v(self.task, _ENCODE)},"args":{_v(self.args, _ENCODE)},'
+                f'"command":{_v(self.command, _ENCODE)},"placement":{_v(self.placement, _ENCODE)},'
+                f'"env":{_v(self.env, _ENCODE)},"inputs":[{inputs}]}}')
 
     def to_json(self) -> dict[str, Any]:
         return {"task": self.task, "args": self.args, "command": self.command, "placement": self.placement,
@@ -74,6 +89,9 @@ class KeyParts:
 # encoders made once: json.dumps with options builds a new encoder per call, and these run per job
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=repr).encode
+
+
+_PLAIN = (str, int, float, type(None), bool)    # a value whose canonical JSON jsonfmt.value writes
 
 
 def _canonical(value: Any) -> str:
@@ -98,8 +116,13 @@ class Keys:
         if env is None:
             classes = sorted({_canonical([sorted(h.env), h.workdir]) for h in hosts})
             env = self._envs[job.target] = _sha("\n".join(classes))
-        return KeyParts(job.task, _canonical([list(job.args), [list(kv) for kv in job.kwargs]]), _sha(job.command),
-                        job.target or "", env, tuple((p, self.fingerprint(p)) for p in inputs))
+        args = job.args
+        if not job.kwargs and all(type(a) in _PLAIN for a in args):   # most calls: t(1, "a")
+            canonical = f'[[{",".join([_v(a, _CANONICAL) for a in args])}],[]]'
+        else:
+            canonical = _canonical([list(args), [list(kv) for kv in job.kwargs]])
+        return KeyParts(job.task, canonical, _sha(job.command), job.target or "", env,
+                        tuple((p, self.fingerprint(p)) for p in inputs) if inputs else ())
 
     def fingerprint(self, path: str) -> str:
         """``size:mtime_ns``, or ``sha256:HEX`` when deep; ``missing`` if it does not exist."""
@@ -168,15 +191,40 @@ class Journal:
             n = os.write(self._fd, data)
             data = data[n:]
 
+    def _line(self, line: str) -> None:
+        self._lines.append(line)
+        if len(self._lines) == 1:
+            flush_soon(self)
+
     def started(self, seq: int, key: str, host: str, attempt: int, ready: float, start: float) -> None:
         """Written ahead: in the file (with every line before it) before the job may start, so a
         job that ran is never missing from a killed run's journal (a resume counts it in flight)."""
-        self.append({"ev": "start", "seq": seq, "key": key, "host": host, "attempt": attempt,
-                     "ready": round(ready, 6), "start": round(start, 6)})
+        # what append({"ev": "start", "seq": ..., ...}) writes, formatted directly (jsonfmt.py): every job has one
+        self._line(f'{{"ev":"start","seq":{_v(seq, _ENCODE)},"key":{_v(key, _ENCODE)},"host":{_v(host, _ENCODE)},'
+                   f'"attempt":{_v(attempt, _ENCODE)},"ready":{_v(round(ready, 6), _ENCODE)},'
+                   f'"start":{_v(round(start, 6), _ENCODE)}}}')
         self.flush()
 
     def ended(self, doc: dict[str, Any]) -> None:
         self.append({"ev": "end", **doc})
+
+    def ended_attempt(self, job: Job, key: str, parts: KeyParts, label: str, host: str, attempt: int,
+                      times: tuple[float, float, float], ok: bool, final: bool, exit_: int | None, signal: int,
+                      timed_out: bool, connection_failed: bool, error: str, stdout: str, stderr: str,
+                      out_bytes: int, err_bytes: int, more: dict[str, Any]) -> None:
+        """An attempt's end: ended() of these fields in this order (``times``: ready, start, end; ``more``:
+        bytes moved and phases, when there are any), formatted directly, as every job writes one."""
+        ready, start, end = times
+        self._line(f'{{"ev":"end","seq":{_v(job.id, _ENCODE)},"key":{_v(key, _ENCODE)},"parts":{parts.text()},'
+                   f'"task":{_v(job.task, _ENCODE)},"label":{_v(label, _ENCODE)},"where":{_v(job.where, _ENCODE)},'
+                   f'"host":{_v(host, _ENCODE)},"attempt":{_v(attempt, _ENCODE)},"ready":{_v(round(ready, 6), _ENCODE)},'
+                   f'"start":{_v(round(start, 6), _ENCODE)},"end":{_v(round(end, 6), _ENCODE)},'
+                   f'"ok":{_b(ok, _ENCODE)},"final":{_b(final, _ENCODE)},"exit":{_v(exit_, _ENCODE)},'
+                   f'"signal":{_v(signal, _ENCODE)},"timed_out":{_b(timed_out, _ENCODE)},'
+                   f'"connection_failed":{_b(connection_failed, _ENCODE)},"error":{_v(error, _ENCODE)},'
+                   f'"stdout":{_v(stdout, _ENCODE)},"stderr":{_v(stderr, _ENCODE)},'
+                   f'"stdout_bytes":{_v(out_bytes, _ENCODE)},"stderr_bytes":{_v(err_bytes, _ENCODE)}'
+                   + ("".join(f",{_string(k)}:{_ENCODE(x)}" for k, x in more.items()) if more else "") + "}")
 
     def cached(self, doc: dict[str, Any]) -> None:
         self.append({"ev": "cached", **doc})
@@ -217,3 +265,41 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
                 continue
             if isinstance(doc, dict) and "ev" in doc:
                 yield doc
+
+
+_START = b'{"ev":"start","seq":'
+
+
+def read_journal_lazily(path: Path) -> Iterator[dict[str, Any] | tuple[int, bytes]]:
+    """read_journal's events, but a start line as Journal.started writes it comes undecoded, as
+    (seq, line): nearly every start is followed by its end, which says all a reader wants, so
+    decoding starts (half the journal) is mostly wasted. ``start_event(line)`` decodes one."""
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for raw in f:
+            if not raw.endswith(b"\n"):
+                return   # the torn last line of a killed writer
+            if raw.startswith(_START):
+                end = raw.find(b",", 20)
+                seq = raw[20:end]
+                if end > 20 and seq.isdigit() and (seq[0] != 48 or len(seq) == 1):   # JSON's own integers
+                    yield int(seq), raw
+                    continue
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(doc, dict) and "ev" in doc:
+                yield doc
+
+
+def start_event(raw: bytes) -> dict[str, Any] | None:
+    """A start line from read_journal_lazily, decoded (None where read_journal would skip it)."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and "ev" in doc else None

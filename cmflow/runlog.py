@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from .flushing import flush_soon, forget
+from .jsonfmt import boolean as _b, value as _v
 from .plan import JobRef, Plan, PlanNode, PPar, PSeq, PSum, _node_json, job_json
 
 JOBLOG_HEADER = "Seq\tHost\tStarttime\tJobRuntime\tSend\tReceive\tExitval\tSignal\tCommand\n"
@@ -106,6 +107,31 @@ _VALUES = operator.attrgetter(*_FIELDS)
 _ENCODE = json.JSONEncoder(default=repr).encode   # made once: json.dumps(default=) makes one per call
 
 
+def record_line(rec: JobRecord) -> str:
+    """jobs.jsonl's line for an attempt: json.dumps of its fields (the keys in _FIELDS' order, then
+    runtime; default=repr), formatted directly (cmflow/jsonfmt.py)."""
+    job = rec.job
+    args, kwargs, value = job.args, job.kwargs, rec.value
+    try:
+        return (f'{{"seq": {_v(job.id, _ENCODE)}, "task": {_v(job.task, _ENCODE)}, "label": {_v(rec.label, _ENCODE)}, '
+                f'"args": {_v(args, _ENCODE, ", ")}, "kwargs": {_v(dict(kwargs), _ENCODE) if kwargs else "{}"}, '
+                f'"where": {_v(job.where, _ENCODE)}, "host": {_v(rec.host, _ENCODE)}, '
+                f'"attempt": {_v(rec.attempt, _ENCODE)}, "start": {_v(rec.start, _ENCODE)}, '
+                f'"end": {_v(rec.end, _ENCODE)}, "exit_status": {_v(rec.exit_status, _ENCODE)}, '
+                f'"signal": {_v(rec.signal, _ENCODE)}, "timed_out": {_b(rec.timed_out, _ENCODE)}, '
+                f'"connection_failed": {_b(rec.connection_failed, _ENCODE)}, "command": {_v(job.command, _ENCODE)}, '
+                f'"stdout": {_v(rec.stdout, _ENCODE)}, "stderr": {_v(rec.stderr, _ENCODE)}, '
+                f'"stdout_bytes": {_v(rec.stdout_bytes, _ENCODE)}, "value": {_v(value, _ENCODE)}, '
+                f'"error": {_v(rec.error, _ENCODE)}, "killed": {_b(rec.killed, _ENCODE)}, "ref": {_v(rec.ref, _ENCODE)}, '
+                f'"bytes_sent": {_v(rec.bytes_sent, _ENCODE)}, "bytes_fetched": {_v(rec.bytes_fetched, _ENCODE)}, '
+                f'"attempts": {_v(rec.attempts, _ENCODE)}, "runtime": {_v(round(rec.runtime, 6), _ENCODE)}}}')
+    except ValueError:   # a value JSON cannot hold (a circular structure from a parse= callable)
+        doc = dict(zip(_FIELDS, _VALUES(rec)))
+        doc["runtime"] = round(rec.runtime, 6)
+        doc["value"] = repr(value)
+        return _ENCODE(doc)
+
+
 def _join(folder: Path, name: str) -> Path:
     return folder / name
 
@@ -167,14 +193,7 @@ class RunLog:
             self._logged.add(rec.seq)
         else:
             self._pending[rec.seq] = rec
-        doc = dict(zip(_FIELDS, _VALUES(rec)))   # not asdict(): it deep-copies every value
-        doc["runtime"] = round(rec.runtime, 6)
-        try:
-            line = _ENCODE(doc)
-        except ValueError:
-            doc["value"] = repr(rec.value)
-            line = _ENCODE(doc)
-        self._records.write(line + "\n")
+        self._records.write(record_line(rec) + "\n")
         flush_soon(self)
 
     def _write_joblog(self, line: str) -> None:
@@ -207,7 +226,7 @@ class RunLog:
         def chunks() -> Iterator[str]:
             yield f'{{"flow": {json.dumps(plan.filename)},\n "jobs": [\n'
             for i, job in enumerate(plan.jobs):
-                yield ("  " if not i else ",\n  ") + json.dumps(job_json(job), default=repr)
+                yield ("  " if not i else ",\n  ") + _job_line(job)
             yield '\n ],\n "root": '
             if plan.root is None:
                 yield "null"
@@ -221,6 +240,19 @@ class RunLog:
         for f in (self._joblog, self._records):
             if not f.closed:
                 f.close()
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _job_line(job: Any) -> str:
+    """plan.json's line for a job: json.dumps(job_json(job), default=repr), formatted directly for a
+    job without keyword arguments or files whose arguments are plain values (most jobs of a big plan)."""
+    if job.kwargs or job.files or not all(type(a) in _PLAIN for a in job.args):
+        return _ENCODE(job_json(job))
+    return (f'{{"id": {_v(job.id, _ENCODE)}, "task": {_v(job.task, _ENCODE)}, "args": {_v(job.args, _ENCODE, ", ")}, '
+            f'"kwargs": {{}}, "target": {_v(job.target, _ENCODE)}, "command": {_v(job.command, _ENCODE)}, '
+            f'"where": {_v(job.where, _ENCODE)}}}')
 
 
 def _json_lines(doc: Any) -> Iterator[str]:

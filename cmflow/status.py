@@ -19,8 +19,11 @@ from typing import Any, TextIO
 
 from .errors import UsageError
 from .flushing import flush_soon, forget
+from .jsonfmt import boolean as _b, value as _v
 
 EVENTS = "events.jsonl"
+_DUMPS = json.dumps
+_OK, _CACHED = "ok", "cached"    # a job's final word in read_status, when it needs no more
 STATES = ("waiting", "staging", "running", "fetching", "done", "failed")
 
 
@@ -42,8 +45,16 @@ class StatusLog:
         if not self._f.closed:
             self._f.flush()
 
+    def _line(self, line: str) -> None:
+        if not self._f.closed:
+            self._f.write(line)
+            flush_soon(self)
+
+    # the two lines of every job: json.dumps of the dict _write would write, formatted directly (jsonfmt.py)
     def job_started(self, job: Any, host: str, attempt: int) -> None:
-        self._write({"e": "start", "job": job.id, "host": host, "attempt": attempt, "files": bool(job.files)})
+        self._line(f'{{"e": "start", "job": {_v(job.id, _DUMPS)}, "host": {_v(host, _DUMPS)}, '
+                   f'"attempt": {_v(attempt, _DUMPS)}, "files": {"true" if job.files else "false"}, '
+                   f'"t": {_v(round(time.time(), 3), _DUMPS)}}}\n')
 
     def job_cached(self, job: Any) -> None:
         self._write({"e": "cached", "job": job.id, "label": job.label})
@@ -53,9 +64,11 @@ class StatusLog:
                      "sent": sent, "fetched": fetched})
 
     def job_ended(self, rec: Any, final: bool, ok: bool) -> None:
-        self._write({"e": "end", "job": rec.seq, "host": rec.host, "attempt": rec.attempt, "ok": ok,
-                     "final": final, "label": rec.label, "error": rec.error, "sent": rec.bytes_sent,
-                     "fetched": rec.bytes_fetched})
+        self._line(f'{{"e": "end", "job": {_v(rec.seq, _DUMPS)}, "host": {_v(rec.host, _DUMPS)}, '
+                   f'"attempt": {_v(rec.attempt, _DUMPS)}, "ok": {_b(ok, _DUMPS)}, "final": {_b(final, _DUMPS)}, '
+                   f'"label": {_v(rec.label, _DUMPS)}, "error": {_v(rec.error, _DUMPS)}, '
+                   f'"sent": {_v(rec.bytes_sent, _DUMPS)}, "fetched": {_v(rec.bytes_fetched, _DUMPS)}, '
+                   f'"t": {_v(round(time.time(), 3), _DUMPS)}}}\n')
 
     def host_down(self, host: str, reason: str) -> None:
         self._write({"e": "down", "host": host, "reason": reason})
@@ -116,7 +129,9 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     total, started = 0, None
     hosts: dict[str, HostStatus] = {}
     live: dict[tuple[int, int], tuple[str, str, int, int]] = {}   # (job, attempt) -> host, state, sent, fetched
-    ended: dict[int, dict] = {}
+    # each job's final word: _OK, _CACHED or (a failure) what `failures` shows of it; a run of a
+    # million jobs must not keep a million events
+    ended: dict[int, Any] = {}
     with open(events, encoding="utf-8") as f:
         for line in f:
             try:
@@ -140,7 +155,8 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
                 host.bytes_sent += ev.get("sent", 0)
                 host.bytes_fetched += ev.get("fetched", 0)
                 if ev.get("final"):
-                    ended[ev["job"]] = ev
+                    ended[ev["job"]] = _OK if ev.get("ok") else (ev["job"], ev.get("label"), ev.get("host"),
+                                                                 ev.get("error"))
                     if ev.get("ok"):
                         host.done += 1
                     else:
@@ -148,7 +164,7 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
                 else:
                     host.retried += 1
             elif kind == "cached":   # reused from an earlier run (--resume): done, on no host
-                ended[ev["job"]] = {**ev, "ok": True, "cached": True}
+                ended[ev["job"]] = _CACHED
                 continue
             elif kind == "down":
                 host.down = ev.get("reason", "down")
@@ -162,7 +178,7 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     now = now or time.time()
     end = os.stat(events).st_mtime if finished else now
     elapsed = max(end - (started or end), 0.0)
-    done = sum(1 for e in ended.values() if e.get("ok"))
+    done = sum(1 for e in ended.values() if e is _OK or e is _CACHED)
     failed = len(ended) - done
     waiting = 0 if finished else max(total - len(ended) - len({k[0] for k in live}), 0)
     total = max(total, len(ended) + len({k[0] for k in live}))   # a deferred call equal to a planned job
@@ -170,9 +186,8 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     eta = None
     if not finished and ended and remaining > 0:
         eta = elapsed / len(ended) * remaining
-    failures = [{"job": e["job"], "task": e.get("label"), "host": e.get("host"), "reason": e.get("error")}
-                for e in ended.values() if not e.get("ok")]
-    cached = sum(1 for e in ended.values() if e.get("cached"))
+    failures = [{"job": e[0], "task": e[1], "host": e[2], "reason": e[3]} for e in ended.values() if type(e) is tuple]
+    cached = sum(1 for e in ended.values() if e is _CACHED)
     return Status(str(run_dir), finished, summary.get("ok") if summary else None, total, waiting, done, failed,
                   cached, round(elapsed, 3), round(eta, 1) if eta is not None else None, hosts, failures)
 

@@ -82,6 +82,77 @@ def test_a_big_run_gets_its_trace_and_no_page_at_the_end(tmp_path, monkeypatch, 
     assert load_run(run, full=False).plan_root is None
 
 
+def _reference_trace(run: Path) -> str:
+    from cmflow.report import _trace_lines
+    from cmflow.report.data import load_run
+
+    return "".join(_trace_lines(load_run(run, full=False)))
+
+
+def test_the_streamed_trace_is_the_reference_one_at_every_point_of_a_killed_run(tmp_path):
+    # trace.tsv of a run over REPORT_MAX_JOBS is written in one pass over the journal (report/trace.py),
+    # keeping no object per job; its rows must be load_run's, byte for byte, whatever the journal holds:
+    # cut after each of its lines, it is a run killed there (jobs in flight, a retry pending, never run)
+    from cmflow.report import write_trace
+    from cmflow.report.trace import trace_lines
+
+    from cmflow.journal import read_journal
+    from cmflow.report import report_doc
+    from cmflow.report import data as report_data
+
+    run = _run_with_failures(tmp_path)
+    lines = (run / "journal.jsonl").read_text().splitlines(keepends=True)
+    assert {"start", "end"} <= {json.loads(line)["ev"] for line in lines}
+    (run / "summary.json").unlink()
+    for n in range(len(lines) + 1):
+        (run / "journal.jsonl").write_text("".join(lines[:n]) + '{"ev": "end", "se')   # a torn last line too
+        assert trace_lines(run) is not None
+        write_trace(run)
+        assert (run / "trace.tsv").read_text() == _reference_trace(run), n
+        # load_run leaves start lines undecoded unless no end follows: the page is the one every line
+        # decoded makes; a job that did not run has the plan's label
+        lazy = report_doc(report_data.load_run(run))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(report_data, "read_journal_lazily", read_journal)
+            assert report_doc(report_data.load_run(run)) == lazy, n
+        if n == 0:
+            assert sorted(row[1] for row in lazy["jobs"]) == ["bad", "flaky"] + [f"ok({i})" for i in range(1, 7)]
+    # a journal two runs appended to (a reused --run-dir): the reference reader takes over, same rows
+    (run / "journal.jsonl").write_text("".join(lines * 2))
+    assert trace_lines(run) is None
+    write_trace(run)
+    assert (run / "trace.tsv").read_text() == _reference_trace(run)
+    # plan.json's jobs out of id order: found while writing, the reference reader takes over
+    head, *jobs_and_rest = (run / "plan.json").read_text().split("\n")
+    jobs = [j for j in jobs_and_rest if j.startswith("  {")]
+    rest = [j for j in jobs_and_rest if not j.startswith("  {")]
+    jobs[0], jobs[1] = jobs[1].rstrip(","), jobs[0] + ","
+    (run / "plan.json").write_text("\n".join([head, rest[0], *jobs, *rest[1:]]))
+    write_trace(run)
+    assert (run / "trace.tsv").read_text() == _reference_trace(run)
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]   # no spill or temp file left
+
+
+def test_the_streamed_trace_of_a_resumed_run_shows_cached_jobs(tmp_path):
+    from cmflow.report import write_trace
+
+    run = _run_with_failures(tmp_path)
+    again = cmflow("run", "f.flow", "--hosts", "inv.yaml", "--run-dir", "again", "--resume", "run", "-q",
+                   cwd=tmp_path)
+    assert again.returncode == 1, again.stderr
+    trace = tmp_path / "again" / "trace.tsv"
+    assert "\tcached\t" in trace.read_text()
+    trace.unlink()
+    write_trace(tmp_path / "again")
+    assert trace.read_text() == _reference_trace(tmp_path / "again")
+    # `cmflow status` of it counts jobs by their final word alone (it keeps no event per job)
+    rows = [line.split("\t") for line in trace.read_text().splitlines()[1:]]
+    doc = json.loads(cmflow("status", "again", "--format", "json", cwd=tmp_path).stdout)
+    cached = sum(r[10] == "cached" for r in rows)
+    assert cached and (doc["cached"], doc["done"], doc["failed"]) == (cached, 7, 1)
+    assert [(f["job"], f["task"]) for f in doc["failures"]] == [(8, "bad")]
+
+
 def _check_page(page, shot: Path) -> None:
     assert page.problems() == []
     urls = page.requests()

@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from itertools import chain
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..runlog import write_atomic
 from ..rundir import read_json
+from .trace import Unexpected, _esc, trace_lines
 from .data import CACHED, FAILED, OK, RETRIED, RUNNING, RunData, critical_path, host_figures, load_run
 
 __all__ = ["write_report", "write_trace", "report_doc", "load_run"]
@@ -109,16 +111,22 @@ TRACE_COLUMNS = ("Seq", "Host", "Starttime", "JobRuntime", "Send", "Receive", "E
                  "Command")
 
 
-def _esc(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-
-
 def write_trace(run_dir: Path, data: RunData | None = None) -> Path:
     """trace.tsv: one row per job (its last attempt), the joblog's columns and more; the command last,
-    with tab and newline written as \\t and \\n."""
-    data = data or load_run(run_dir, full=False)
-    write_atomic(run_dir / "trace.tsv", _trace_lines(data))
-    return run_dir / "trace.tsv"
+    with tab and newline written as \\t and \\n. Without ``data``, in one pass over the journal that
+    keeps no object per job (trace.py), unless the run directory needs the whole reader."""
+    out = run_dir / "trace.tsv"
+    if data is None:
+        rows = trace_lines(run_dir)
+        if rows is not None:
+            try:
+                write_atomic(out, chain(["\t".join(TRACE_COLUMNS) + "\n"], rows))
+                return out
+            except Unexpected:
+                pass    # plan.json's jobs out of order: the reference reader below
+        data = load_run(run_dir, full=False)
+    write_atomic(out, _trace_lines(data))
+    return out
 
 
 def _trace_lines(data: RunData) -> Iterator[str]:
@@ -155,7 +163,9 @@ def finish_run(run_dir: Path, report: bool = True) -> None:
         sys.stderr.write(f"cmflow: report.html not written at the end of a run of {jobs} jobs (more than "
                          f"{REPORT_MAX_JOBS}); `cmflow report {run_dir}` writes it\n")
         report = False
-    data = load_run(run_dir, full=report)
+    if not report:   # the trace alone: streamed, whatever the run's size
+        write_trace(run_dir)
+        return
+    data = load_run(run_dir)
     write_trace(run_dir, data)
-    if report:
-        _write_page(run_dir / "report.html", report_doc(data))
+    _write_page(run_dir / "report.html", report_doc(data))

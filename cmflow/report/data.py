@@ -14,9 +14,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from ..journal import JOURNAL, read_journal
+from ..journal import JOURNAL, read_journal_lazily, start_event
 from ..rundir import is_running, read_json
 
 OK, FAILED, RETRIED, CACHED, RUNNING = "ok", "failed", "retried", "cached", "running"
@@ -89,15 +89,39 @@ def _label(job: dict[str, Any]) -> str:
 _NO_PHASES: dict[str, list[float]] = {}
 
 
+def _plan_jobs(path: Path) -> Iterator[dict[str, Any]]:
+    """plan.json's jobs, a line at a time as RunLog.write_plan writes them (else read whole)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.readline().startswith('{"flow": ') and f.readline() == ' "jobs": [\n':
+                for line in f:
+                    if not line.startswith("  {"):
+                        return
+                    yield json.loads(line.rstrip().rstrip(","))
+                return
+    except (OSError, ValueError):
+        pass
+    yield from (read_json(path) or {}).get("jobs", [])
+
+
+def _plan_labels(path: Path, jobs: dict[int, JobInfo]) -> None:
+    """The plan's label for every job the journal gave none (one that did not run): a second reading
+    of plan.json, for these only, as most jobs get theirs from their end in the journal."""
+    for j in _plan_jobs(path):
+        job = jobs.get(j.get("id"))
+        if job is not None and not job.label:
+            job.label = _label(j)
+
+
 def _read_plan(path: Path, full: bool) -> tuple[dict[int, JobInfo], Any]:
     """plan.json's jobs and its root. RunLog.write_plan writes one job a line: those are read a
-    line at a time (a plan of a million jobs is never decoded whole), the root only when ``full``
-    (with the labels). Any other layout (an older run) is read whole."""
+    line at a time (a plan of a million jobs is never decoded whole), the root only when ``full``.
+    Any other layout (an older run) is read whole. Labels are left to load_run (see _plan_labels)."""
     same: dict[str, str] = {}   # one string for the many jobs of a generator that share it
 
     def info(j: dict[str, Any]) -> JobInfo:
         task, command, where = j["task"], j.get("command", ""), j.get("where", "")
-        return JobInfo(j["id"], same.setdefault(task, task), _label(j) if full else "",
+        return JobInfo(j["id"], same.setdefault(task, task), "",
                        same.setdefault(command, command), same.setdefault(where, where))
 
     try:
@@ -130,18 +154,41 @@ def load_run(run_dir: Path, full: bool = True) -> RunData:
     hosts = read_json(run_dir / "hosts.json") or []
     intern = sys.intern
     open_: dict[int, dict[str, Any]] = {}
+    # a start as read, not decoded yet: its effect (state running, its key) is taken only if no
+    # event of the job follows it (a job in flight at the end), or one that needs it
+    unread: dict[int, bytes] = {}
+
+    def started(job: JobInfo, ev: dict[str, Any]) -> None:
+        open_[job.seq] = ev
+        job.state = RUNNING
+        job.key = ev.get("key", job.key)
+
+    def read_start(job: JobInfo) -> None:
+        ev = start_event(unread.pop(job.seq))
+        if ev is not None:
+            started(job, ev)
+
     attempts: list[Attempt] = []
-    for ev in read_journal(run_dir / JOURNAL):
+    for ev in read_journal_lazily(run_dir / JOURNAL):
+        if type(ev) is tuple:
+            seq, raw = ev
+            job = jobs.get(seq)
+            if job is not None:
+                if seq in unread:
+                    read_start(job)
+                unread[seq] = raw
+            continue
         seq = ev.get("seq")
         job = jobs.get(seq)
         if job is None:
             continue
         kind = ev["ev"]
+        if seq in unread and (kind == "start" or kind == "cached" or (kind == "end" and "key" not in ev)):
+            read_start(job)
         if kind == "start":
-            open_[seq] = ev
-            job.state = RUNNING
-            job.key = ev.get("key", job.key)
+            started(job, ev)
         elif kind == "end":
+            unread.pop(seq, None)
             open_.pop(seq, None)
             ok = bool(ev.get("ok"))
             final = ev.get("final", True)
@@ -166,6 +213,10 @@ def load_run(run_dir: Path, full: bool = True) -> RunData:
             job.key = ev.get("key", job.key)
             if full:
                 job.label = ev.get("label") or job.label
+    for seq in list(unread):
+        read_start(jobs[seq])
+    if full and not all(j.label for j in jobs.values()):
+        _plan_labels(run_dir / "plan.json", jobs)
     running = is_running(run_dir)
     now = float((summary or {}).get("ended") or 0) or (time.time() if running else 0.0)
     for seq, ev in open_.items():
