@@ -331,3 +331,22 @@ def test_a_hosts_connection_is_closed_once_the_jobs_only_it_can_run_are_over(tmp
         assert sorted(closed) == ["h1", "h4"]
 
     asyncio.run(main())
+
+
+def test_killing_a_session_opened_over_the_masters_socket(sshd_hosts, tmp_path):
+    """A slot's session asked of the master has no process of ours: procs.kill (a slot being
+    opened when SIGTERM came) ends it by closing its control connection instead of killing a pid."""
+    from cmflow.transport import procs
+
+    async def main():
+        (t,) = transports(sshd_hosts, tmp_path, 2, ["h2"])
+        try:
+            assert (await t.run(spec(tmp_path, 1, "true"))).ok
+            session = await mux.open_session(t._paths[0], "exec sleep 300")
+            assert session.pid is None and session.returncode is None
+            await asyncio.wait_for(procs.kill(session), 10)
+            return session.returncode
+        finally:
+            await t.aclose()
+
+    assert asyncio.run(main()) == -9

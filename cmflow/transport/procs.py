@@ -94,7 +94,12 @@ async def kill(proc: asyncio.subprocess.Process) -> None:
     """SIGKILL a child with its descendants and reap it. The whole tree: srun runs as two
     processes that both hold our pipes, and proc.wait() returns only once the pipes close."""
     if proc.returncode is None:
-        kill_tree(proc.pid)
+        if proc.pid is None:
+            # a session over an ssh master's socket (mux.Session): no process of ours to kill;
+            # ending it closes the channel and the remote slot server kills its job
+            proc.kill()
+        else:
+            kill_tree(proc.pid)
         await proc.wait()
 
 
