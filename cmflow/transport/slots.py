@@ -23,7 +23,7 @@ import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from ..aio import within
 from ..hosts import Host
@@ -67,13 +67,15 @@ KILL_GRACE = float(os.environ.get("CMFLOW_KILL_GRACE", "2"))   # seconds between
 CLOSE_WAIT = 5.0             # seconds a server may take to exit once its stdin is closed
 
 
-async def spawn_slot(*argv: str) -> tuple[asyncio.subprocess.Process, int]:
-    """Start a slot's process (procs.spawn: its own session): stdin and stderr asyncio pipes, stdout
-    a pipe of ours whose read end is returned raw (see SlotTransport._start)."""
+async def spawn_slot(*argv: str, spawn: Callable[..., Awaitable[asyncio.subprocess.Process]] | None = None
+                     ) -> tuple[asyncio.subprocess.Process, int]:
+    """Start a slot's process (procs.spawn, or `spawn(argv, **kw)`: its own session): stdin and stderr
+    asyncio pipes, stdout a pipe of ours whose read end is returned raw (see SlotTransport._start)."""
     out_r, out_w = os.pipe()
     try:
-        proc = await procs.spawn(*argv, stdin=asyncio.subprocess.PIPE, stdout=out_w,
-                                 stderr=asyncio.subprocess.PIPE, limit=1 << 20)
+        kw: dict[str, Any] = dict(stdin=asyncio.subprocess.PIPE, stdout=out_w, stderr=asyncio.subprocess.PIPE,
+                                  limit=1 << 20)
+        proc = await (spawn(list(argv), **kw) if spawn else procs.spawn(*argv, **kw))
     except BaseException:
         os.close(out_r)
         raise

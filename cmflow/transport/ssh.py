@@ -39,7 +39,7 @@ from typing import Any
 from ..hosts import Host
 from . import ConnectionLost, Helper, mux, procs, tmpdirs
 from .procs import kill as _kill
-from .slots import Slot, SlotTransport, _close as _close_proc, boot_argv
+from .slots import Slot, SlotTransport, _close as _close_proc, boot_argv, spawn_slot
 
 SESSIONS_PER_MASTER = 8
 CONNECT_TIMEOUT = 10
@@ -230,17 +230,9 @@ class SshTransport(SlotTransport):
                 if gate is not None:
                     await gate.acquire()
                     leader.held.append(gate)
-            out_r, out_w = os.pipe()      # the session's stdout: a raw pipe for the slot (see slots.Frames)
-            try:
-                proc = await _spawn([*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
-                                     "--", self.host.hostname, REMOTE_COMMAND],
-                                    stdin=asyncio.subprocess.PIPE, stdout=out_w,
-                                    stderr=asyncio.subprocess.PIPE, limit=1 << 20)
-            except BaseException:
-                os.close(out_r)
-                raise
-            finally:
-                os.close(out_w)
+            # the session's stdout: a raw pipe for the slot (see slots.Frames)
+            proc, out_r = await spawn_slot(*self.base, "-o", "ControlMaster=yes", "-o", f"ControlPath={path}",
+                                           "--", self.host.hostname, REMOTE_COMMAND, spawn=_spawn)
         except BaseException as e:
             _release(leader)
             _fail(leader.done, e)
