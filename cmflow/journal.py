@@ -249,8 +249,8 @@ def _ends_with_newline(path: Path) -> bool:
 
 # -------------------------------------------------------------- the reader
 
-def read_journal(path: Path) -> Iterator[dict[str, Any]]:
-    """Every event of a journal in order; a line that does not parse (a torn write) is skipped."""
+def _whole_lines(path: Path) -> Iterator[bytes]:
+    """A journal's lines up to the torn last line of a killed writer, if any; none if it is missing."""
     try:
         f = open(path, "rb")
     except FileNotFoundError:
@@ -258,13 +258,25 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
     with f:
         for raw in f:
             if not raw.endswith(b"\n"):
-                return   # the torn last line of a killed writer
-            try:
-                doc = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(doc, dict) and "ev" in doc:
-                yield doc
+                return
+            yield raw
+
+
+def _event(raw: bytes) -> dict[str, Any] | None:
+    """One journal line decoded; None for a line that does not parse (a torn write) or is no event."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) and "ev" in doc else None
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Every event of a journal in order; a line that does not parse (a torn write) is skipped."""
+    for raw in _whole_lines(path):
+        doc = _event(raw)
+        if doc is not None:
+            yield doc
 
 
 _START = b'{"ev":"start","seq":'
@@ -274,32 +286,17 @@ def read_journal_lazily(path: Path) -> Iterator[dict[str, Any] | tuple[int, byte
     """read_journal's events, but a start line as Journal.started writes it comes undecoded, as
     (seq, line): nearly every start is followed by its end, which says all a reader wants, so
     decoding starts (half the journal) is mostly wasted. ``start_event(line)`` decodes one."""
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return
-    with f:
-        for raw in f:
-            if not raw.endswith(b"\n"):
-                return   # the torn last line of a killed writer
-            if raw.startswith(_START):
-                end = raw.find(b",", 20)
-                seq = raw[20:end]
-                if end > 20 and seq.isdigit() and (seq[0] != 48 or len(seq) == 1):   # JSON's own integers
-                    yield int(seq), raw
-                    continue
-            try:
-                doc = json.loads(raw)
-            except ValueError:
+    for raw in _whole_lines(path):
+        if raw.startswith(_START):
+            end = raw.find(b",", 20)
+            seq = raw[20:end]
+            if end > 20 and seq.isdigit() and (seq[0] != 48 or len(seq) == 1):   # JSON's own integers
+                yield int(seq), raw
                 continue
-            if isinstance(doc, dict) and "ev" in doc:
-                yield doc
+        doc = _event(raw)
+        if doc is not None:
+            yield doc
 
 
-def start_event(raw: bytes) -> dict[str, Any] | None:
-    """A start line from read_journal_lazily, decoded (None where read_journal would skip it)."""
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) and "ev" in doc else None
+# a start line from read_journal_lazily, decoded (None where read_journal would skip it)
+start_event = _event
