@@ -225,8 +225,9 @@ class _Retire:
         self.host_of: dict[int, str] = {}       # job id -> its host, for the jobs counted below
         self.left: dict[str, int] = {}          # host -> its jobs not ended yet
         self.closing: list[asyncio.Future[None]] = []
-        if plan.deferred():
-            return
+        ssh = {h.name for h in inv.hosts if not h.local and not h.slurm}
+        if plan.deferred() or not ssh:
+            return   # (a local run of a million jobs need not resolve each job's target for nothing)
         shared: set[str] = set()
         for job in plan.jobs:
             try:
@@ -237,7 +238,6 @@ class _Retire:
                 shared.update(h.name for h in hosts)
             else:
                 self.host_of[job.id] = hosts[0].name
-        ssh = {h.name for h in inv.hosts if not h.local and not h.slurm}
         for jid, host in list(self.host_of.items()):
             if host in shared or host not in ssh:
                 del self.host_of[jid]
