@@ -750,6 +750,16 @@ def _bind(sig: _Signature | None, args: tuple, kwargs: tuple) -> tuple | None:
         return None
 
 
+def invocation_key(sig: _Signature | None, args: Sequence[Any], kwargs: Sequence[tuple[str, Any]]) -> tuple:
+    """The key of a call made with run-time values (the executor's memo), bound to the def's
+    signature (``_signature_of``) as the compiler binds calls, so that f(x), f(level=x) and
+    f(x, <default>) run once; values keyed by content (values.memo_key: 1, 1.0 and True differ)."""
+    bound = _bind(sig, tuple(args), tuple(kwargs))
+    if bound is None:
+        return ("written", values.memo_key([list(args), dict(kwargs)]))
+    return ("bound", values.memo_key(list(bound)))
+
+
 _UNBOUND = object()
 
 
