@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from . import ast, values
 from ._gc import paused
-from .errors import Diagnostic, FlowError, short
+from .errors import Diagnostic, FlowError, short, source_lines
 from .files.spec import Command, JobFiles, SpecError
 from .files.spec import resolve as resolve_files
 from .parser import parse
@@ -47,7 +47,7 @@ class _Compiler:
         self.hosts_of = hosts_of
         self.env: dict[str, Any] = {}          # loop variables of the generator items being compiled
         self._stmt_pos = ast.Pos(1, 1)
-        self.lines = source.splitlines()
+        self.lines = source_lines(source)
         self.loader = loader
         self.is_target = is_target
         self.target_names = target_names
