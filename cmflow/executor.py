@@ -104,6 +104,14 @@ def read_value(text: str, parse: Any) -> Any:
     raise ValueError(f"unknown parse option {parse!r}")
 
 
+def stdout_value(out: Path, size: int, parse: Any) -> Any:
+    """The value of a job whose stdout (`size` bytes) is in file `out`."""
+    if size > VALUE_LIMIT and parse in ("auto", "text"):
+        # stored once, in its file: records, summary and sums get a reference, not a copy
+        return {"stdout_file": str(out), "bytes": size}
+    return read_value(out.read_bytes().decode("utf-8", "replace") if size else "", parse)
+
+
 def _tail(path: Path, lines: int = 5, limit: int = 4096) -> str:
     try:
         with open(path, "rb") as f:
@@ -758,12 +766,8 @@ class Executor:
             return failure(f"exit status {outcome.exit_status}{more}")
         if moved is not None and moved.files is not None:
             return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
-        if outcome.stdout_bytes > VALUE_LIMIT and job.options.parse in ("auto", "text"):
-            # stored once, in its file: records, summary and sums get a reference, not a copy
-            return Ok({"stdout_file": str(out), "bytes": outcome.stdout_bytes})
         try:
-            text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
-            return Ok(read_value(text, job.options.parse))
+            return Ok(stdout_value(out, outcome.stdout_bytes, job.options.parse))
         except (Exception, SystemExit, GeneratorExit) as e:  # a task's own parse= callable may raise anything
             return failure(f"cannot read its value ({job.options.parse if isinstance(job.options.parse, str) else 'parse'}): "
                            f"{type(e).__name__}: {e}")
@@ -782,8 +786,9 @@ class Executor:
             if has_outputs:   # the value of a job with outputs is its files, now adopted into this run
                 value: Any = Files(str((self.log.dir / f["path"]).resolve()) for f in decision.entry.files)
             else:
-                value = read_value(out_p.read_bytes().decode("utf-8", "replace") if out_p else "",
-                                   job.options.parse)
+                # read as the earlier run read it: a big stdout stays a reference to its (adopted) file
+                value = stdout_value(out_p, out_p.stat().st_size, job.options.parse) if out_p else \
+                    read_value("", job.options.parse)
         except Exception:   # noqa: BLE001 - a vanished file or a parse= that now fails: run it instead
             return None
         if self.journal is not None:
