@@ -112,6 +112,13 @@ def stdout_value(out: Path, size: int, parse: Any) -> Any:
     return read_value(out.read_bytes().decode("utf-8", "replace") if size else "", parse)
 
 
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0    # nothing written: no file
+
+
 def _tail(path: Path, lines: int = 5, limit: int = 4096) -> str:
     try:
         with open(path, "rb") as f:
@@ -674,8 +681,11 @@ class Executor:
             self.scheduler.close()
             self.scheduler.release(host)
             if isinstance(e, asyncio.CancelledError):
-                self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True, killed=True, keyed=keyed)
+                # what it wrote before it was killed is in its files (closed by the transport by now)
+                ended = Outcome(None, signal.SIGTERM, started, time.time(), stdout_bytes=_size(out),
+                                stderr_bytes=_size(err))
+                self._record(job, host, attempt, ended, out, err, Failure("cancelled", job, host), True, killed=True,
+                             keyed=keyed)
             raise
         self.jobs_run += 1
         result = self._result_of(job, host, outcome, out, err, moved)
