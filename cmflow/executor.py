@@ -330,13 +330,17 @@ class Executor:
                 result = root.result()
         except* _HaltNow:
             halted = True
-        failures = [f for f in self._failures if f.cause]
+        failures = self.failures()
         if isinstance(result, Failure) and result.cause and result not in failures:
             failures.append(result)
         ok = isinstance(result, Ok) and not failures
         return RunResult(ok, result.value if isinstance(result, Ok) else None, failures,
                          halted or self.scheduler.closed, False, self.jobs_run, self.jobs_cached,
                          sorted(self.scheduler.down))
+
+    def failures(self) -> list[Failure]:
+        """The failures so far that are causes (not "skipped because another failed")."""
+        return [f for f in self._failures if f.cause]
 
     def _future(self) -> _Result:
         return _Result()
