@@ -40,6 +40,14 @@ VALUE_LIMIT = 1 << 20
 HOST_DOWN_AFTER = 3   # consecutive connection failures before a host is marked down
 
 
+def stdout_value(out: Path, size: int, parse: Any) -> Any:
+    """A job's value from its stdout file: read and parsed, or over VALUE_LIMIT (parse "auto"/"text") a
+    reference to that file, so records, summary and sums get a reference, not a copy."""
+    if size > VALUE_LIMIT and parse in ("auto", "text"):
+        return {"stdout_file": str(out), "bytes": size}
+    return read_value(out.read_bytes().decode("utf-8", "replace") if size else "", parse)
+
+
 @dataclass(frozen=True)
 class Ok:
     value: Any
@@ -749,12 +757,8 @@ class Executor:
             return failure(f"exit status {outcome.exit_status}{more}")
         if moved is not None and moved.files is not None:
             return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
-        if outcome.stdout_bytes > VALUE_LIMIT and job.options.parse in ("auto", "text"):
-            # stored once, in its file: records, summary and sums get a reference, not a copy
-            return Ok({"stdout_file": str(out), "bytes": outcome.stdout_bytes})
         try:
-            text = out.read_bytes().decode("utf-8", "replace") if outcome.stdout_bytes else ""
-            return Ok(read_value(text, job.options.parse))
+            return Ok(stdout_value(out, outcome.stdout_bytes, job.options.parse))
         except (Exception, SystemExit, GeneratorExit) as e:  # a task's own parse= callable may raise anything
             return failure(f"cannot read its value ({job.options.parse if isinstance(job.options.parse, str) else 'parse'}): "
                            f"{type(e).__name__}: {e}")
@@ -773,8 +777,9 @@ class Executor:
             if has_outputs:   # the value of a job with outputs is its files, now adopted into this run
                 value: Any = Files(str((self.log.dir / f["path"]).resolve()) for f in decision.entry.files)
             else:
-                value = read_value(out_p.read_bytes().decode("utf-8", "replace") if out_p else "",
-                                   job.options.parse)
+                # a big stdout stays a reference, as in the run that made it
+                value = stdout_value(out_p, out_p.stat().st_size, job.options.parse) if out_p else \
+                    read_value("", job.options.parse)
         except Exception:   # noqa: BLE001 - a vanished file or a parse= that now fails: run it instead
             return None
         if self.journal is not None:

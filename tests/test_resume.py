@@ -310,3 +310,25 @@ def test_an_edited_argument_reruns_its_dependants_too(tmp_path):
     assert again.returncode == 0 and again.stdout.strip() == "33", again.stderr
     assert lines(counter)[3:] == ["sq4", "twice16"]          # exactly the edited job and its dependant
     assert summary(tmp_path / "r2")["jobs_cached"] == 1
+
+
+def test_a_reused_big_stdout_stays_a_reference(tmp_path):
+    """A stdout over 1 MiB is a {"stdout_file", "bytes"} reference in the run that made it; reused by a
+    resume it is the same kind of value (the adopted file), not the whole output read into memory."""
+    flag = tmp_path / "fail"
+    flag.write_text("")
+    size = (1 << 20) + 4321
+    (tmp_path / "tk.py").write_text(
+        f'def big(): return "head -c {size} /dev/zero | tr \'\\\\0\' x"\n'
+        f'def flaky(): return "test ! -e {flag} && echo 10"\n')
+    (tmp_path / "f.flow").write_text("from tk import *\nbig | flaky\n")
+    first = cmflow("run", "f.flow", "-q", "--format", "json", "--run-dir", "r1", cwd=tmp_path)
+    assert first.returncode == 1
+    flag.unlink()
+    second = cmflow("run", "f.flow", "-q", "--format", "json", "--run-dir", "r2", "--resume", "r1", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    ref, ten = json.loads(second.stdout)
+    assert ten == 10 and ref == {"stdout_file": "r2/jobs/1.0.out", "bytes": size}
+    assert (tmp_path / ref["stdout_file"]).read_bytes() == b"x" * size
+    summary = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert summary["jobs_cached"] == 1 and summary["jobs_run"] == 1
