@@ -321,6 +321,34 @@ def usage_error(argv: list[str], left: list[Any] = ()) -> str:
     return f"cmflow {what}: missing or misplaced arguments\n" + usage
 
 
+class _Args(dict):
+    """docopt's answer for one command: what another command's usage names reads as absent (None)."""
+
+    def __missing__(self, key: str) -> None:
+        return None
+
+
+def _usage_for(argv: list[str]) -> str:
+    """The usage text docopt matches argv against: the lines of the command argv names, with every
+    option's description (defaults included). docopt's matching grows with the whole pattern: the
+    full usage cost ~40 ms of each start-up, most of a run's Python work before its first ssh.
+    Help, version and anything that names no command get the whole text (its help, its errors)."""
+    head, sep, options = __doc__.partition("\nOptions:")
+    command = argv[0] if argv else ""
+    if not sep or not re.fullmatch(r"[a-z]+", command) or any(a in ("-h", "--help", "--version") for a in argv):
+        return __doc__
+    usage = head.partition("\nCommands:")[0].splitlines()
+    kept, keep = [], False
+    for line in usage:
+        if line.startswith("  cmflow "):
+            keep = line.split()[1] == command
+        if keep or not line.startswith("  "):
+            kept.append(line)
+    if not any(line.startswith("  cmflow ") for line in kept):
+        return __doc__
+    return "\n".join(kept) + "\nOptions:" + options
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -333,7 +361,7 @@ def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     argv = [a for arg in argv for a in (("--resume", "--deep") if arg == "--resume=deep" else (arg,))]
     try:
-        args = docopt(__doc__, argv=argv, version=f"cmflow {__version__}")
+        args = _Args(docopt(_usage_for(argv), argv=argv, version=f"cmflow {__version__}"))
     except DocoptExit as e:
         # one line that says what is wrong (never docopt's internals), then the usage that applies;
         # docopt names the arguments it could not place only in its message

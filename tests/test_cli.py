@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import ROOT, cmflow
+
+from cmflow import cli
 
 SEED = str(ROOT / "flows" / "seed.flow")
 
@@ -57,3 +60,45 @@ def test_repl_session(tmp_path):
     assert out[:2] == ["3", "[1, 5]"]
     assert "<repl>:1:1: error: unknown name 'bogus'" in r.stdout
     assert "44" in out and "Par[a, b(5)]" in r.stdout
+
+
+# Every usage line, and mistakes: docopt's matching of the one command's usage (cli._usage_for)
+# must give what matching the whole usage gives.
+_ARGVS = [
+    ["check", "f.flow"], ["check", "f.flow", "--hosts=h.yaml"],
+    ["plan", "f.flow", "--format=dot", "--resume", "old", "--deep"],
+    ["run", "f.flow", "-j", "4", "--timeout=3", "--retries=2", "--halt=soon", "--run-dir=d", "--format=json",
+     "-q", "--resume", "--no-report", "--keep-remote", "--fanout=8"],
+    ["run", "f.flow"], ["eval", "a | b", "--tasks=m", "--tasks=n", "-j", "2"],
+    ["status"], ["status", "d", "--watch", "--format=json"], ["report", "d", "-o", "x.html"],
+    ["runs"], ["runs", "ls", "--root=r"], ["runs", "clean", "--keep=3", "--older-than=2"],
+    ["repl", "--tasks=t"], ["hosts", "list", "g"], ["hosts", "check", "a", "b", "--connect-timeout=3"],
+    ["hosts", "trust", "h", "--yes", "--replace"], ["exec", "uname -a", "--on=g", "--timeout=2"],
+    ["data", "add", "f", "--service=s", "--name=n", "--force"], ["data", "ls", "--format=json"],
+    ["data", "get", "n", "dest"], ["data", "del", "n"], ["data", "share", "n", "--with=u", "--expires=1h"],
+    ["data", "unshare", "n", "--public"], ["data", "services"], ["vm", "up", "3", "--provider=docker"],
+    ["vm", "status"], ["vm", "ssh-config", "--name=x"], ["vm", "halt"], ["vm", "destroy", "--yes"],
+    # mistakes
+    ["run"], ["run", "f.flow", "--bogus"], ["hosts"], ["data", "frob"], ["vm", "up"], ["check", "a", "b"],
+    ["frob"], [], ["run", "f.flow", "-j"], ["status", "a", "b"],
+]
+
+
+@pytest.mark.parametrize("argv", _ARGVS, ids=[" ".join(a) or "(none)" for a in _ARGVS])
+def test_one_commands_usage_parses_as_the_whole_usage(argv):
+    from docopt import DocoptExit, docopt
+
+    def parse(doc):
+        try:
+            return docopt(doc, argv=argv, version="x")
+        except DocoptExit:
+            return "usage error"
+
+    whole, one = parse(cli.__doc__), parse(cli._usage_for(argv))
+    if whole == "usage error" or one == "usage error":
+        assert one == whole
+        return
+    assert {k: whole[k] for k in one} == one          # the same values for what the command names
+    # the rest is other commands' words, unset, or their options' defaults: absent here
+    assert all(not v or k.startswith("-") for k, v in whole.items() if k not in one)
+    assert cli._Args(one)["hosts" if argv[0] != "hosts" else "vm"] is None or argv[0] == "hosts"

@@ -29,6 +29,7 @@ default; an inventory's ``ssh_options`` win over these defaults).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import shlex
 import shutil
@@ -344,21 +345,19 @@ class SshTransport(SlotTransport):
         await mux.terminate(path)
 
 
-_ssh_program: str | None = None
+@functools.lru_cache(maxsize=None)
+def _program(name: str) -> str:
+    """Where `name` is on PATH: looked up once per process, not by every exec of ssh (a pure lookup,
+    forgotten when the program turns out to be gone)."""
+    return shutil.which(name) or name
 
 
 async def _spawn(argv: list[str], **kw: Any) -> asyncio.subprocess.Process:
-    """Start an ssh client in its own session (a Ctrl-C reaches cmflow only, which ends jobs in order).
-
-    ssh is looked up on PATH once per run, not by every exec.
-    """
-    global _ssh_program
-    if _ssh_program is None:
-        _ssh_program = shutil.which(argv[0]) or argv[0]
+    """Start an ssh client in its own session (a Ctrl-C reaches cmflow only, which ends jobs in order)."""
     try:
-        return await procs.spawn(_ssh_program, *argv[1:], **kw)
+        return await procs.spawn(_program(argv[0]), *argv[1:], **kw)
     except FileNotFoundError:
-        _ssh_program = None
+        _program.cache_clear()
         raise ConnectionLost("no ssh client on this machine (install openssh-client)") from None
 
 
