@@ -40,14 +40,6 @@ VALUE_LIMIT = 1 << 20
 HOST_DOWN_AFTER = 3   # consecutive connection failures before a host is marked down
 
 
-def stdout_value(out: Path, size: int, parse: Any) -> Any:
-    """A job's value from its stdout file: read and parsed, or over VALUE_LIMIT (parse "auto"/"text") a
-    reference to that file, so records, summary and sums get a reference, not a copy."""
-    if size > VALUE_LIMIT and parse in ("auto", "text"):
-        return {"stdout_file": str(out), "bytes": size}
-    return read_value(out.read_bytes().decode("utf-8", "replace") if size else "", parse)
-
-
 @dataclass(frozen=True)
 class Ok:
     value: Any
@@ -110,6 +102,14 @@ def read_value(text: str, parse: Any) -> Any:
         case fn if callable(fn):
             return fn(text)
     raise ValueError(f"unknown parse option {parse!r}")
+
+
+def stdout_value(out: Path, size: int, parse: Any) -> Any:
+    """The value of a job whose stdout (`size` bytes) is in file `out`."""
+    if size > VALUE_LIMIT and parse in ("auto", "text"):
+        # stored once, in its file: records, summary and sums get a reference, not a copy
+        return {"stdout_file": str(out), "bytes": size}
+    return read_value(out.read_bytes().decode("utf-8", "replace") if size else "", parse)
 
 
 def _tail(path: Path, lines: int = 5, limit: int = 4096) -> str:
@@ -777,7 +777,7 @@ class Executor:
             if has_outputs:   # the value of a job with outputs is its files, now adopted into this run
                 value: Any = Files(str((self.log.dir / f["path"]).resolve()) for f in decision.entry.files)
             else:
-                # a big stdout stays a reference, as in the run that made it
+                # read as the earlier run read it: a big stdout stays a reference to its (adopted) file
                 value = stdout_value(out_p, out_p.stat().st_size, job.options.parse) if out_p else \
                     read_value("", job.options.parse)
         except Exception:   # noqa: BLE001 - a vanished file or a parse= that now fails: run it instead

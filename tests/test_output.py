@@ -32,6 +32,27 @@ def test_large_stdout_is_a_reference_to_its_file(inventory, tmp_path):  # noqa: 
     assert (tmp_path / "run" / "summary.json").stat().st_size < 10000
 
 
+
+def test_a_resumed_large_stdout_stays_a_reference(tmp_path):
+    """--resume reads a reused job's value as the run that ran it did: a big stdout is not read in,
+    printed, or copied into jobs.jsonl and summary.json."""
+    (tmp_path / "tk.py").write_text(textwrap.dedent('''
+        def big(): return "head -c 3000000 /dev/zero | tr '\\\\0' x"
+        def small(): return "echo 5"
+        '''))
+    (tmp_path / "f.flow").write_text("from tk import *\nbig | small\n")
+    first = cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = cmflow("run", "f.flow", "-q", "--run-dir", "r2", "--resume", "r1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    value = json.loads(again.stdout)
+    assert value[1] == 5
+    assert value[0]["bytes"] == 3000000
+    assert (tmp_path / value[0]["stdout_file"]).read_bytes() == b"x" * 3000000
+    assert (tmp_path / value[0]["stdout_file"]).parent.parent.name == "r2"   # the adopted file, this run's own
+    assert (tmp_path / "r2" / "jobs.jsonl").stat().st_size < 10000
+    assert (tmp_path / "r2" / "summary.json").stat().st_size < 10000
+
 GEN = '''
 import os, random, sys, time
 r = random.Random(7)
