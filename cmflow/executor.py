@@ -301,7 +301,7 @@ class Executor:
         self.journal = journal
         self.resume = resume
         self._phase_marks: dict[tuple[int, int], list[tuple[str, float]]] = {}   # (job, attempt) -> (state, time)
-        self.keys = Keys(options.deep)
+        self.keys = Keys(options.deep, log.dir)
 
     # ---------------------------------------------------------------- driver
     async def run(self) -> RunResult:
@@ -806,6 +806,8 @@ class Executor:
                 "stderr": f"{err_p.parent.name}/{err_p.name}" if err_p else "",
                 "stdout_bytes": doc.get("stdout_bytes", 0), "stderr_bytes": doc.get("stderr_bytes", 0),
                 "from": str(decision.entry.run_dir), "from_seq": doc.get("seq")})
+            if has_outputs:   # adopted under the same paths: a resume of this run reuses them in turn
+                self.journal.fetched(job.id, key, decision.entry.files)
         # the joblog and jobs.jsonl show it as the earlier run ran it, with attempt 0 meaning "reused":
         # GNU parallel's --resume-failed must skip it as well
         self.log.record(JobRecord(
