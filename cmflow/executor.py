@@ -112,6 +112,13 @@ def stdout_value(out: Path, size: int, parse: Any) -> Any:
     return read_value(out.read_bytes().decode("utf-8", "replace") if size else "", parse)
 
 
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0    # nothing written: no file
+
+
 def _tail(path: Path, lines: int = 5, limit: int = 4096) -> str:
     try:
         with open(path, "rb") as f:
@@ -295,7 +302,7 @@ class Executor:
         self.journal = journal
         self.resume = resume
         self._phase_marks: dict[tuple[int, int], list[tuple[str, float]]] = {}   # (job, attempt) -> (state, time)
-        self.keys = Keys(options.deep)
+        self.keys = Keys(options.deep, log.dir)
 
     # ---------------------------------------------------------------- driver
     async def run(self) -> RunResult:
@@ -324,13 +331,17 @@ class Executor:
                 result = root.result()
         except* _HaltNow:
             halted = True
-        failures = [f for f in self._failures if f.cause]
+        failures = self.failures()
         if isinstance(result, Failure) and result.cause and result not in failures:
             failures.append(result)
         ok = isinstance(result, Ok) and not failures
         return RunResult(ok, result.value if isinstance(result, Ok) else None, failures,
                          halted or self.scheduler.closed, False, self.jobs_run, self.jobs_cached,
                          sorted(self.scheduler.down))
+
+    def failures(self) -> list[Failure]:
+        """The failures so far that are causes (not "skipped because another failed")."""
+        return [f for f in self._failures if f.cause]
 
     def _future(self) -> _Result:
         return _Result()
@@ -683,8 +694,11 @@ class Executor:
             self.scheduler.close()
             self.scheduler.release(host)
             if isinstance(e, asyncio.CancelledError):
-                self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True, killed=True, keyed=keyed)
+                # what it wrote before it was killed is in its files (closed by the transport by now)
+                ended = Outcome(None, signal.SIGTERM, started, time.time(), stdout_bytes=_size(out),
+                                stderr_bytes=_size(err))
+                self._record(job, host, attempt, ended, out, err, Failure("cancelled", job, host), True, killed=True,
+                             keyed=keyed)
             raise
         self.jobs_run += 1
         result = self._result_of(job, host, outcome, out, err, moved)
@@ -801,6 +815,8 @@ class Executor:
                 "stderr": f"{err_p.parent.name}/{err_p.name}" if err_p else "",
                 "stdout_bytes": doc.get("stdout_bytes", 0), "stderr_bytes": doc.get("stderr_bytes", 0),
                 "from": str(decision.entry.run_dir), "from_seq": doc.get("seq")})
+            if has_outputs:   # adopted under the same paths: a resume of this run reuses them in turn
+                self.journal.fetched(job.id, key, decision.entry.files)
         # the joblog and jobs.jsonl show it as the earlier run ran it, with attempt 0 meaning "reused":
         # GNU parallel's --resume-failed must skip it as well
         self.log.record(JobRecord(

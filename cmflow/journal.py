@@ -43,6 +43,7 @@ from .plan import Job
 
 JOURNAL = "journal.jsonl"
 KEY_VERSION = "cmflow-key-1"
+RUN_DIR = "$RUN"    # stands for the run's own directory in a key's input paths
 
 
 # ------------------------------------------------------------------ the key
@@ -105,8 +106,12 @@ def _sha(text: str) -> str:
 class Keys:
     """Computes invocation keys for one run; input fingerprints are cached per path for the run."""
 
-    def __init__(self, deep: bool = False):
+    def __init__(self, deep: bool = False, run_dir: Path | None = None):
         self.deep = deep
+        # an input inside this run's directory (a Files argument: another job's fetched output) is keyed by
+        # its place there: a resume adopts those files into its own, new run directory, and a job given
+        # the same files must keep its key, or every job reducing files re-runs on every resume
+        self._run = str(run_dir.resolve()) + os.sep if run_dir is not None else ""
         self._fingerprints: dict[str, str] = {}
         self._envs: dict[str | None, str] = {}   # placement -> hash of its hosts' environments
 
@@ -122,7 +127,10 @@ class Keys:
         else:
             canonical = _canonical([list(args), [list(kv) for kv in job.kwargs]])
         return KeyParts(job.task, canonical, _sha(job.command), job.target or "", env,
-                        tuple((p, self.fingerprint(p)) for p in inputs) if inputs else ())
+                        tuple((self._portable(p), self.fingerprint(p)) for p in inputs) if inputs else ())
+
+    def _portable(self, path: str) -> str:
+        return RUN_DIR + path[len(self._run) - 1:] if self._run and path.startswith(self._run) else path
 
     def fingerprint(self, path: str) -> str:
         """``size:mtime_ns``, or ``sha256:HEX`` when deep; ``missing`` if it does not exist."""

@@ -211,7 +211,7 @@ def explain(plan: Any, inventory: Any, index: ResumeIndex, deep: bool = False) -
             out.append((job, Decision(False, f"unknown host {e}")))
             continue
         parts = keys.parts(job, hosts, job_inputs(job))
-        out.append((job, index.decide(job, parts, parts.key(), bool(getattr(job, "outputs", ())))))
+        out.append((job, index.decide(job, parts, parts.key(), bool(job.files and job.files.outputs))))
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from .errors import UsageError
 from .flushing import flush_soon, forget
 from .jsonfmt import boolean as _b, value as _v
+from .rundir import is_running
 
 EVENTS = "events.jsonl"
 _DUMPS = json.dumps
@@ -107,6 +108,7 @@ class Status:
     eta: float | None
     hosts: dict[str, HostStatus] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
+    killed: bool = False      # not finished, and no cmflow runs in it any more (SIGKILL, a crash)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -126,6 +128,9 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     events = run_dir / EVENTS
     if not events.is_file():
         raise UsageError(f"{run_dir}: not a run directory with status (no {EVENTS})")
+    # asked before summary.json is read: a run writes its summary before it lets go of its lock, so a
+    # run seen not running here and without a summary below was stopped, not finished
+    alive = is_running(run_dir)
     total, started = 0, None
     hosts: dict[str, HostStatus] = {}
     live: dict[tuple[int, int], tuple[str, str, int, int]] = {}   # (job, attempt) -> host, state, sent, fetched
@@ -175,8 +180,9 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
         h.bytes_fetched += fetched
     summary = _summary(run_dir)
     finished = summary is not None
+    killed = not finished and not alive
     now = now or time.time()
-    end = os.stat(events).st_mtime if finished else now
+    end = os.stat(events).st_mtime if finished or killed else now
     elapsed = max(end - (started or end), 0.0)
     done = sum(1 for e in ended.values() if e is _OK or e is _CACHED)
     failed = len(ended) - done
@@ -184,12 +190,13 @@ def read_status(run_dir: Path, now: float | None = None) -> Status:
     total = max(total, len(ended) + len({k[0] for k in live}))   # a deferred call equal to a planned job
     remaining = total - len(ended)
     eta = None
-    if not finished and ended and remaining > 0:
+    if not finished and not killed and ended and remaining > 0:
         eta = elapsed / len(ended) * remaining
     failures = [{"job": e[0], "task": e[1], "host": e[2], "reason": e[3]} for e in ended.values() if type(e) is tuple]
     cached = sum(1 for e in ended.values() if e is _CACHED)
     return Status(str(run_dir), finished, summary.get("ok") if summary else None, total, waiting, done, failed,
-                  cached, round(elapsed, 3), round(eta, 1) if eta is not None else None, hosts, failures)
+                  cached, round(elapsed, 3), round(eta, 1) if eta is not None else None, hosts, failures,
+                  killed)
 
 
 def _summary(run_dir: Path) -> dict | None:
@@ -208,7 +215,13 @@ def human_bytes(n: int) -> str:
 
 
 def render_text(st: Status) -> str:
-    state = ("finished " + ("ok" if st.ok else "with failures")) if st.finished else "running"
+    if st.finished:
+        state = "finished " + ("ok" if st.ok else "with failures")
+    elif st.killed:
+        in_flight = sum(h.staging + h.running + h.fetching for h in st.hosts.values())
+        state = f"killed ({in_flight} in flight when it stopped; --resume finishes it)"
+    else:
+        state = "running"
     eta = f", ETA {st.eta:.0f}s" if st.eta is not None else ""
     reused = f" ({st.cached} reused)" if st.cached else ""
     lines = [f"{st.run_dir}: {state}, {st.done}/{st.total} done{reused}, {st.failed} failed, {st.waiting} waiting, "
@@ -247,6 +260,6 @@ def show(run_dir: str | None, fmt: str = "text", watch: bool = False, out: TextI
             out.write("\x1b[H\x1b[2J")
         out.write(text)
         out.flush()
-        if not watch or st.finished:
+        if not watch or st.finished or st.killed:
             return 0
         time.sleep(interval)

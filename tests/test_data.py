@@ -299,6 +299,24 @@ def test_cli_round_trip_with_no_config(tmp_path):
     assert r.returncode == 1 and r.stderr.strip() == "no such file: nope.txt"
 
 
+
+def test_cli_names_with_a_leading_dash_after_double_dash(tmp_path):
+    """A file named -x becomes a record named -x: `--` ends the options, so it can be added, got,
+    shared and deleted by that name."""
+    env = {"CMFLOW_DATA": str(tmp_path / "home"), "HOME": str(tmp_path)}
+    (tmp_path / "-dash ü.txt").write_text("dash\n")
+    r = cmflow("data", "add", "--", "-dash ü.txt", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and r.stdout.startswith("added -dash ü.txt (5 B"), r.stderr
+    r = cmflow("data", "get", "--force", "--", "-dash ü.txt", "-out", cwd=tmp_path, env=env)
+    assert r.returncode == 0 and (tmp_path / "-out").read_text() == "dash\n", r.stderr
+    r = cmflow("data", "share", "--public", "--", "-dash ü.txt", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    r = cmflow("data", "unshare", "--public", "--", "-dash ü.txt", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    r = cmflow("data", "del", "--", "-dash ü.txt", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(cmflow("data", "ls", "--format", "json", cwd=tmp_path, env=env).stdout) == []
+
 def test_cli_services_never_print_credentials(make_service, tmp_path):
     make_service("local", "azure")
     r = cmflow("data", "services", "--config", str(make_service.config), cwd=tmp_path,

@@ -341,3 +341,44 @@ def test_status_while_the_run_goes(tmp_path):
     assert st["finished"] and st["done"] == 3 and st["hosts"]["here"]["bytes_fetched"] == 4 + 4 + 2
     watch = cmflow("status", str(tmp_path / "run"), "--watch")
     assert watch.returncode == 0 and "finished ok, 3/3 done" in watch.stdout
+
+
+def test_status_of_a_killed_run(tmp_path):
+    """cmflow SIGKILLed mid-run: its run directory has no summary and no cmflow holds it; `status` says
+    killed (not running, no ETA, the clock stopped) and `--watch` returns instead of waiting for ever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    flow = project(tmp_path, f'''
+        from cmflow import command
+        def hold(i): return command(f"cat data/part{{i}}.csv > o.txt; touch {tmp_path}/ready{{i}}; sleep 600",
+                                    inputs=[f"data/part{{i}}.csv"], outputs=["o.txt"])
+        def quick(): return command("echo q > q.txt", outputs=["q.txt"])
+        ''', "from tk import *\nquick; (hold(1) | hold(2))\n")
+    (tmp_path / "inv.yaml").write_text("hosts:\n  here: {local: true, slots: 4}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", str(flow), "--hosts", str(tmp_path / "inv.yaml"),
+                             "--run-dir", str(tmp_path / "run"), "-q"], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((tmp_path / "ready1").exists() and (tmp_path / "ready2").exists()):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        st = json.loads(cmflow("status", str(tmp_path / "run"), "--format", "json").stdout)
+        assert not st["finished"] and not st["killed"] and st["eta"] is not None
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    st = json.loads(cmflow("status", str(tmp_path / "run"), "--format", "json").stdout)
+    assert st["killed"] and not st["finished"] and st["eta"] is None
+    assert st["done"] == 1 and st["hosts"]["here"]["running"] == 2
+    again = json.loads(cmflow("status", str(tmp_path / "run"), "--format", "json").stdout)
+    assert again["elapsed"] == st["elapsed"]   # a stopped clock: the run's last event, not now
+    watch = cmflow("status", str(tmp_path / "run"), "--watch", timeout=60)
+    assert watch.returncode == 0 and "run: killed (2 in flight when it stopped; --resume finishes it), 1/3 done" \
+        in watch.stdout, watch.stdout

@@ -306,3 +306,33 @@ def test_done_when_sixteen_staged_jobs_reduced_by_merge_over_three_hosts(hosts_w
     assert st["finished"] and st["done"] == 17
     busy = {n: h for n, h in st["hosts"].items() if h["done"]}
     assert len(busy) >= 2 and all(h["bytes_sent"] > 0 and h["bytes_fetched"] > 0 for h in busy.values())
+
+
+def test_odd_file_names_are_staged_and_fetched(hosts_with_workdirs, tmp_path):
+    """Names with spaces, non-ASCII letters and a leading dash, as inputs (inline and through the cache)
+    and as outputs (files, a folder, a glob): none is read as an option by the host's tools."""
+    inv_file, dirs = hosts_with_workdirs
+    (tmp_path / "dir with space").mkdir()
+    (tmp_path / "dir with space" / "a b.txt").write_text("spaced\n")
+    (tmp_path / "-small ü.txt").write_text("small\n")
+    big = tmp_path / "-big file ü.bin"
+    big.write_bytes(os.urandom(200_000))          # over the inline limit: placed from the host's cache
+    (tmp_path / "tk.py").write_text(textwrap.dedent('''
+        from cmflow import command
+
+        def odd():
+            return command("cat 'dir with space/a b.txt' ./-small*.txt > './-out ü.txt'; cp ./-big* ./-copy.bin; "
+                           "mkdir -p ./-odir/-x 'g d'; echo q > ./-odir/-x/-q; echo g > 'g d/-g'",
+                           inputs=["dir with space", "-small ü.txt", "-big file ü.bin"],
+                           outputs=["-out ü.txt", "-copy.bin", "-odir", "g d/*"])
+        '''))
+    (tmp_path / "f.flow").write_text("from tk import odd\nodd @ h1\n")
+    r = cmflow("run", "f.flow", "--hosts", str(inv_file), "--run-dir", "run", "--format", "json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    res = tmp_path / "run" / "results" / "1-odd"
+    assert [Path(p).relative_to(res).as_posix() for p in json.loads(r.stdout)] == [
+        "-out ü.txt", "-copy.bin", "-odir/-x/-q", "g d/-g"]
+    assert (res / "-out ü.txt").read_text() == "spaced\nsmall\n"
+    assert (res / "-copy.bin").read_bytes() == big.read_bytes()
+    assert (res / "-odir" / "-x" / "-q").read_text() == "q\n" and (res / "g d" / "-g").read_text() == "g\n"
+    assert leftovers(dirs) == []

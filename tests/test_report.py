@@ -208,3 +208,28 @@ def test_pi_flow_leaves_runs_latest_report(tmp_path):
         assert page.eval("document.querySelectorAll('#tl rect.bar').length") == 8
         assert "pi.flow" in page.eval("document.getElementById('summary-list').textContent")
         _check_page(page, tmp_path / "pi.png")
+
+
+@needs_chromium
+def test_report_of_a_flow_with_run_time_calls_opens_in_chromium(tmp_path):
+    """A plan with a deferred call (a def given other jobs' values) and a @local function: their plan
+    nodes have inputs, not items; the page renders every part with no error."""
+    (tmp_path / "tk.py").write_text(
+        "from cmflow import local\n"
+        "def sq(i): return f'echo $(({i} * {i}))'\n"
+        "def twice(x): return f'echo $((2 * {x}))'\n"
+        "@local\n"
+        "def half(x): return x / 2\n")
+    (tmp_path / "f.flow").write_text("from tk import *\nhalf(twice(sum(sq(i) for i in range(3))))\n")
+    done = cmflow("run", "f.flow", "--run-dir", "run", "-q", cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.strip() == "5.0", done.stderr
+    with Browser(CHROMIUM) as browser:
+        page = browser.open((tmp_path / "run" / "report.html").as_uri())
+        assert page.problems() == []
+        assert page.eval("document.body.dataset.ready") == "1"
+        tree = page.eval("document.getElementById('plan-tree').textContent")
+        assert "(local)" in tree and "twice(" in tree and "input(s)" in tree
+        page.eval("document.querySelectorAll('#plan-tree details').forEach(d => d.open = true)")
+        page.eval("document.querySelectorAll('#plan-tree details').forEach(d => d.open = true)")
+        assert page.problems() == []
+        _check_page(page, tmp_path / "deferred.png")

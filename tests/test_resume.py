@@ -310,3 +310,66 @@ def test_an_edited_argument_reruns_its_dependants_too(tmp_path):
     assert again.returncode == 0 and again.stdout.strip() == "33", again.stderr
     assert lines(counter)[3:] == ["sq4", "twice16"]          # exactly the edited job and its dependant
     assert summary(tmp_path / "r2")["jobs_cached"] == 1
+
+
+def test_a_reused_big_stdout_stays_a_reference(tmp_path):
+    """A stdout over 1 MiB is a {"stdout_file", "bytes"} reference in the run that made it; reused by a
+    resume it is the same kind of value (the adopted file), not the whole output read into memory."""
+    flag = tmp_path / "fail"
+    flag.write_text("")
+    size = (1 << 20) + 4321
+    (tmp_path / "tk.py").write_text(
+        f'def big(): return "head -c {size} /dev/zero | tr \'\\\\0\' x"\n'
+        f'def flaky(): return "test ! -e {flag} && echo 10"\n')
+    (tmp_path / "f.flow").write_text("from tk import *\nbig | flaky\n")
+    first = cmflow("run", "f.flow", "-q", "--format", "json", "--run-dir", "r1", cwd=tmp_path)
+    assert first.returncode == 1
+    flag.unlink()
+    second = cmflow("run", "f.flow", "-q", "--format", "json", "--run-dir", "r2", "--resume", "r1", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    ref, ten = json.loads(second.stdout)
+    assert ten == 10 and ref == {"stdout_file": "r2/jobs/1.0.out", "bytes": size}
+    assert (tmp_path / ref["stdout_file"]).read_bytes() == b"x" * size
+    summary = json.loads((tmp_path / "r2" / "summary.json").read_text())
+    assert summary["jobs_cached"] == 1 and summary["jobs_run"] == 1
+
+
+def test_a_job_reducing_files_is_reused_across_resumes(tmp_path):
+    """`merge(par(part(i) ...))` receives the parts' fetched files: a resume adopts those files into its
+    own run directory, and merge, given the same files, is reused too; a part whose output changed
+    re-runs merge."""
+    counter = tmp_path / "count"
+    (tmp_path / "tk.py").write_text(
+        'from cmflow import command\n'
+        f'def part(i): return command(f"echo {{i}} >> {counter}; echo {{i}} > p.txt", outputs=["p.txt"])\n'
+        f'def merge(ps): return command("echo merge >> {counter}; cat " + " ".join(ps) + " > m.txt", '
+        'outputs=["m.txt"])\n')
+    (tmp_path / "f.flow").write_text("from tk import *\nmerge(par(part(i) for i in range(3)))\n")
+
+    def run(name: str, *more: str) -> str:
+        r = cmflow("run", "f.flow", "-q", "--format", "json", "--run-dir", name, *more, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        (merged,) = json.loads(r.stdout)
+        return Path(merged).read_text()
+
+    assert run("r1") == "0\n1\n2\n" and sorted(lines(counter)) == ["0", "1", "2", "merge"]
+    counter.unlink()
+    assert run("r2", "--resume", "r1") == "0\n1\n2\n" and lines(counter) == []
+    assert run("r3", "--resume", "r2") == "0\n1\n2\n" and lines(counter) == []
+    summary = json.loads((tmp_path / "r3" / "summary.json").read_text())
+    assert summary["jobs_cached"] == 4 and summary["jobs_run"] == 0
+    (tmp_path / "f.flow").write_text("from tk import *\nmerge(par(part(i) for i in [0, 1, 7]))\n")
+    assert run("r4", "--resume", "r3") == "0\n1\n7\n" and sorted(lines(counter)) == ["7", "merge"]
+
+
+def test_plan_resume_says_a_job_whose_outputs_were_never_fetched_runs(tmp_path):
+    """`plan --resume` decides as `run --resume` does: an OK end without its verified fetch is not reused."""
+    (tmp_path / "tk.py").write_text('from cmflow import command\n'
+                                    'def out(): return command("echo 1 > o.txt", outputs=["o.txt"])\n')
+    (tmp_path / "f.flow").write_text("from tk import out\nout\n")
+    assert cmflow("run", "f.flow", "-q", "--run-dir", "r1", cwd=tmp_path).returncode == 0
+    assert "cached" in cmflow("plan", "f.flow", "--resume", "r1", cwd=tmp_path).stdout
+    journal = tmp_path / "r1" / "journal.jsonl"
+    journal.write_text("".join(ln for ln in journal.read_text().splitlines(True) if '"fetched"' not in ln))
+    plan = cmflow("plan", "f.flow", "--resume", "r1", cwd=tmp_path)
+    assert "runs: its outputs were never fetched" in plan.stdout, plan.stdout

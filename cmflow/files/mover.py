@@ -406,7 +406,7 @@ __cmf_file() {
 }
 __cmf_out() {
   if [ -L "$1" ]; then printf 'L %s\n' "$1"
-  elif [ -d "$1" ]; then find "$1" \( -type f -o -type l \) -print | LC_ALL=C sort | while IFS= read -r __cmf_g; do __cmf_file "$__cmf_g" "$2"; done
+  elif [ -d "$1" ]; then find "./$1" \( -type f -o -type l \) -print | LC_ALL=C sort | while IFS= read -r __cmf_g; do __cmf_file "${__cmf_g#./}" "$2"; done
   elif [ -f "$1" ]; then __cmf_file "$1" "$2"
   else printf 'M %s\n' "$1"; fi
 }
@@ -541,7 +541,8 @@ class _ShellSide:
                 lines.append(f"base64 -d > {dest} <<'CMFLOW_EOF' || __cmf_fail {dest}\n{data}CMFLOW_EOF")
             else:
                 c = f'"$__cmf_b"/{REMOTE_ROOT}/cache/{s.sha256}'
-                lines.append(f"ln -f {c} {dest} 2>/dev/null || cp {c} {dest} || __cmf_fail {dest}")
+                # `--`: an input may be named -x
+                lines.append(f"ln -f -- {c} {dest} 2>/dev/null || cp -- {c} {dest} || __cmf_fail {dest}")
         lines.append(f"(\n{command}\n) </dev/null")
         if files.outputs:
             lines.append("__cmf_x=$?; [ $__cmf_x -eq 0 ] || exit $__cmf_x")

@@ -289,9 +289,11 @@ $('host-table').innerHTML = '<tr><th>host</th><th class="num">slots</th><th clas
 // ---------------------------------------------------------------- plan tree (children built when opened)
 const stateColour = {ok: 'var(--ok)', failed: 'var(--failed)', cached: 'var(--cached)', running: 'var(--running)', 'not run': 'var(--notrun)'};
 const bySeq = new Map(D.jobs.map((r, i) => [r[0], i]));
+// a deferred call or a local function ("op": "call" / "local") has inputs, not items (as data.py's _operands)
+const operands = (node) => node.items || node.inputs || [];
 function tally(node, acc) {
   if (node.job !== undefined) { const r = D.jobs[bySeq.get(node.job)]; const st = r ? r[3] : 'not run'; acc[st] = (acc[st] || 0) + 1; return acc; }
-  for (const it of node.items) tally(it, acc);
+  for (const it of operands(node)) tally(it, acc);
   return acc;
 }
 function nodeState(acc) {
@@ -306,18 +308,19 @@ function planNode(node) {
     div.innerHTML = '<span class="chip" style="background:' + stateColour[st] + '"></span>#' + node.job + ' ' + esc(r ? r[1] : '') + ' <small>' + esc(st) + '</small>';
     return div;
   }
-  const acc = tally(node, {});
+  const acc = tally(node, {}), items = operands(node);
   const det = document.createElement('details');
   const parts = Object.keys(acc).map((k) => acc[k] + ' ' + k).join(', ');
   det.innerHTML = '<summary><span class="chip" style="background:' + stateColour[nodeState(acc)] + '"></span>' +
-    esc({seq: 'Seq (;)', par: 'Par (|)', sum: 'Sum (+)'}[node.op] || node.op) + ' — ' + node.items.length + ' item(s); ' + esc(parts) + '</summary>';
+    esc({seq: 'Seq (;)', par: 'Par (|)', sum: 'Sum (+)'}[node.op] || (node.label ? node.label + ' (' + node.op + ')' : node.op)) +
+    ' — ' + items.length + (node.items ? ' item(s); ' : ' input(s); ') + esc(parts) + '</summary>';
   det.addEventListener('toggle', () => {
     if (!det.open || det.dataset.built) return;
     det.dataset.built = '1';
     const frag = document.createDocumentFragment();
-    const shown = node.items.slice(0, 1000);
+    const shown = items.slice(0, 1000);
     for (const it of shown) frag.appendChild(planNode(it));
-    if (node.items.length > shown.length) { const more = document.createElement('div'); more.className = 'node-job'; more.textContent = '… ' + (node.items.length - shown.length) + ' more (see the job table)'; frag.appendChild(more); }
+    if (items.length > shown.length) { const more = document.createElement('div'); more.className = 'node-job'; more.textContent = '… ' + (items.length - shown.length) + ' more (see the job table)'; frag.appendChild(more); }
     det.appendChild(frag);
   });
   return det;
