@@ -1,6 +1,8 @@
 """The slot server's frames on the wire (cmflow/transport/server.py)."""
 from __future__ import annotations
 
+import glob
+import os
 import re
 import shutil
 import subprocess
@@ -55,3 +57,43 @@ def test_the_server_starts_without_json_or_the_signal_module():
         input=SERVER_CODE, capture_output=True, timeout=30)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.decode().split() == []
+
+
+def _pythons() -> list[str]:
+    """Python 3 interpreters on this machine other than ours (PATH, pyenv): a host's python3 may be any."""
+    found = {os.path.realpath(p) for p in (shutil.which(f"python3.{m}") for m in range(6, 15))
+             if p and "/shims/" not in p}    # (a pyenv shim runs only the version pyenv has selected)
+    found |= {os.path.realpath(p) for p in glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3"))}
+    found.discard(os.path.realpath(sys.executable))
+    return sorted(found)
+
+
+@pytest.mark.skipif(not _pythons(), reason="no Python 3 here but the one running the tests")
+@pytest.mark.parametrize("python", _pythons() or ["none"])
+def test_a_host_s_python3_of_any_version_from_3_6_runs_the_server(python):
+    """docs/processes.md: a host needs Python >= 3.6 (RHEL 8's platform python is 3.6). A host whose python3
+    is not ours compiles the server's source and must read the controller's messages: 3.6's bytes.fromhex()
+    refused the config line's newline, so no slot came up there."""
+    server = subprocess.Popen(boot_argv(python), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    assert server.stdin and server.stdout and server.stderr
+
+    def frame() -> tuple[bytes, bytes]:
+        head = server.stdout.read(HDR.size)
+        assert len(head) == HDR.size, server.stderr.read().decode()
+        kind, n = HDR.unpack(head)
+        return kind, server.stdout.read(n)
+
+    try:
+        server.stdin.write(SERVER_INPUT + message(b"C", {"env": {"X": "y"}, "grace": 1}))
+        server.stdin.flush()
+        assert frame()[0] == b"R"
+        server.stdin.write(message(b"J", {"s": 1, "c": "echo $X; echo e >&2; exit 4"}))
+        server.stdin.flush()
+        frames = [frame()]
+        while frames[-1][0] != b"X":
+            frames.append(frame())
+    finally:
+        server.stdin.close()
+        server.wait(30)
+    assert sorted(frames[:-1]) == [(b"E", b"e\n"), (b"O", b"y\n")] and frames[-1] == (b"X", b"4")
