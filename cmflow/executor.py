@@ -298,6 +298,7 @@ class Executor:
         self.jobs_cached = 0
         self._next_job_id = len(plan.jobs)   # deferred jobs are numbered after the plan's
         self._static: dict[tuple, Job] | None = None
+        self._signatures: dict[int, Any] = {}    # id(def) -> its signature (the plan keeps the defs alive)
         self.journal = journal
         self.resume = resume
         self._phase_marks: dict[tuple[int, int], list[tuple[str, float]]] = {}   # (job, attempt) -> (state, time)
@@ -529,7 +530,7 @@ class Executor:
             args, kwargs = fill(node, got)
             # memoised on the values: report(x) runs once per distinct value of x, and not
             # again if the plan already has that very call (twice(sq(3)) and twice(9))
-            key = ("call", id(node.fn), values.memo_key([args, kwargs]), node.target)
+            key = ("call", id(node.fn), self._invocation(node.fn, args, kwargs.items()), node.target)
             fut = self._nodes.get(key)
             if fut is None:
                 static = self._static_calls().get(key)
@@ -542,9 +543,17 @@ class Executor:
     def _static_calls(self) -> dict[tuple, Job]:
         """The plan's jobs by the key a deferred call with the same values would have (made once, lazily)."""
         if self._static is None:
-            self._static = {("call", id(j.fn), values.memo_key([list(j.args), dict(j.kwargs)]), j.target): j
+            self._static = {("call", id(j.fn), self._invocation(j.fn, j.args, j.kwargs), j.target): j
                             for j in self.plan.jobs if j.fn is not None}
         return self._static
+
+    def _invocation(self, fn: Callable, args: Sequence[Any], kwargs: Any) -> tuple:
+        """A call's arguments keyed as the compiler keys them: bound to the def's signature."""
+        from .compiler import _signature_of, invocation_key
+
+        if id(fn) not in self._signatures:
+            self._signatures[id(fn)] = _signature_of(fn)
+        return invocation_key(self._signatures[id(fn)], args, list(kwargs))
 
     def _build_and_submit(self, node: Deferred, args: list[Any], kwargs: dict[str, Any]) -> _Result:
         """Call the def with the values to build the command, then queue the job as any other.
