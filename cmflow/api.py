@@ -267,10 +267,11 @@ class _Retire:
 
 async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run_dir: str | Path | None = None,
                display: Display = "quiet", observers: Sequence[Observer] = (), resume: str | Path | None = None,
-               report: bool = True, _warm: _Warm | None = None) -> Run:
+               report: bool = True, _warm: _Warm | None = None, _ended: list[Any] | None = None) -> Run:
     """Run a compiled plan. Cancel the calling task to stop it: every job is killed, the log flushed.
 
-    ``resume``: an earlier run directory whose OK results are reused by key (see journal.py)."""
+    ``resume``: an earlier run directory whose OK results are reused by key (see journal.py).
+    ``_ended``: the RunResult is appended to it, also when the run is cancelled (what failed before)."""
     from .executor import Executor, RunResult
     from .files.mover import FileMover
     from .journal import Journal
@@ -344,14 +345,18 @@ async def arun(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), r
     finally:
         for o in shown:
             o.close()
-        done = result or RunResult(False, cancelled=True, jobs_run=executor.jobs_run if executor else 0,
-                                   jobs_cached=executor.jobs_cached if executor else 0)
+        done = result or RunResult(False, failures=executor.failures() if executor else [], cancelled=True,
+                                   jobs_run=executor.jobs_run if executor else 0,
+                                   jobs_cached=executor.jobs_cached if executor else 0,
+                                   down_hosts=sorted(executor.scheduler.down) if executor else [])
         log.write_json("summary.json", {
             "ok": done.ok, "value": done.value, "cancelled": result is None, "halted": done.halted,
             "started": started, "ended": time.time(), "jobs": len(plan.jobs),
             "jobs_run": done.jobs_run, "jobs_cached": done.jobs_cached, "down_hosts": done.down_hosts,
             "failures": [{"reason": f.reason, "task": f.job.label if f.job else None, "host": f.host,
                           "exit_status": f.exit_status} for f in done.failures]})
+        if _ended is not None:
+            _ended.append(done)
         log.finish((j.id, j.command) for j in plan.jobs)
         if status is not None:
             status.close()
@@ -406,8 +411,9 @@ def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run
             from .runlog import new_run_id
 
             rdir = Path(run_dir) if run_dir else Path("runs") / new_run_id()
+            ended: list[RunResult] = []
             inner = asyncio.ensure_future(arun(plan, inv, options, rdir, display, resume=resume, report=report,
-                                               _warm=warm))
+                                               _warm=warm, _ended=ended))
             if got:
                 inner.cancel()
             try:
@@ -415,7 +421,8 @@ def run_sync(plan: Plan, inv: Inventory, options: RunOptions = RunOptions(), run
             except asyncio.CancelledError:
                 if not got or (me is not None and me.cancelling()):
                     raise
-                return Run(RunResult(False, cancelled=True), rdir, plan, got[0])
+                # what failed before the signal is still named in the summary
+                return Run(ended[0] if ended else RunResult(False, cancelled=True), rdir, plan, got[0])
         finally:
             for s in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(s)

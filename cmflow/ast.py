@@ -15,6 +15,7 @@ compiler). ``Gen`` is a call with a generator, ``par(run(n) for n in range(8))``
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import NamedTuple, Union
@@ -222,6 +223,9 @@ def unparse_literal(value: Literal) -> str:
         case int():
             return str(value)
         case float():
+            if value in (math.inf, -math.inf):
+                # a literal too large for a float (1e400) reads as infinity; "inf" would read as a name
+                return "1e999" if value > 0 else "-1e999"
             return repr(value)
         case str():
             return json.dumps(value, ensure_ascii=False)

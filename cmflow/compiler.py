@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from . import ast, values
 from ._gc import paused
-from .errors import Diagnostic, FlowError, short
+from .errors import Diagnostic, FlowError, short, source_lines
 from .files.spec import Command, JobFiles, SpecError
 from .files.spec import resolve as resolve_files
 from .parser import parse
@@ -47,7 +47,7 @@ class _Compiler:
         self.hosts_of = hosts_of
         self.env: dict[str, Any] = {}          # loop variables of the generator items being compiled
         self._stmt_pos = ast.Pos(1, 1)
-        self.lines = source.splitlines()
+        self.lines = source_lines(source)
         self.loader = loader
         self.is_target = is_target
         self.target_names = target_names
@@ -748,6 +748,16 @@ def _bind(sig: _Signature | None, args: tuple, kwargs: tuple) -> tuple | None:
         return tuple(bound[n] if n in bound else defaults[n] for n in names)
     except KeyError:
         return None
+
+
+def invocation_key(sig: _Signature | None, args: Sequence[Any], kwargs: Sequence[tuple[str, Any]]) -> tuple:
+    """The key of a call made with run-time values (the executor's memo), bound to the def's
+    signature (``_signature_of``) as the compiler binds calls, so that f(x), f(level=x) and
+    f(x, <default>) run once; values keyed by content (values.memo_key: 1, 1.0 and True differ)."""
+    bound = _bind(sig, tuple(args), tuple(kwargs))
+    if bound is None:
+        return ("written", values.memo_key([list(args), dict(kwargs)]))
+    return ("bound", values.memo_key(list(bound)))
 
 
 _UNBOUND = object()

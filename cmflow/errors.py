@@ -25,6 +25,23 @@ def short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
+def source_lines(text: str) -> list[str]:
+    """A flow's lines as its positions count them: split at newlines only, a CRLF's CR dropped.
+
+    Not ``str.splitlines``: it also splits at form feeds, U+2028, U+0085 and other
+    characters the language reads as blanks or as string content, and the line
+    quoted under an error would then not be the line its position names.
+    """
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+# shown as a blank under an error, so that the caret stays under its column
+_VERTICAL = str.maketrans({c: " " for c in "\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"})
+
+
 class CmflowError(Exception):
     """Base of every error that is the user's to fix."""
 
@@ -48,7 +65,7 @@ class Diagnostic:
         head = f"{where}: error: {self.message}"
         parts = [head]
         if self.source_line:
-            text = self.source_line.rstrip("\n").expandtabs(1)
+            text = self.source_line.rstrip("\r\n").expandtabs(1).translate(_VERTICAL)
             caret_at = max(self.column - 1, 0)
             width = max(1, min(self.width, max(1, len(text) - caret_at), _SHOWN // 2))
             if len(text) > _SHOWN:

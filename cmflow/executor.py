@@ -112,6 +112,13 @@ def stdout_value(out: Path, size: int, parse: Any) -> Any:
     return read_value(out.read_bytes().decode("utf-8", "replace") if size else "", parse)
 
 
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0    # nothing written: no file
+
+
 def _tail(path: Path, lines: int = 5, limit: int = 4096) -> str:
     try:
         with open(path, "rb") as f:
@@ -291,6 +298,7 @@ class Executor:
         self.jobs_cached = 0
         self._next_job_id = len(plan.jobs)   # deferred jobs are numbered after the plan's
         self._static: dict[tuple, Job] | None = None
+        self._signatures: dict[int, Any] = {}    # id(def) -> its signature (the plan keeps the defs alive)
         self.journal = journal
         self.resume = resume
         self._phase_marks: dict[tuple[int, int], list[tuple[str, float]]] = {}   # (job, attempt) -> (state, time)
@@ -323,13 +331,17 @@ class Executor:
                 result = root.result()
         except* _HaltNow:
             halted = True
-        failures = [f for f in self._failures if f.cause]
+        failures = self.failures()
         if isinstance(result, Failure) and result.cause and result not in failures:
             failures.append(result)
         ok = isinstance(result, Ok) and not failures
         return RunResult(ok, result.value if isinstance(result, Ok) else None, failures,
                          halted or self.scheduler.closed, False, self.jobs_run, self.jobs_cached,
                          sorted(self.scheduler.down))
+
+    def failures(self) -> list[Failure]:
+        """The failures so far that are causes (not "skipped because another failed")."""
+        return [f for f in self._failures if f.cause]
 
     def _future(self) -> _Result:
         return _Result()
@@ -518,7 +530,7 @@ class Executor:
             args, kwargs = fill(node, got)
             # memoised on the values: report(x) runs once per distinct value of x, and not
             # again if the plan already has that very call (twice(sq(3)) and twice(9))
-            key = ("call", id(node.fn), values.memo_key([args, kwargs]), node.target)
+            key = ("call", id(node.fn), self._invocation(node.fn, args, kwargs.items()), node.target)
             fut = self._nodes.get(key)
             if fut is None:
                 static = self._static_calls().get(key)
@@ -531,9 +543,17 @@ class Executor:
     def _static_calls(self) -> dict[tuple, Job]:
         """The plan's jobs by the key a deferred call with the same values would have (made once, lazily)."""
         if self._static is None:
-            self._static = {("call", id(j.fn), values.memo_key([list(j.args), dict(j.kwargs)]), j.target): j
+            self._static = {("call", id(j.fn), self._invocation(j.fn, j.args, j.kwargs), j.target): j
                             for j in self.plan.jobs if j.fn is not None}
         return self._static
+
+    def _invocation(self, fn: Callable, args: Sequence[Any], kwargs: Any) -> tuple:
+        """A call's arguments keyed as the compiler keys them: bound to the def's signature."""
+        from .compiler import _signature_of, invocation_key
+
+        if id(fn) not in self._signatures:
+            self._signatures[id(fn)] = _signature_of(fn)
+        return invocation_key(self._signatures[id(fn)], args, list(kwargs))
 
     def _build_and_submit(self, node: Deferred, args: list[Any], kwargs: dict[str, Any]) -> _Result:
         """Call the def with the values to build the command, then queue the job as any other.
@@ -674,8 +694,11 @@ class Executor:
             self.scheduler.close()
             self.scheduler.release(host)
             if isinstance(e, asyncio.CancelledError):
-                self._record(job, host, attempt, Outcome(None, signal.SIGTERM, started, time.time()), out, err,
-                             Failure("cancelled", job, host), True, killed=True, keyed=keyed)
+                # what it wrote before it was killed is in its files (closed by the transport by now)
+                ended = Outcome(None, signal.SIGTERM, started, time.time(), stdout_bytes=_size(out),
+                                stderr_bytes=_size(err))
+                self._record(job, host, attempt, ended, out, err, Failure("cancelled", job, host), True, killed=True,
+                             keyed=keyed)
             raise
         self.jobs_run += 1
         result = self._result_of(job, host, outcome, out, err, moved)

@@ -330,9 +330,11 @@ _SEP = "-" * 15     # ClusterShell's header rule
 
 
 def _lines(text: str) -> list[str]:
-    """Output as ClusterShell's message tree keeps it: lines, the final newline not making an empty one."""
+    """Output as ClusterShell's message tree keeps it: lines, the final newline not making an empty one,
+    a CRLF ending a line as LF does (ClusterShell trims either)."""
     if not text:
         return []
+    text = text.replace("\r\n", "\n")
     return (text[:-1] if text.endswith("\n") else text).split("\n")
 
 

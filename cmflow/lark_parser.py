@@ -15,7 +15,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
 from . import ast
-from .errors import Diagnostic, FlowError
+from .errors import Diagnostic, FlowError, source_lines
 from .parser_common import MAX_NESTING, BadString, decode_string, def_name
 
 # After these tokens a newline continues the statement (a binary operator or a
@@ -211,7 +211,7 @@ def parse(text: str, filename: str = "<flow>") -> ast.Flow:
     """The Lark parser over grammar.lark: the definition of the language."""
     if not text.endswith("\n"):
         text += "\n"
-    lines = text.splitlines()
+    lines = source_lines(text)
     try:
         tree = _parser().parse(text)
         stmts = _ToAst().transform(tree)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from . import ast
 from ._gc import paused
-from .errors import Diagnostic, FlowError
+from .errors import Diagnostic, FlowError, source_lines
 from .fastparse import Fallback, fast_parse
 
 
@@ -42,7 +42,7 @@ def parse_expr(text: str, filename: str = "<expr>") -> ast.Expr:
     flow = parse(text, filename)
     exprs = [s for s in flow.statements if isinstance(s, ast.ExprStmt)]
     if len(exprs) != len(flow.statements) or not exprs:
-        raise FlowError([Diagnostic(filename, 1, 1, "expected one expression", _line(text.splitlines(), 1))])
+        raise FlowError([Diagnostic(filename, 1, 1, "expected one expression", _line(source_lines(text), 1))])
     return ast.seq([e.expr for e in exprs])
 
 

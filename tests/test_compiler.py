@@ -141,6 +141,17 @@ def test_three_mistakes_all_reported(flowdir):
     assert "KeyError: 'missing'" in out and 'tk.py", line 12, in boom' in out
 
 
+@pytest.mark.parametrize("odd", ["\f", "\u2028", "\x85", "\x1c", "\v"])
+def test_errors_quote_their_own_line_past_form_feeds_and_unicode_separators(flowdir, odd):
+    """Only a newline ends a line; str.splitlines also splits at these, which quoted the wrong line."""
+    syntax = errors_of(flowdir, f"from tk import a, b\n# page{odd}break\nb('a{odd}b')\na b\n")
+    assert syntax == "f.flow:4:3: error: unexpected 'b'\n    a b\n      ^"
+    unknown = errors_of(flowdir, f"from tk import a, b\n# page{odd}break\nb('a{odd}b')\na | zz\n")
+    assert unknown == "f.flow:4:5: error: unknown name 'zz'\n    a | zz\n        ^^"
+    inline = errors_of(flowdir, f"from tk import a, b\nb('{odd}') | zz\n")
+    assert inline == "f.flow:2:10: error: unknown name 'zz'\n    b(' ') | zz\n             ^^"
+
+
 def test_renderers(flowdir):
     plan = compile_in(flowdir, "from tk import *\n(a | b(1)); a + b(1)\n")
     text = render_text(plan)

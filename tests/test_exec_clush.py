@@ -6,13 +6,15 @@ timeouts reported by exit code, not as output.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
-from conftest import cmflow, need_tool, world_dir
+from conftest import ROOT, cmflow, need_tool, world_dir
 from sshhosts import SshdHosts, have_sshd
 
 
@@ -83,6 +85,21 @@ def test_a_job_killed_by_a_signal_exits_128_plus_n_as_clush_says(tmp_path):
     assert _stderr_lines(ours.stderr, "cmflow") == _stderr_lines(theirs.stderr, "clush") == \
         ["PROG: here: exited with exit code 137"]
     assert ours.returncode == 1
+
+
+@pytest.mark.parametrize("command,flag", [("printf 'one\\r\\n'; printf 'warn\\r\\n' >&2", "-bL"),
+                                          ("printf 'a\\r\\nb\\r\\n'", "-b")])
+def test_crlf_line_ends_are_trimmed_as_clush_trims_them(tmp_path, command, flag):
+    """ClusterShell reads lines and drops a CRLF whole (a Windows host, a tool writing CRLF): no CR in
+    the output. Bytes compared: text mode would turn CRLF into LF before the comparison."""
+    (tmp_path / "inv.yaml").write_text("hosts:\n  here: {local: true}\n")
+    ours = subprocess.run([sys.executable, "-m", "cmflow", "exec", command, "--hosts", str(tmp_path / "inv.yaml")],
+                          capture_output=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    theirs = subprocess.run([need_tool("clush", "ClusterShell"), "-R", "exec", "-w", "here", flag, command],
+                            capture_output=True, timeout=60)
+    assert b"\r" not in theirs.stdout and theirs.stdout.strip()       # the oracle ran and trimmed
+    assert ours.stdout == theirs.stdout
+    assert _stderr_lines(ours.stderr.decode(), "cmflow") == _stderr_lines(theirs.stderr.decode(), "clush")
 
 
 @pytest.mark.slow

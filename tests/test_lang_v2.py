@@ -283,6 +283,19 @@ def test_a_deferred_call_equal_to_a_planned_one_runs_once(flowdir):
     assert run.result.ok and run.result.value == 18 and run.result.jobs_run == 2
 
 
+def test_deferred_calls_bind_to_the_signature_before_deduplicating(flowdir):
+    # show(n, title="r"): show(4), show(n=4) and show(4, "r") are one invocation (issue 9 item 7),
+    # written with run-time values as with literals
+    run = run_in(flowdir, "from tk import sq, show\n"
+                          "show(sq(2)) | show(n=sq(2)) | show(sq(2), \"r\") | show(sq(2), title=\"r\")\n")
+    assert run.result.ok and run.result.value == ["r4"] * 4 and run.result.jobs_run == 2
+    run = run_in(flowdir, "from tk import sq, show\nshow(n=4, title=\"r\") ; show(sq(2))\n")
+    assert run.result.ok and run.result.value == "r4" and run.result.jobs_run == 2
+    # 4 and 4.0 stay apart, as in the compiler
+    run = run_in(flowdir, "from tk import sq, show\nshow(4.0) ; show(sq(2))\n")
+    assert run.result.ok and run.result.jobs_run == 3
+
+
 def test_values_of_lists_and_sub_flows_pass_in(flowdir):
     run = run_in(flowdir, "from tk import *\nx = a | b\nreport(x, title=\"n\") | report(par(sq(i) for i in range(4)))\n")
     assert run.result.ok and run.result.value == ["n:2", "r:4"]

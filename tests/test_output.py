@@ -261,3 +261,28 @@ def test_a_slot_server_dying_in_a_big_output_fails_the_attempt_as_a_lost_connect
     outcome = asyncio.run(main())
     assert outcome.connection_failed, outcome
     assert outcome.exit_status is None
+
+
+def test_a_cancelled_job_s_record_points_at_the_output_it_wrote(inventory, tmp_path):  # noqa: F811
+    """--halt now cancels `slow`, which had written to both outputs: jobs.jsonl, the journal and the joblog say
+    where that output is and how much (they said "" and 0 bytes, beside a file full of it)."""
+    marker = "$HOME/.cmflow-qa-" + tmp_path.name if inventory.kind == "ssh" else str(tmp_path / "marker")
+    (tmp_path / "tk.py").write_text(textwrap.dedent(f'''
+        def slow(): return "echo hello; echo oops >&2; touch {marker}; sleep 100"
+        def bad(): return "while [ ! -e {marker} ]; do sleep 0.05; done; rm -f {marker}; exit 3"
+        '''))
+    (tmp_path / "f.flow").write_text("from tk import *\nslow | bad\n")
+    r = cmflow("run", "f.flow", "-q", "--halt", "now", "--hosts", str(inventory(2)), "--run-dir", "run",
+               cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    rec = next(json.loads(line) for line in (tmp_path / "run" / "jobs.jsonl").read_text().splitlines()
+               if json.loads(line)["task"] == "slow")
+    assert rec["error"] == "cancelled" and rec["killed"]
+    assert (tmp_path / rec["stdout"]).read_bytes() == b"hello\n" and rec["stdout_bytes"] == 6
+    assert (tmp_path / rec["stderr"]).read_bytes() == b"oops\n"
+    end = next(ev for ev in map(json.loads, (tmp_path / "run" / "journal.jsonl").read_text().splitlines())
+               if ev["ev"] == "end" and ev["task"] == "slow")
+    assert (end["stdout"], end["stdout_bytes"], end["stderr"], end["stderr_bytes"]) == \
+        ("jobs/1.1.out", 6, "jobs/1.1.err", 5)
+    line = next(x for x in (tmp_path / "run" / "joblog").read_text().splitlines() if "echo hello" in x)
+    assert line.split("\t")[5] == "6"     # Receive: the bytes of stdout, as GNU parallel counts them

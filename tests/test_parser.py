@@ -109,7 +109,7 @@ def test_syntax_errors_are_positioned(text, where, message):
 # ------------------------------------------------------------ property tests
 names = st.sampled_from(["a", "b", "c", "t.x", "run_1"])
 literals = st.recursive(
-    st.one_of(st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False, width=32),
+    st.one_of(st.integers(-10**6, 10**6), st.integers(), st.floats(allow_nan=False),
               st.text(st.characters(blacklist_characters="\0"), max_size=8), st.booleans(), st.none()),
     lambda inner: st.lists(inner, max_size=3).map(tuple), max_leaves=6)
 calls = st.builds(lambda nm, args, kw: A.Call(A.Name(tuple(nm.split("."))), tuple(args), tuple(kw.items())),
@@ -158,6 +158,15 @@ def _exprs():
 def test_unparse_parse_round_trip(tree):
     text = A.unparse(tree)
     assert parse_expr(text) == tree, text
+
+
+@pytest.mark.parametrize("text", ["f(1e400, -1e400, k=[1e999])", "f(-0.0, 5e-324, 1.7976931348623157e308)",
+                                  "f(123456789012345678901234567890)"])
+def test_round_trip_of_extreme_numbers(text):
+    """1e400 reads as infinity (as in Python); unparse must write something that reads back as it."""
+    tree = parse_expr(text)
+    again = parse_expr(A.unparse(tree))
+    assert again == tree and repr(again) == repr(tree)
 
 
 @settings(max_examples=100, deadline=None)

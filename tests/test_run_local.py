@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from cmflow import api
 from cmflow.executor import RunOptions, read_value
 from cmflow.hosts import parse_inventory
+from cmflow.journal import read_journal
 from cmflow.runlog import read_joblog
 
 from conftest import ROOT, cmflow
@@ -201,15 +203,20 @@ def test_retries(flowdir):
     assert [(r["attempt"], r["exit_status"]) for r in records] == [(1, 1), (2, 0)]
 
 
+def _start_run(folder: Path) -> subprocess.Popen:
+    """A real `cmflow run f.flow` in `folder`, its run directory `run`, as a user starts it."""
+    return subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "--run-dir", "run"], cwd=folder,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_cancels_and_leaves_no_child(tmp_path, sig, status):
     os.mkfifo(tmp_path / "pid")
     (tmp_path / "tk.py").write_text(f'def long(i): return "echo $$ > {tmp_path}/pid; exec sleep 60"\n'
                                     f'def other(): return "sleep 60"\n')
     (tmp_path / "f.flow").write_text("from tk import *\nlong(1) | other\n")
-    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", "f.flow", "--run-dir", "run"], cwd=tmp_path,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = _start_run(tmp_path)
     pid = int((tmp_path / "pid").read_text())   # blocks until the job runs
     assert alive(pid)
     proc.send_signal(sig)
@@ -222,6 +229,29 @@ def test_signal_cancels_and_leaves_no_child(tmp_path, sig, status):
     children = [p for p in leftovers if _ppid(int(p)) == proc.pid]
     assert children == []
 
+
+
+def test_a_signal_s_summary_still_names_what_failed_before_it(tmp_path):
+    """Ctrl-C after a job failed: the summary on stderr and summary.json name that failure (they
+    said only "interrupted", and summary.json had no failures)."""
+    os.mkfifo(tmp_path / "started")
+    (tmp_path / "tk.py").write_text(f'def bad(): return "echo boom >&2; exit 3"\n'
+                                    f'def long(): return "echo > {tmp_path}/started; exec sleep 60"\n')
+    (tmp_path / "f.flow").write_text("from tk import *\nbad | long\n")
+    proc = _start_run(tmp_path)
+    (tmp_path / "started").read_text()     # blocks until `long` runs
+    deadline = time.monotonic() + 60
+    while not any(ev["ev"] == "end" and ev["task"] == "bad" for ev in read_journal(tmp_path / "run" / "journal.jsonl")):
+        assert time.monotonic() < deadline and proc.poll() is None, "bad never ended"
+        time.sleep(0.05)   # the journal has `bad`'s end as soon as cmflow took it in
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted by signal 2" in err
+    assert "bad (" in err and "exit status 3" in err and "| boom" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["cancelled"] is True
+    assert [(f["task"], f["exit_status"]) for f in summary["failures"]] == [("bad", 3)]
 
 def _ppid(pid: int) -> int:
     try:
