@@ -814,7 +814,8 @@ class Executor:
                 "stdout": f"{out_p.parent.name}/{out_p.name}" if out_p else "",
                 "stderr": f"{err_p.parent.name}/{err_p.name}" if err_p else "",
                 "stdout_bytes": doc.get("stdout_bytes", 0), "stderr_bytes": doc.get("stderr_bytes", 0),
-                "from": str(decision.entry.run_dir), "from_seq": doc.get("seq")})
+                "from": str(decision.entry.run_dir), "from_seq": doc.get("seq"),
+                **({"command": job.command} if job.id > len(self.plan.jobs) else {})})
             if has_outputs:   # adopted under the same paths: a resume of this run reuses them in turn
                 self.journal.fetched(job.id, key, decision.entry.files)
         # the joblog and jobs.jsonl show it as the earlier run ran it, with attempt 0 meaning "reused":
@@ -847,6 +848,8 @@ class Executor:
             more = {"bytes_sent": moved.bytes_sent, "bytes_fetched": moved.bytes_fetched} if moved else {}
             if self._phase_marks:
                 more.update(_phases(self._phase_marks.pop((job.id, attempt), ()), time.time()))
+            if job.id > len(self.plan.jobs):   # a run-time call: plan.json has not its command, the report needs it
+                more["command"] = job.command
             self.journal.ended_attempt(
                 job, key, parts, rec.label, host, attempt, (ready, outcome.start, outcome.end), ok, final,
                 outcome.exit_status, outcome.signal, outcome.timed_out, outcome.connection_failed, rec.error,

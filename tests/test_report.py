@@ -14,6 +14,14 @@ CHROMIUM = find_chromium()
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (.ci/run installs it)")
 
 
+def _failing_run(d: Path) -> Path:
+    """Run d/f.flow on 3 local slots into d/run; it must fail (exit 1)."""
+    (d / "inv.yaml").write_text("hosts:\n  here: {local: true, slots: 3}\n")
+    done = cmflow("run", "f.flow", "--hosts", "inv.yaml", "--run-dir", "run", "-q", cwd=d)
+    assert done.returncode == 1, done.stderr
+    return d / "run"
+
+
 def _run_with_failures(d: Path) -> Path:
     """A real run: 6 good jobs, one that fails for good (with stderr), one that fails once then passes."""
     flag = d / "flaky-once"
@@ -24,10 +32,7 @@ def _run_with_failures(d: Path) -> Path:
         "@task(retries=1)\n"
         f"def flaky(): return 'if [ -e {flag} ]; then echo 100; else touch {flag}; echo no >&2; exit 1; fi'\n")
     (d / "f.flow").write_text("from tk import *\n(ok(1) | ok(2) | ok(3)); ok(4) + ok(5) + ok(6) + flaky; bad\n")
-    (d / "inv.yaml").write_text("hosts:\n  here: {local: true, slots: 3}\n")
-    done = cmflow("run", "f.flow", "--hosts", "inv.yaml", "--run-dir", "run", "-q", cwd=d)
-    assert done.returncode == 1, done.stderr
-    return d / "run"
+    return _failing_run(d)
 
 
 def test_trace_has_a_row_per_job_with_keys_and_attempts(tmp_path):
@@ -153,6 +158,68 @@ def test_the_streamed_trace_of_a_resumed_run_shows_cached_jobs(tmp_path):
     assert [(f["job"], f["task"]) for f in doc["failures"]] == [(8, "bad")]
 
 
+
+def _run_with_run_time_calls(d: Path) -> Path:
+    """A real run whose jobs include run-time calls (defs given other jobs' values, numbered after the
+    plan's jobs): one fails once then passes, one fails for good; a @local function on top."""
+    flag = d / "flaky-once"
+    (d / "tk.py").write_text(
+        "from cmflow import task, local\n"
+        "def sq(i): return f'echo $(({i} * {i}))'\n"
+        "@task(retries=1)\n"
+        f"def twice(x): return f'if [ -e {flag} ]; then echo $((2 * {{x}})); else touch {flag}; exit 1; fi'\n"
+        "def bad(x): return f'echo no {x} >&2; exit 3'\n"
+        "@local\n"
+        "def half(x): return x / 2\n")
+    (d / "f.flow").write_text("from tk import *\nhalf(twice(sum(sq(i) for i in range(3)))) | bad(sq(5))\n")
+    return _failing_run(d)
+
+
+def test_run_time_calls_are_jobs_of_the_trace_and_the_report(tmp_path):
+    """Run-time calls are not in plan.json's jobs: the journal gives their task, label and command. The
+    streamed trace (cut after each journal line: killed there) is load_run's, byte for byte, with them."""
+    from cmflow.journal import read_journal
+    from cmflow.report import report_doc, write_trace
+    from cmflow.report import data as report_data
+
+    run = _run_with_run_time_calls(tmp_path)
+    rows = [line.split("\t") for line in (run / "trace.tsv").read_text().splitlines()[1:]]
+    assert [(r[0], r[8], r[10], r[11], r[-1]) for r in rows] == [
+        ("1", "sq", "ok", "1", "echo $((0 * 0))"), ("2", "sq", "ok", "1", "echo $((1 * 1))"),
+        ("3", "sq", "ok", "1", "echo $((2 * 2))"), ("4", "sq", "ok", "1", "echo $((5 * 5))"),
+        *sorted([(r[0], "twice", "ok", "2", r[-1]) for r in rows if r[8] == "twice"] +
+                [(r[0], "bad", "failed", "1", "echo no 25 >&2; exit 3") for r in rows if r[8] == "bad"])]
+    assert {r[8] for r in rows[4:]} == {"twice", "bad"} and "echo $((2 * 5))" in rows[4][-1] + rows[5][-1]
+    doc = report_doc(report_data.load_run(run))
+    assert sorted(j[1] for j in doc["jobs"]) == ["bad(25)", "sq(0)", "sq(1)", "sq(2)", "sq(5)", "twice(5)"]
+    lines = (run / "journal.jsonl").read_text().splitlines(keepends=True)
+    (run / "summary.json").unlink()
+    for n in range(len(lines) + 1):
+        (run / "journal.jsonl").write_text("".join(lines[:n]))
+        write_trace(run)
+        assert (run / "trace.tsv").read_text() == _reference_trace(run), n
+        lazy = report_doc(report_data.load_run(run))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(report_data, "read_journal_lazily", read_journal)
+            assert report_doc(report_data.load_run(run)) == lazy, n
+        assert all(j[1] for j in lazy["jobs"]), n   # a label for every job, one in flight included
+
+
+def test_run_time_calls_reused_by_a_resume_are_in_its_trace(tmp_path):
+    from cmflow.report import write_trace
+
+    _run_with_run_time_calls(tmp_path)
+    again = cmflow("run", "f.flow", "--hosts", "inv.yaml", "--run-dir", "again", "--resume", "run", "-q",
+                   cwd=tmp_path)
+    assert again.returncode == 1, again.stderr
+    trace = tmp_path / "again" / "trace.tsv"
+    rows = {r.split("\t")[8]: r.split("\t") for r in trace.read_text().splitlines()[1:]}
+    assert rows["twice"][10] == "cached" and "echo $((2 * 5))" in rows["twice"][-1] and rows["bad"][10] == "failed"
+    text = trace.read_text()
+    trace.unlink()
+    write_trace(tmp_path / "again")
+    assert trace.read_text() == text == _reference_trace(tmp_path / "again")
+
 def _check_page(page, shot: Path) -> None:
     assert page.problems() == []
     urls = page.requests()
@@ -227,6 +294,7 @@ def test_report_of_a_flow_with_run_time_calls_opens_in_chromium(tmp_path):
         page = browser.open((tmp_path / "run" / "report.html").as_uri())
         assert page.problems() == []
         assert page.eval("document.body.dataset.ready") == "1"
+        assert page.eval("document.querySelectorAll('#tl rect.bar').length") == 4   # twice(5) too
         tree = page.eval("document.getElementById('plan-tree').textContent")
         assert "(local)" in tree and "twice(" in tree and "input(s)" in tree
         page.eval("document.querySelectorAll('#plan-tree details').forEach(d => d.open = true)")

@@ -168,21 +168,39 @@ def load_run(run_dir: Path, full: bool = True) -> RunData:
         if ev is not None:
             started(job, ev)
 
+    # a run-time call (a def given other jobs' values) is a job numbered after the plan's: known from
+    # the journal only, which gives its task, label and command with its end
+    planned = max(jobs, default=0)
+    deferred: list[JobInfo] = []
+
+    def run_time_call(seq: Any) -> JobInfo | None:
+        if type(seq) is not int or seq <= planned:
+            return None
+        job = jobs[seq] = JobInfo(seq, "", "", "", "")
+        deferred.append(job)
+        return job
+
     attempts: list[Attempt] = []
     for ev in read_journal_lazily(run_dir / JOURNAL):
         if type(ev) is tuple:
             seq, raw = ev
-            job = jobs.get(seq)
+            job = jobs.get(seq) or run_time_call(seq)
             if job is not None:
                 if seq in unread:
                     read_start(job)
                 unread[seq] = raw
             continue
         seq = ev.get("seq")
+        kind = ev["ev"]
         job = jobs.get(seq)
         if job is None:
-            continue
-        kind = ev["ev"]
+            job = run_time_call(seq) if kind in ("start", "end", "cached") else None
+            if job is None:
+                continue
+        if seq > planned and kind in ("end", "cached"):
+            job.task = ev.get("task") or job.task
+            job.command = ev.get("command") or job.command
+            job.where = ev.get("where") or job.where
         if seq in unread and (kind == "start" or kind == "cached" or (kind == "end" and "key" not in ev)):
             read_start(job)
         if kind == "start":
@@ -217,6 +235,8 @@ def load_run(run_dir: Path, full: bool = True) -> RunData:
         read_start(jobs[seq])
     if full and not all(j.label for j in jobs.values()):
         _plan_labels(run_dir / "plan.json", jobs)
+        for job in deferred:   # in flight when the run stopped: its start says no more
+            job.label = job.label or job.task or f"run-time call #{job.seq}"
     running = is_running(run_dir)
     now = float((summary or {}).get("ended") or 0) or (time.time() if running else 0.0)
     for seq, ev in open_.items():

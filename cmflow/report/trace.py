@@ -37,7 +37,7 @@ def _span(p: Any) -> str:
 class _Open:
     """A job whose last event is not its last word yet (a start, or an attempt that will be retried)."""
 
-    __slots__ = ("key", "state", "n", "ready0", "start0", "sent", "fetched", "last", "start_ev", "unread")
+    __slots__ = ("key", "state", "n", "ready0", "start0", "sent", "fetched", "last", "start_ev", "unread", "call")
 
     def __init__(self) -> None:
         self.key = ""
@@ -48,6 +48,7 @@ class _Open:
         self.last: tuple | None = None              # (host, start, end, out_bytes, exit, signal, phases)
         self.start_ev: dict[str, Any] | None = None   # the attempt in flight
         self.unread: bytes | None = None      # its start line, not decoded yet (as load_run, see there)
+        self.call: tuple[str, str] | None = None    # a run-time call's task and command (the plan has neither)
 
     def started(self, ev: dict[str, Any]) -> None:
         self.key = ev.get("key", self.key)
@@ -92,11 +93,18 @@ class _Spill:
         self.at = array("q", [-1]) * (jobs + 1)
         self.len1 = array("i", [0]) * (jobs + 1)
         self.len2 = array("i", [0]) * (jobs + 1)
+        self.last = jobs     # the highest seq put: run-time calls are numbered after the plan's jobs
         self._buf: list[bytes] = []
         self._pos = 0
         self._fd = -1
 
     def put(self, seq: int, halves: tuple[str, str]) -> None:
+        if seq >= len(self.at):   # a run-time call beyond the plan's jobs
+            more = max(seq + 1 - len(self.at), len(self.at) // 2)
+            self.at.extend(array("q", [-1]) * more)
+            self.len1.extend(array("i", [0]) * more)
+            self.len2.extend(array("i", [0]) * more)
+        self.last = max(self.last, seq)
         a, b = (h.encode("utf-8", "surrogateescape") for h in halves)
         self.at[seq], self.len1[seq], self.len2[seq] = self._pos, len(a), len(b)
         self._buf += (a, b)
@@ -108,7 +116,7 @@ class _Spill:
     def get(self, seq: int) -> tuple[str, str] | None:
         # read back a row at a time (pread), not through a mapping of the file: mapped pages would
         # count in the process's resident set (~100 MB at a million jobs)
-        at = self.at[seq]
+        at = self.at[seq] if seq < len(self.at) else -1
         if at < 0:
             return None
         n1 = self.len1[seq]
@@ -139,8 +147,17 @@ def trace_lines(run_dir: Path) -> Iterator[str] | None:
         spill.file.close()
         return None
     for seq, job in open_.items():
-        spill.put(seq, job.row())
+        spill.put(seq, _row(seq, job, jobs))
     return _merge(run_dir / "plan.json", spill, jobs)
+
+
+def _row(seq: int, job: _Open, jobs: int) -> tuple[str, str]:
+    """A job's row halves; a run-time call's carry its task and command, which the plan has not."""
+    halves = job.row()
+    if seq <= jobs:
+        return halves
+    task, command = job.call or ("", "")
+    return f"{halves[0]}\t{task}", f"{halves[1]}\t{_esc(command)}"
 
 
 def _streamable_plan(path: Path) -> bool:
@@ -156,7 +173,7 @@ def _read_events(run_dir: Path, jobs: int, spill: _Spill) -> dict[int, _Open]:
     """One pass over the journal: every finished job's row spilled; the jobs still open returned,
     their attempt in flight (if any) ended at the run's end, as load_run does."""
     open_: dict[int, _Open] = {}
-    done = bytearray(jobs + 1)
+    done = bytearray(jobs + 1)      # grows past the plan's jobs for run-time calls
     last_end = 0.0             # the latest end of any attempt (one in flight counts as 0.0, as in load_run)
     for ev in read_journal_lazily(run_dir / JOURNAL):
         if type(ev) is tuple:
@@ -165,10 +182,10 @@ def _read_events(run_dir: Path, jobs: int, spill: _Spill) -> dict[int, _Open]:
         else:
             seq = ev.get("seq")
             kind = ev["ev"]
-        if type(seq) is not int or not 0 < seq <= jobs:
-            continue           # a deferred job (numbered after the plan's), or not a job's event
-        if kind not in ("start", "end", "cached"):
-            continue
+        if type(seq) is not int or seq <= 0 or kind not in ("start", "end", "cached"):
+            continue           # not a job's event
+        if seq >= len(done):   # a run-time call, numbered after the plan's jobs
+            done.extend(bytes(max(seq + 1 - len(done), len(done) // 2)))
         if done[seq]:
             raise Unexpected(seq)     # a job that goes on after its last word: two runs in one journal
         job = open_.get(seq)
@@ -184,6 +201,8 @@ def _read_events(run_dir: Path, jobs: int, spill: _Spill) -> dict[int, _Open]:
             continue
         job.unread = None
         job.key = ev.get("key", job.key)
+        if seq > jobs:
+            job.call = (ev.get("task") or "", ev.get("command") or "")
         if kind == "cached":
             job.state = CACHED
         else:
@@ -206,7 +225,7 @@ def _read_events(run_dir: Path, jobs: int, spill: _Spill) -> dict[int, _Open]:
                 job.state = RUNNING     # to be tried again
                 continue
             job.state = OK if ok else FAILED
-        spill.put(seq, job.row())
+        spill.put(seq, _row(seq, job, jobs))
         done[seq] = 1
         del open_[seq]
     for job in open_.values():
@@ -247,6 +266,13 @@ def _merge(plan: Path, spill: _Spill, jobs: int) -> Iterator[str]:
                     prev = seq
                     got = spill.get(seq) or _Open().row()
                     out.append(f"{seq}\t{got[0]}\t{j['task']}\t{got[1]}\t{_esc(j.get('command', ''))}\n")
+                    if len(out) >= CHUNK:
+                        yield "".join(out)
+                        out.clear()
+            for seq in range(jobs + 1, spill.last + 1):   # the run-time calls, after the plan's jobs
+                got = spill.get(seq)
+                if got is not None:
+                    out.append(f"{seq}\t{got[0]}\t{got[1]}\n")
                     if len(out) >= CHUNK:
                         yield "".join(out)
                         out.clear()
