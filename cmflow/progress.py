@@ -59,8 +59,11 @@ class _Counts:
         return f"{elapsed / ran * (self.total - self.done):.0f}s"
 
 
-def _of(rec: JobRecord) -> str:
-    return f"{rec.attempt}/{rec.attempts}" if rec.attempts and not rec.connection_failed else str(rec.attempt)
+def _of(rec: JobRecord, attempt: int | None = None) -> str:
+    """`attempt` (default the record's) of the attempts the user allowed; past them (a connection lost
+    does not use up --retries: failover gives more) the number alone, never "attempt 2/1"."""
+    n = rec.attempt if attempt is None else attempt
+    return f"{n}/{rec.attempts}" if rec.attempts and not rec.connection_failed and n <= rec.attempts else str(n)
 
 
 class PlainProgress:
@@ -83,8 +86,7 @@ class PlainProgress:
         why = f" ({rec.error})" if rec.error else ""
         if not final and not ok:
             # the attempt that comes next, counted as the user set it: --retries 2 is attempts 1/3..3/3
-            nxt = f"attempt {rec.attempt + 1}" + (f"/{rec.attempts}" if rec.attempts and not rec.connection_failed
-                                                  else "")
+            nxt = f"attempt {_of(rec, rec.attempt + 1)}"
             self.stream.write(f"[{self.c.done}/{self.c.total}] retry {rec.label}: attempt {_of(rec)} on {rec.host} "
                               f"{rec.runtime:.2f}s{why}; {nxt} next\n")
         else:

@@ -1,6 +1,8 @@
 """The slot server's frames on the wire (cmflow/transport/server.py)."""
 from __future__ import annotations
 
+import glob
+import os
 import re
 import shutil
 import subprocess
@@ -11,26 +13,22 @@ import pytest
 from cmflow.transport.slots import HDR, SERVER_CODE, SERVER_INPUT, boot_argv, message
 
 
-@pytest.mark.skipif(not shutil.which("strace"), reason="strace not installed (.ci/run installs it)")
-def test_a_short_jobs_output_and_end_leave_in_one_write(tmp_path):
-    """Two small writes in a row on a TCP stream without TCP_NODELAY (srun's I/O connection to a
-    step, ssh) make the second wait for the first one's delayed ACK: ~40 ms a job. So a job that
-    prints a line and ends sends its output and its end frame in one write."""
-    trace = tmp_path / "trace"
-    server = subprocess.Popen(["strace", "-f", "-e", "trace=write,writev,splice", "-o", str(trace),
-                               *boot_argv(sys.executable)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert server.stdin and server.stdout
+def _one_job(server: subprocess.Popen, env: dict, command: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Boot a slot server (a Popen of boot_argv, three pipes), run one job: its pid, the job's frames."""
+    assert server.stdin and server.stdout and server.stderr
 
     def frame() -> tuple[bytes, bytes]:
-        kind, n = HDR.unpack(server.stdout.read(HDR.size))
+        head = server.stdout.read(HDR.size)
+        assert len(head) == HDR.size, server.stderr.read().decode()
+        kind, n = HDR.unpack(head)
         return kind, server.stdout.read(n)
 
     try:
-        server.stdin.write(SERVER_INPUT + message(b"C", {"env": {}, "grace": 1}))
+        server.stdin.write(SERVER_INPUT + message(b"C", {"env": env, "grace": 1}))
         server.stdin.flush()
         kind, pid = frame()
         assert kind == b"R"
-        server.stdin.write(message(b"J", {"s": 1, "c": "echo hi"}))
+        server.stdin.write(message(b"J", {"s": 1, "c": command}))
         server.stdin.flush()
         frames = [frame()]
         while frames[-1][0] != b"X":
@@ -38,6 +36,19 @@ def test_a_short_jobs_output_and_end_leave_in_one_write(tmp_path):
     finally:
         server.stdin.close()
         server.wait(30)
+    return pid, frames
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace not installed (.ci/run installs it)")
+def test_a_short_jobs_output_and_end_leave_in_one_write(tmp_path):
+    """Two small writes in a row on a TCP stream without TCP_NODELAY (srun's I/O connection to a
+    step, ssh) make the second wait for the first one's delayed ACK: ~40 ms a job. So a job that
+    prints a line and ends sends its output and its end frame in one write."""
+    trace = tmp_path / "trace"
+    server = subprocess.Popen(["strace", "-f", "-e", "trace=write,writev,splice", "-o", str(trace),
+                               *boot_argv(sys.executable)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    pid, frames = _one_job(server, {}, "echo hi")
     assert frames == [(b"O", b"hi\n"), (b"X", b"0")]
     # what the server itself (not the job) wrote to its stdout: the ready frame, then ONE write
     to_stdout = [ln for ln in trace.read_text().splitlines()
@@ -55,3 +66,24 @@ def test_the_server_starts_without_json_or_the_signal_module():
         input=SERVER_CODE, capture_output=True, timeout=30)
     assert probe.returncode == 0, probe.stderr
     assert probe.stdout.decode().split() == []
+
+
+def _pythons() -> list[str]:
+    """Python 3 interpreters on this machine other than ours (PATH, pyenv): a host's python3 may be any."""
+    found = {os.path.realpath(p) for p in (shutil.which(f"python3.{m}") for m in range(6, 15))
+             if p and "/shims/" not in p}    # (a pyenv shim runs only the version pyenv has selected)
+    found |= {os.path.realpath(p) for p in glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3"))}
+    found.discard(os.path.realpath(sys.executable))
+    return sorted(found)
+
+
+@pytest.mark.skipif(not _pythons(), reason="no Python 3 here but the one running the tests")
+@pytest.mark.parametrize("python", _pythons() or ["none"])
+def test_a_host_s_python3_of_any_version_from_3_6_runs_the_server(python):
+    """docs/processes.md: a host needs Python >= 3.6 (RHEL 8's platform python is 3.6). A host whose python3
+    is not ours compiles the server's source and must read the controller's messages: 3.6's bytes.fromhex()
+    refused the config line's newline, so no slot came up there."""
+    server = subprocess.Popen(boot_argv(python), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    _, frames = _one_job(server, {"X": "y"}, "echo $X; echo e >&2; exit 4")
+    assert sorted(frames[:-1]) == [(b"E", b"e\n"), (b"O", b"y\n")] and frames[-1] == (b"X", b"4")

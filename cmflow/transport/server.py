@@ -545,7 +545,9 @@ class Server:
 def _decode(line):
     """A message from the controller: hex of marshal (version 2: every Python 3 reads it). Not JSON:
     importing json (and re with it) would cost more than the rest of the server's start-up."""
-    return marshal.loads(bytes.fromhex(line.decode("ascii") if isinstance(line, bytes) else line))
+    text = line.decode("ascii") if isinstance(line, bytes) else line
+    # stripped: the config line keeps its newline, which fromhex() skips only from Python 3.7 on
+    return marshal.loads(bytes.fromhex(text.strip()))
 
 
 def main(config_line):
