@@ -53,6 +53,9 @@ class _Compiler:
         self.target_names = target_names
         self.names: dict[str, Any] = {}  # name -> callable | module | _Binding
         self.diags: list[Diagnostic] = []
+        # names a failed import would have bound: its error is reported once, at the import, not
+        # again as "unknown name" at every use
+        self._not_imported: set[str] = set()
         self.jobs: list[Job] = []           # in id order
         # (id(fn), target) -> call key (see _call_key) -> the job's shared reference; two
         # levels, so that a million calls of one task hold a small key each, often their args
@@ -89,13 +92,17 @@ class _Compiler:
                 mod = self._load(module, stmt.pos)
                 if mod is not None:
                     self.names[alias or module] = mod
+                else:
+                    self._not_imported.add(alias or module)
             case ast.FromImport(module, None):
                 mod = self._load(module, stmt.pos)
                 if mod is not None:
                     self.names.update(public_tasks(mod))
             case ast.FromImport(module, names):
                 mod = self._load(module, stmt.pos)
-                if mod is not None:
+                if mod is None:
+                    self._not_imported.update(alias or name for name, alias in names or ())
+                else:
                     available = public_tasks(mod)
                     for name, alias in names or ():
                         fn = getattr(mod, name, None)
@@ -242,6 +249,8 @@ class _Compiler:
                 break
         head, rest = ".".join(name.parts[:cut]), name.parts[cut:]
         if head not in self.names:
+            if any(name.dotted == n or name.dotted.startswith(n + ".") for n in self._not_imported):
+                return None             # the failed import said why
             if head in BUILTINS and not rest:
                 return BUILTINS[head]   # user names shadow the built-ins
             self.error(name.pos, f"unknown name '{head}'" + self._suggest(head, [*self.names, *BUILTINS]),

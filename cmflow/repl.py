@@ -16,7 +16,7 @@ from typing import Sequence, TextIO
 
 from . import api
 from .compiler import compile_flow
-from .errors import CmflowError
+from .errors import CmflowError, FlowError
 from .options import RunOptions
 from .hosts import Inventory
 from .ast import ExprStmt, Flow, Stmt
@@ -107,6 +107,20 @@ class Session:
         raise CmflowError(f"unknown command {name} (try :help)")
 
 
+def _goes_on(block: str) -> bool:
+    """The input so far is a statement (or :plan EXPR) that ends too early: more lines may complete it."""
+    text = block.lstrip()
+    if text.startswith(":"):
+        name, _, text = text.partition(" ")
+        if name != ":plan" or not text.strip():
+            return False
+    try:
+        parse(text, "<repl>")
+    except FlowError as e:
+        return any(d.message.startswith("unexpected end of input") for d in e.diagnostics)
+    return False
+
+
 def run_repl(tasks: Sequence[str], inventory: Inventory, stdin: TextIO = sys.stdin,
              stdout: TextIO = sys.stdout) -> int:
     session = Session(inventory, task_dirs=[str(Path(t).resolve().parent) for t in tasks if t.endswith(".py")])
@@ -133,13 +147,14 @@ def run_repl(tasks: Sequence[str], inventory: Inventory, stdin: TextIO = sys.std
             if line.strip() in (":quit", ":q", ":exit"):
                 break
             block = line if line.endswith("\n") else line + "\n"
-            if line.lstrip().startswith(("def ", "@")):
-                # a def block: read on until a blank line
-                while True:
-                    more = input("   ...> ") if interactive else stdin.readline()
-                    if not more.strip():
-                        break
-                    block += more if more.endswith("\n") else more + "\n"
+            # a def block reads on until a blank line; any other statement, as in a flow file,
+            # goes on after an open bracket or a binary operator (a blank line ends it anyway)
+            is_def = line.lstrip().startswith(("def ", "@"))
+            while is_def or _goes_on(block):
+                more = input("   ...> ") if interactive else stdin.readline()
+                if not more.strip():
+                    break
+                block += more if more.endswith("\n") else more + "\n"
             try:
                 out = session.handle(block)
             except CmflowError as e:

@@ -105,7 +105,8 @@ _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def user_frames(exc: BaseException, heading: str = "the task's own frames") -> list[str]:
     """The traceback without cmflow's own frames: the def's file and line are what matter."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_PKG_DIR)]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith((_PKG_DIR, "<frozen importlib"))]   # nor the import machinery's
     out = [f"    Traceback ({heading}):"]
     for f in frames:
         out.append(f'      File "{f.filename}", line {f.lineno}, in {f.name}')

@@ -141,6 +141,18 @@ def test_three_mistakes_all_reported(flowdir):
     assert "KeyError: 'missing'" in out and 'tk.py", line 12, in boom' in out
 
 
+def test_a_failed_import_is_one_error_not_one_more_per_use(flowdir):
+    """Three mistakes, three errors: the names a missing module would have bound are not 'unknown' again."""
+    flowdir("broken.py", "import no_such_module_here\n\ndef t():\n    return 'true'\n")
+    out = errors_of(flowdir, "import nosuch\nfrom broken import t as u, v\nimport x.y\n"
+                             "nosuch.a | u | v | x.y.z ; nosuch.b\nzz\n")
+    heads = [line.split(": error: ")[0] for line in out.splitlines() if ": error: " in line]
+    assert heads == ["f.flow:1:1", "f.flow:2:1", "f.flow:3:1", "f.flow:5:1"], out
+    assert out.endswith("4 errors") and "unknown name 'nosuch'" not in out
+    # the module's own frame, not the import machinery's
+    assert 'broken.py", line 1, in <module>' in out and "<frozen" not in out
+
+
 @pytest.mark.parametrize("odd", ["\f", "\u2028", "\x85", "\x1c", "\v"])
 def test_errors_quote_their_own_line_past_form_feeds_and_unicode_separators(flowdir, odd):
     """Only a newline ends a line; str.splitlines also splits at these, which quoted the wrong line."""

@@ -467,6 +467,19 @@ def test_repl_plan_shows_the_expansion(flowdir, tmp_path):
     assert s.handle("twice(sq(3))\n") == "18"
 
 
+def test_repl_reads_on_after_an_open_bracket_or_operator_as_a_flow_file_does(flowdir, tmp_path):
+    """A generator pasted from a flow over several lines is one input, not an error per line."""
+    flowdir("tk.py", TASKS)
+    script = ("sum(sq(i)\n    for i in range(1, 11))\nsq(2) |\n  sq(3)\n:plan par(sq(i)\n  for i in range(2))\n"
+              "sq(\n\nsq(4)\n")
+    r = cmflow("repl", "--tasks", str(flowdir.path / "tk.py"), cwd=tmp_path, input=script)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.splitlines()
+    assert out[:3] == ["385", "[4, 9]", "<repl>: 2 jobs"], r.stdout
+    # a blank line ends an unfinished input: its error, then the session goes on
+    assert "<repl>:1:4: error: unexpected end of input" in r.stdout and out[-1] == "16"
+
+
 # ------------------------------------------------------------ over real ssh
 
 def test_broadcast_runs_once_on_every_host_of_a_group_over_ssh(sshd_hosts, flowdir):
