@@ -332,10 +332,11 @@ def _usage_for(argv: list[str]) -> str:
     """The usage text docopt matches argv against: the lines of the command argv names, with every
     option's description (defaults included). docopt's matching grows with the whole pattern: the
     full usage cost ~40 ms of each start-up, most of a run's Python work before its first ssh.
-    Help, version and anything that names no command get the whole text (its help, its errors)."""
+    Help (-h also stacked with other letters, as docopt reads it), version and anything that names
+    no command get the whole text (its help, its errors)."""
     head, sep, options = __doc__.partition("\nOptions:")
     command = argv[0] if argv else ""
-    if not sep or not re.fullmatch(r"[a-z]+", command) or any(a in ("-h", "--help", "--version") for a in argv):
+    if not sep or not re.fullmatch(r"[a-z]+", command) or any(a in ("--help", "--version") or re.match(r"-[^-]*h", a) for a in argv):
         return __doc__
     usage = head.partition("\nCommands:")[0].splitlines()
     kept, keep = [], False

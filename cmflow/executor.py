@@ -38,6 +38,10 @@ from .transport import JobSpec, Outcome, Transport
 # {"stdout_file": PATH, "bytes": N}, and the output is read from that file (README).
 VALUE_LIMIT = 1 << 20
 HOST_DOWN_AFTER = 3   # consecutive connection failures before a host is marked down
+# USER_CODE: a user's def, @local function, fold step or parse= called during a run may raise anything:
+# SystemExit, GeneratorExit, a bare BaseException, even KeyboardInterrupt (a real Ctrl-C reaches a run
+# as a signal, handled by run_sync, never as an exception out of a def). Each is that code's error: what
+# needs its value fails, independent work carries on; none may end cmflow (exit 0 silently, or a traceback).
 
 
 @dataclass(frozen=True)
@@ -485,7 +489,7 @@ class Executor:
         if node.fn is not None:   # fold(f, ...): the user's step, which may raise anything
             try:
                 return node.fn(left, right)
-            except Exception as e:
+            except BaseException as e:  # noqa: BLE001 - see USER_CODE
                 return self._fail(Failure(f"{node.fn_name}({_short(left)}, {_short(right)}) in fold at "
                                           f"{self.plan.filename}:{node.pos.line}:{node.pos.column} raised "
                                           f"{type(e).__name__}: {e}" + _frames(e, "the function's own frames")))
@@ -566,7 +570,7 @@ class Executor:
                   node.options, node.filename, node.pos, None, node.fn)
         try:
             built = node.fn(*args, **kwargs)
-        except Exception as e:
+        except BaseException as e:  # noqa: BLE001 - see USER_CODE
             failure = Failure(f"task '{node.task}' raised {type(e).__name__}: {e}" + _frames(e), job)
         else:
             if isinstance(built, (str, Command)):
@@ -588,7 +592,7 @@ class Executor:
             args, kwargs = fill(node, got)
             try:
                 out.set_result(Ok(node.fn(*args, **kwargs)))
-            except Exception as e:
+            except BaseException as e:  # noqa: BLE001 - see USER_CODE
                 out.set_result(self._fail(Failure(f"{node.label} at {node.where} raised {type(e).__name__}: {e}"
                                                   + _frames(e, "the function's own frames"))))
 
@@ -782,7 +786,7 @@ class Executor:
             return Ok(moved.files)   # a job with outputs: its value is its files, fetched and verified
         try:
             return Ok(stdout_value(out, outcome.stdout_bytes, job.options.parse))
-        except (Exception, SystemExit, GeneratorExit) as e:  # a task's own parse= callable may raise anything
+        except BaseException as e:  # noqa: BLE001 - a task's own parse= callable (USER_CODE)
             return failure(f"cannot read its value ({job.options.parse if isinstance(job.options.parse, str) else 'parse'}): "
                            f"{type(e).__name__}: {e}")
 
@@ -803,7 +807,7 @@ class Executor:
                 # read as the earlier run read it: a big stdout stays a reference to its (adopted) file
                 value = stdout_value(out_p, out_p.stat().st_size, job.options.parse) if out_p else \
                     read_value("", job.options.parse)
-        except Exception:   # noqa: BLE001 - a vanished file or a parse= that now fails: run it instead
+        except BaseException:   # noqa: BLE001 - a vanished file or a parse= that now fails (USER_CODE): run it instead
             return None
         if self.journal is not None:
             # the reused result becomes this run's own, so a resume of this run finds it too

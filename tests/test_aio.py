@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import re
 import subprocess
 
@@ -59,7 +60,16 @@ def test_kill_all_ends_every_spawned_tree_but_not_essential_ones():
         assert procs.kill_all() == 1 and procs.hurrying()
         assert await tree.wait() == -9          # returns: the grandchildren held its stdout, and are gone
         for k in kids:
-            assert not os.path.exists(f"/proc/{k}") or "Z" in open(f"/proc/{k}/stat").read().rsplit(")", 1)[1][:3]
+            # its stdout closes while it exits, a moment before it is a zombie: await its exit (a pidfd
+            # becomes readable then), bounded; a grandchild kill_all missed would run its 300 s
+            try:
+                fd = os.pidfd_open(k)
+            except ProcessLookupError:
+                continue
+            try:
+                assert select.select([fd], [], [], 30)[0], f"pid {k} still runs"
+            finally:
+                os.close(fd)
         assert keep.returncode is None
         keep.kill()
         await keep.wait()

@@ -84,6 +84,12 @@ _ARGVS = [
 ]
 
 
+@pytest.mark.parametrize("argv", [["run", "-h"], ["run", "f.flow", "--help"], ["data", "get", "-dash"],
+                                  ["status", "--version"]])
+def test_help_and_version_are_matched_against_the_whole_usage(argv):
+    assert cli._usage_for(argv) == cli.__doc__
+
+
 @pytest.mark.parametrize("argv", _ARGVS, ids=[" ".join(a) or "(none)" for a in _ARGVS])
 def test_one_commands_usage_parses_as_the_whole_usage(argv):
     from docopt import DocoptExit, docopt

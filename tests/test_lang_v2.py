@@ -387,6 +387,57 @@ def test_fold_step_that_raises_fails_the_fold(flowdir):
     assert "ZeroDivisionError" in run.result.failures[0].reason
 
 
+
+@pytest.mark.parametrize("call, raised", [
+    ("quits(sq(1))", "task 'quits' raised SystemExit: 0"),            # a def building a command at run time
+    ("closes(sq(1))", "raised GeneratorExit"),                         # a @local function
+    ("interrupts(sq(1))", "raised KeyboardInterrupt"),
+    ("fold(base, sq(1) | sq(2))", "in fold at"),                       # a fold step
+    ("quitter", "cannot read its value (parse): SystemExit"),           # a parse= callable
+    ("bare", "cannot read its value (parse): BaseException: no"),
+])
+def test_user_code_raising_any_base_exception_at_run_time_is_its_error(flowdir, tmp_path, call, raised):
+    """Issue 8.8 at run time: a def that raises SystemExit, GeneratorExit or a bare BaseException
+    (or KeyboardInterrupt: Ctrl-C reaches a run as a signal, never from a def) fails what needs it.
+    It made cmflow exit 0 silently, 130, or print a traceback."""
+    flowdir("tk.py", TASKS + textwrap.dedent('''
+        import sys
+
+        def quits(x):
+            sys.exit(0)
+
+        @local
+        def closes(x):
+            raise GeneratorExit()
+
+        @local
+        def interrupts(x):
+            raise KeyboardInterrupt()
+
+        @local
+        def base(x, y):
+            raise BaseException("no")
+
+        def _exit(text):
+            raise SystemExit(0)
+
+        def _base(text):
+            raise BaseException("no")
+
+        @task(parse=_exit)
+        def quitter():
+            return "echo 1"
+
+        @task(parse=_base)
+        def bare():
+            return "echo 1"
+        '''))
+    flow = flowdir("f.flow", f"from tk import *\n{call} | sq(3)\n")
+    r = cmflow("run", str(flow), "--run-dir", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert raised in r.stderr and "Traceback (most recent call last)" not in r.stderr
+    assert "ok #" in r.stderr     # independent work carried on (sq(3))
+
 # ---------------------------------------------------------- CLI, eval, repl
 
 def test_cli_run_eval_and_plan(flowdir, tmp_path):
