@@ -37,6 +37,7 @@ _PLAN_KIND = {ast.Seq: PSeq, ast.Par: PPar, ast.Sum: PSum}
 class _Binding:
     expr: ast.Expr
     compiled: dict[str | None, PlanNode | None] = field(default_factory=dict)
+    used: bool = False     # its unplaced compilation (made at the binding, to check it) was referenced
 
 
 class _Compiler:
@@ -53,6 +54,7 @@ class _Compiler:
         self.target_names = target_names
         self.names: dict[str, Any] = {}  # name -> callable | module | _Binding
         self.diags: list[Diagnostic] = []
+        self.bindings: list[_Binding] = []
         # names a failed import would have bound: its error is reported once, at the import, not
         # again as "unknown name" at every use
         self._not_imported: set[str] = set()
@@ -118,6 +120,7 @@ class _Compiler:
                 binding = _Binding(expr)
                 binding.compiled[None] = self.expr(expr, None)
                 self.names[name] = binding
+                self.bindings.append(binding)
             case ast.ExprStmt(expr):
                 return expr
         return None
@@ -277,6 +280,7 @@ class _Compiler:
         if value is None:
             return None
         if isinstance(value, _Binding):
+            value.used = value.used or target is None
             if target not in value.compiled:
                 # a binding's text knows nothing of the loop variables where it is used
                 saved, self.env = self.env, {}
@@ -879,7 +883,37 @@ def compile_flow(flow: ast.Flow, source: str, *, loader: TaskLoader | None = Non
         for n in nodes:
             flat.extend(n.items if isinstance(n, PSeq) else (n,))
         root = PSeq(tuple(flat), exprs[0][0].pos)
-    return Plan(root, tuple(c.jobs), flow.filename)
+    jobs = c.jobs
+    if not all(b.used for b in c.bindings):
+        # a binding is compiled where it is written, to report its errors there; if that
+        # compilation is never referenced (x unused, or only ever x @ h), its jobs never run
+        jobs = _reachable(root, jobs)
+    return Plan(root, tuple(jobs), flow.filename)
+
+
+def _reachable(root: PlanNode | None, jobs: list[Job]) -> list[Job]:
+    """The jobs the plan's root can reach, numbered 1... again in their order."""
+    keep: set[int] = set()
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        match node:
+            case JobRef(job):
+                keep.add(id(job))
+            case PSeq() | PPar() | PSum():
+                stack.extend(node.items)
+            case Deferred() | Local():
+                stack.extend(node.inputs)
+    if len(keep) == len(jobs):
+        return jobs
+    kept = [j for j in jobs if id(j) in keep]
+    for i, job in enumerate(kept, 1):
+        job.id = i     # before anyone holds the plan: nothing has hashed a Job yet
+    return kept
 
 
 def _fewer(diags: list[Diagnostic], per_place: int = 3) -> list[Diagnostic]:

@@ -141,6 +141,16 @@ def test_three_mistakes_all_reported(flowdir):
     assert "KeyError: 'missing'" in out and 'tk.py", line 12, in boom' in out
 
 
+def test_a_binding_compiled_where_written_but_never_run_adds_no_job(flowdir):
+    """x unused, y only placed: their unplaced jobs never run, so the plan (and check's count) has none."""
+    plan = compile_in(flowdir, "from tk import a, b\nx = a | b(1)\ny = b(2)\ny @ h1\nb(3)\n")
+    assert [(j.id, j.label) for j in plan.jobs] == [(1, "b(2) @ h1"), (2, "b(3)")]
+    assert render_text(plan).splitlines()[0].endswith("f.flow: 2 jobs")
+    # a binding used as written keeps its jobs, shared
+    plan = compile_in(flowdir, "from tk import a, b\nx = a | b(1)\nx ; x @ h1\n")
+    assert [j.label for j in plan.jobs] == ["a", "b(1)", "a @ h1", "b(1) @ h1"]
+
+
 def test_a_failed_import_is_one_error_not_one_more_per_use(flowdir):
     """Three mistakes, three errors: the names a missing module would have bound are not 'unknown' again."""
     flowdir("broken.py", "import no_such_module_here\n\ndef t():\n    return 'true'\n")
