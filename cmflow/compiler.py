@@ -55,9 +55,9 @@ class _Compiler:
         self.names: dict[str, Any] = {}  # name -> callable | module | _Binding
         self.diags: list[Diagnostic] = []
         self.bindings: list[_Binding] = []
-        # names a failed import would have bound: its error is reported once, at the import, not
-        # again as "unknown name" at every use
-        self._not_imported: set[str] = set()
+        # names a failed import or def would have bound: the error is reported once, where the
+        # name is defined, not again as "unknown name" at every use
+        self._undefined: set[str] = set()
         self.jobs: list[Job] = []           # in id order
         # (id(fn), target) -> call key (see _call_key) -> the job's shared reference; two
         # levels, so that a million calls of one task hold a small key each, often their args
@@ -95,7 +95,7 @@ class _Compiler:
                 if mod is not None:
                     self.names[alias or module] = mod
                 else:
-                    self._not_imported.add(alias or module)
+                    self._undefined.add(alias or module)
             case ast.FromImport(module, None):
                 mod = self._load(module, stmt.pos)
                 if mod is not None:
@@ -103,7 +103,7 @@ class _Compiler:
             case ast.FromImport(module, names):
                 mod = self._load(module, stmt.pos)
                 if mod is None:
-                    self._not_imported.update(alias or name for name, alias in names or ())
+                    self._undefined.update(alias or name for name, alias in names or ())
                 else:
                     available = public_tasks(mod)
                     for name, alias in names or ():
@@ -111,6 +111,7 @@ class _Compiler:
                         if not callable(fn):
                             self.error(self._imported_name_pos(stmt.pos, name), f"module '{module}' has no task "
                                        f"'{name}'" + self._suggest(name, list(available)), len(name))
+                            self._undefined.add(alias or name)
                             continue
                         self.names[alias or name] = fn
             case ast.Def(name, source):
@@ -150,6 +151,7 @@ class _Compiler:
         return None
 
     def _define(self, stmt: ast.Def, name: str, source: str) -> None:
+        self._undefined.add(name)     # until it is defined
         try:
             namespace = exec_inline_def(source, self.filename, stmt.pos.line)
         except SyntaxError as e:
@@ -165,6 +167,7 @@ class _Compiler:
             self.error(stmt.pos, f"def {name} did not define a callable named {name}")
             return
         self.names[name] = fn
+        self._undefined.discard(name)
 
     # ------------------------------------------------------------ expressions
     def expr(self, node: ast.Expr, target: str | None) -> PlanNode | None:
@@ -252,7 +255,7 @@ class _Compiler:
                 break
         head, rest = ".".join(name.parts[:cut]), name.parts[cut:]
         if head not in self.names:
-            if any(name.dotted == n or name.dotted.startswith(n + ".") for n in self._not_imported):
+            if any(name.dotted == n or name.dotted.startswith(n + ".") for n in self._undefined):
                 return None             # the failed import said why
             if head in BUILTINS and not rest:
                 return BUILTINS[head]   # user names shadow the built-ins

@@ -161,6 +161,11 @@ def test_a_failed_import_is_one_error_not_one_more_per_use(flowdir):
     assert out.endswith("4 errors") and "unknown name 'nosuch'" not in out
     # the module's own frame, not the import machinery's
     assert 'broken.py", line 1, in <module>' in out and "<frozen" not in out
+    # a name the module lacks, a def whose decorator refused it: one error each, where they are defined
+    out = errors_of(flowdir, "from tk import a, zz\nfrom cmflow import task\n@task(parse='nope')\n"
+                             "def d():\n    return 'true'\n\nzz | a | d\nqq\n")
+    heads = [line.split(": error: ")[0] for line in out.splitlines() if ": error: " in line]
+    assert heads == ["f.flow:1:19", "f.flow:3:1", "f.flow:8:1"], out
 
 
 @pytest.mark.parametrize("odd", ["\f", "\u2028", "\x85", "\x1c", "\v"])
