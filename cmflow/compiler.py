@@ -911,7 +911,8 @@ def compile_text(source: str, filename: str = "<flow>", **kw: Any) -> Plan:
 
 def compile_file(path: str, **kw: Any) -> Plan:
     try:
-        with open(path, encoding="utf-8") as f:
+        # utf-8-sig: a byte-order mark (Windows editors write one) is not text, as Python and YAML read it
+        with open(path, encoding="utf-8-sig") as f:
             source = f.read()
     except OSError as e:
         raise FlowError([Diagnostic(path, 0, 0, f"cannot read flow file: {e.strerror}")]) from None

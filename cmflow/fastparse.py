@@ -37,9 +37,12 @@ _TOKEN = re.compile(rf"""[ \t]*(?:
   |(?P<cont>\\\r?\n)
   |(?P<bad>[^\n]|\Z)
 )""", re.X)
-# a def block where a line starts: decorators, the def line, then indented or blank lines
-_DEF_AT_LINE = re.compile(r"^[ \t]*((?:@[^\n]*\n[ \t]*)*def[ \t][^\n]*(?:\n[ \t]*(?=\n)|\n[ \t]+[^\n]*)*)",
-                          re.M)
+# a def block where a line starts: decorators, the def line, then indented or blank lines.
+# A run of decorator lines is taken whole (possessive) and matches even without its def (group
+# "def" then empty, skipped by the caller): a search that failed at its first line would otherwise
+# be tried again from each of its other lines, quadratic in the run's length.
+_DEF_AT_LINE = re.compile(r"^[ \t]*(?=@|def[ \t])((?:@[^\n]*\n[ \t]*)*+"
+                          r"(?P<def>def[ \t][^\n]*(?:\n[ \t]*(?=\n)|\n[ \t]+[^\n]*)*)?)", re.M)
 _ARG = re.compile(rf"""[ \t]*(?:(?P<num>{_NUM})|(?P<name>{_N})
   |(?P<str>{_S})|(?P<op>[,=\[\]]))""", re.X)
 _KEYWORDS = frozenset({"import", "from", "as", "True", "False", "None", "for", "in"})
@@ -66,6 +69,8 @@ def _tokens(text: str) -> list[_Tok]:
     toks: list[_Tok] = []
     pos = 0
     for d in _DEF_AT_LINE.finditer(text):
+        if d.group("def") is None:
+            continue      # decorator lines with no def after them: tokens, which the parser refuses
         _scan(text, pos, d.start(1), toks)
         toks.append(("def", d.group(1), d.start(1)))
         pos = d.end(1)

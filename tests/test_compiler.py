@@ -182,6 +182,18 @@ def test_empty_flow_compiles_to_nothing():
     assert plan.root is None and plan.jobs == ()
 
 
+def test_a_byte_order_mark_is_not_part_of_the_flow(flowdir):
+    """As Python reads a module and YAML a file: line 1's columns count from after the mark."""
+    flowdir("tk.py", TASKS)
+    path = flowdir.path / "bom.flow"
+    path.write_bytes("\ufefffrom tk import a\na\n".encode())
+    assert len(compile_file(str(path)).jobs) == 1
+    path.write_bytes("\ufeffa b\n".encode())
+    with pytest.raises(FlowError) as e:
+        compile_file(str(path))
+    assert str(e.value).startswith(f"{path}:1:3: error: unexpected 'b'")
+
+
 def test_unreadable_flow_file(tmp_path):
     with pytest.raises(FlowError) as e:
         compile_file(str(tmp_path / "missing.flow"))

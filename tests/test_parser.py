@@ -272,6 +272,17 @@ def test_v2_fragments_only_positioned_errors(text):
         assert all(d.line >= 1 and d.column >= 1 for d in e.diagnostics)
 
 
+DEF_LINES = st.sampled_from(["@x", "  @y", "@task(parse='lines')", "def f():", "def g(n):", "    return 'echo 1'",
+                             "", "a", "# c", "  ", "\tdef h(): pass", "(a", "@ h)", "a @ h", "@", "  def k():", "g(1)"])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(DEF_LINES, min_size=1, max_size=12).map("\n".join))
+def test_fast_path_matches_reference_on_decorators_and_defs(text):
+    """Decorator lines with and without their def (the fast path takes a run of them whole)."""
+    same_as_reference(text)
+
+
 def test_fast_path_positions_examples():
     for text in ["(a | b) @ h; c\n", "import t\nx = (a;\n b) + t.c(1, [2], k='v')\n",
                  "a |\n  b @\n  h1 + c\n", "from m import *\n\n\n# x\nf(-1, +2.5e3)\n",
