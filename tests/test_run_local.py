@@ -361,3 +361,14 @@ def test_halt_starts_nothing_after_the_failing_job(flowdir, halt):
     assert [json.loads(line)["seq"] for line in (run.run_dir / "jobs.jsonl").read_text().splitlines()] == [1]
     assert [f.job.task for f in run.result.failures] == ["bad"]
 
+
+
+def test_cmflow_run_is_the_python_api(tmp_path):
+    """Issue 3.7: a Python API under the CLI, `cmflow.run(...)`, that scripts and tests share."""
+    import cmflow
+
+    (tmp_path / "tk.py").write_text('def a(): return "echo 2"\ndef b(): return "echo 3"\n')
+    (tmp_path / "f.flow").write_text("from tk import a, b\na + b\n")
+    run = cmflow.run(str(tmp_path / "f.flow"), run_dir=str(tmp_path / "run"), jobs=1, retries=1)
+    assert run.result.ok and run.result.value == 5 and run.exit_status == 0
+    assert len(read_joblog(tmp_path / "run" / "joblog")) == 2
