@@ -587,11 +587,16 @@ class _Compiler:
                         return None
                     nums.append(a)
                 try:
-                    if len(range(*nums)) > MAX_ITEMS:
+                    span = range(*nums)
+                    try:
+                        too_many = len(span) > MAX_ITEMS
+                    except OverflowError:     # more values than sys.maxsize: len() cannot say
+                        too_many = True
+                    if too_many:
                         self.error(it.pos, f"range{tuple(nums)!r} has more than {MAX_ITEMS} values"
                                    .replace(",)", ")"), 5)
                         return None
-                    return list(range(*nums))
+                    return list(span)
                 except (TypeError, ValueError) as e:
                     self.error(it.pos, f"range{tuple(nums)!r}: {e}".replace(",)", ")"), 5)
                     return None

@@ -249,6 +249,15 @@ def test_many_different_errors_at_one_place_are_capped(flowdir):
     assert out.count("error: task 't' raised ValueError") == 3 and "... and 7 more errors here" in out
 
 
+@pytest.mark.parametrize("iterable", ["range(99999999999999999999999)", "range(-2**63, 2**63)",
+                                      "range(j, 99999999999999999999999)"])
+def test_a_range_beyond_a_machine_word_is_too_long_not_a_crash(flowdir, iterable):
+    """len(range(...)) raises OverflowError past sys.maxsize values: that is 'too many', worded."""
+    iterable = iterable.replace("-2**63", str(-2**63)).replace("2**63", str(2**63))
+    out = errors_of(flowdir, f"from tk import sq\npar(sq(i) for j in [1] for i in {iterable})\n")
+    assert out.startswith("f.flow:2:33: error: range(") and "has more than 1000000 values" in out, out
+
+
 def test_without_an_inventory_hosts_is_an_error(flowdir):
     flowdir("tk.py", TASKS)
     path = flowdir("f.flow", "from tk import hello\npar(hello for h in hosts(pair))\n")
