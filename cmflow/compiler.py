@@ -308,6 +308,11 @@ class _Compiler:
             self.error(name.pos, f"'{name.parts[0]}' is a loop variable (a value), not a task",
                        len(name.parts[0]))
             return None
+        repeated = _repeated_keyword(node.kwargs)
+        if repeated is not None:
+            # as in Python (a SyntaxError there): f(x=1, x=2) would otherwise quietly mean f(x=2)
+            self.error(node.pos, f"keyword argument repeated: {repeated}", len(name.dotted))
+            return None
         value = self._lookup(name)
         if value is None:
             self._arguments(node.args, node.kwargs, target)  # still look for errors inside
@@ -494,7 +499,7 @@ class _Compiler:
         time, the call of the def. None when the item needs the general path (anything else);
         both make the same jobs, references and errors."""
         item = node.item
-        if type(item) is not ast.Call:
+        if type(item) is not ast.Call or _repeated_keyword(item.kwargs) is not None:
             return None
         loop_names = {n for clause in node.clauses for n in clause.names} | set(self.env)
         parts = item.name.parts
@@ -796,6 +801,18 @@ def _call_key(bound: tuple | None, args: tuple, kwargs: tuple) -> Any:
         if t is not int and t is not str and v is not None:
             return repr(bound)
     return bound
+
+
+def _repeated_keyword(kwargs: tuple) -> str | None:
+    """The first keyword given twice in a call, if any."""
+    if len(kwargs) < 2:
+        return None
+    seen: set[str] = set()
+    for k, _ in kwargs:
+        if k in seen:
+            return k
+        seen.add(k)
+    return None
 
 
 def _bad_arguments_of(fn: Callable, args: list, kwargs: dict) -> str | None:

@@ -141,6 +141,14 @@ def test_three_mistakes_all_reported(flowdir):
     assert "KeyError: 'missing'" in out and 'tk.py", line 12, in boom' in out
 
 
+def test_a_repeated_keyword_argument_is_an_error_as_in_python(flowdir):
+    """b(n=1, n=2) does not bind (Python: 'keyword argument repeated'); it ran as b(n=2)."""
+    assert errors_of(flowdir, "from tk import b\nb(n=1, n=2)\n") == \
+        "f.flow:2:1: error: keyword argument repeated: n\n    b(n=1, n=2)\n    ^"
+    out = errors_of(flowdir, "from tk import a, b\npar(b(n=i, m=2, m=i) for i in range(3)) | b(1, m=a, m=a)\n")
+    assert out.count("keyword argument repeated: m") == 2 and out.endswith("2 errors")
+
+
 def test_a_binding_compiled_where_written_but_never_run_adds_no_job(flowdir):
     """x unused, y only placed: their unplaced jobs never run, so the plan (and check's count) has none."""
     plan = compile_in(flowdir, "from tk import a, b\nx = a | b(1)\ny = b(2)\ny @ h1\nb(3)\n")
