@@ -37,6 +37,7 @@ _PLAN_KIND = {ast.Seq: PSeq, ast.Par: PPar, ast.Sum: PSum}
 class _Binding:
     expr: ast.Expr
     compiled: dict[str | None, PlanNode | None] = field(default_factory=dict)
+    used: bool = False     # its unplaced compilation (made at the binding, to check it) was referenced
 
 
 class _Compiler:
@@ -53,9 +54,10 @@ class _Compiler:
         self.target_names = target_names
         self.names: dict[str, Any] = {}  # name -> callable | module | _Binding
         self.diags: list[Diagnostic] = []
-        # names a failed import would have bound: its error is reported once, at the import, not
-        # again as "unknown name" at every use
-        self._not_imported: set[str] = set()
+        self.bindings: list[_Binding] = []
+        # names a failed import or def would have bound: the error is reported once, where the
+        # name is defined, not again as "unknown name" at every use
+        self._undefined: set[str] = set()
         self.jobs: list[Job] = []           # in id order
         # (id(fn), target) -> call key (see _call_key) -> the job's shared reference; two
         # levels, so that a million calls of one task hold a small key each, often their args
@@ -93,7 +95,7 @@ class _Compiler:
                 if mod is not None:
                     self.names[alias or module] = mod
                 else:
-                    self._not_imported.add(alias or module)
+                    self._undefined.add(alias or module)
             case ast.FromImport(module, None):
                 mod = self._load(module, stmt.pos)
                 if mod is not None:
@@ -101,7 +103,7 @@ class _Compiler:
             case ast.FromImport(module, names):
                 mod = self._load(module, stmt.pos)
                 if mod is None:
-                    self._not_imported.update(alias or name for name, alias in names or ())
+                    self._undefined.update(alias or name for name, alias in names or ())
                 else:
                     available = public_tasks(mod)
                     for name, alias in names or ():
@@ -109,6 +111,7 @@ class _Compiler:
                         if not callable(fn):
                             self.error(self._imported_name_pos(stmt.pos, name), f"module '{module}' has no task "
                                        f"'{name}'" + self._suggest(name, list(available)), len(name))
+                            self._undefined.add(alias or name)
                             continue
                         self.names[alias or name] = fn
             case ast.Def(name, source):
@@ -118,6 +121,7 @@ class _Compiler:
                 binding = _Binding(expr)
                 binding.compiled[None] = self.expr(expr, None)
                 self.names[name] = binding
+                self.bindings.append(binding)
             case ast.ExprStmt(expr):
                 return expr
         return None
@@ -147,6 +151,7 @@ class _Compiler:
         return None
 
     def _define(self, stmt: ast.Def, name: str, source: str) -> None:
+        self._undefined.add(name)     # until it is defined
         try:
             namespace = exec_inline_def(source, self.filename, stmt.pos.line)
         except SyntaxError as e:
@@ -162,6 +167,7 @@ class _Compiler:
             self.error(stmt.pos, f"def {name} did not define a callable named {name}")
             return
         self.names[name] = fn
+        self._undefined.discard(name)
 
     # ------------------------------------------------------------ expressions
     def expr(self, node: ast.Expr, target: str | None) -> PlanNode | None:
@@ -249,7 +255,7 @@ class _Compiler:
                 break
         head, rest = ".".join(name.parts[:cut]), name.parts[cut:]
         if head not in self.names:
-            if any(name.dotted == n or name.dotted.startswith(n + ".") for n in self._not_imported):
+            if any(name.dotted == n or name.dotted.startswith(n + ".") for n in self._undefined):
                 return None             # the failed import said why
             if head in BUILTINS and not rest:
                 return BUILTINS[head]   # user names shadow the built-ins
@@ -277,6 +283,7 @@ class _Compiler:
         if value is None:
             return None
         if isinstance(value, _Binding):
+            value.used = value.used or target is None
             if target not in value.compiled:
                 # a binding's text knows nothing of the loop variables where it is used
                 saved, self.env = self.env, {}
@@ -879,7 +886,37 @@ def compile_flow(flow: ast.Flow, source: str, *, loader: TaskLoader | None = Non
         for n in nodes:
             flat.extend(n.items if isinstance(n, PSeq) else (n,))
         root = PSeq(tuple(flat), exprs[0][0].pos)
-    return Plan(root, tuple(c.jobs), flow.filename)
+    jobs = c.jobs
+    if not all(b.used for b in c.bindings):
+        # a binding is compiled where it is written, to report its errors there; if that
+        # compilation is never referenced (x unused, or only ever x @ h), its jobs never run
+        jobs = _reachable(root, jobs)
+    return Plan(root, tuple(jobs), flow.filename)
+
+
+def _reachable(root: PlanNode | None, jobs: list[Job]) -> list[Job]:
+    """The jobs the plan's root can reach, numbered 1... again in their order."""
+    keep: set[int] = set()
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        match node:
+            case JobRef(job):
+                keep.add(id(job))
+            case PSeq() | PPar() | PSum():
+                stack.extend(node.items)
+            case Deferred() | Local():
+                stack.extend(node.inputs)
+    if len(keep) == len(jobs):
+        return jobs
+    kept = [j for j in jobs if id(j) in keep]
+    for i, job in enumerate(kept, 1):
+        job.id = i     # before anyone holds the plan: nothing has hashed a Job yet
+    return kept
 
 
 def _fewer(diags: list[Diagnostic], per_place: int = 3) -> list[Diagnostic]:

@@ -141,6 +141,16 @@ def test_three_mistakes_all_reported(flowdir):
     assert "KeyError: 'missing'" in out and 'tk.py", line 12, in boom' in out
 
 
+def test_a_binding_compiled_where_written_but_never_run_adds_no_job(flowdir):
+    """x unused, y only placed: their unplaced jobs never run, so the plan (and check's count) has none."""
+    plan = compile_in(flowdir, "from tk import a, b\nx = a | b(1)\ny = b(2)\ny @ h1\nb(3)\n")
+    assert [(j.id, j.label) for j in plan.jobs] == [(1, "b(2) @ h1"), (2, "b(3)")]
+    assert render_text(plan).splitlines()[0].endswith("f.flow: 2 jobs")
+    # a binding used as written keeps its jobs, shared
+    plan = compile_in(flowdir, "from tk import a, b\nx = a | b(1)\nx ; x @ h1\n")
+    assert [j.label for j in plan.jobs] == ["a", "b(1)", "a @ h1", "b(1) @ h1"]
+
+
 def test_a_failed_import_is_one_error_not_one_more_per_use(flowdir):
     """Three mistakes, three errors: the names a missing module would have bound are not 'unknown' again."""
     flowdir("broken.py", "import no_such_module_here\n\ndef t():\n    return 'true'\n")
@@ -151,6 +161,11 @@ def test_a_failed_import_is_one_error_not_one_more_per_use(flowdir):
     assert out.endswith("4 errors") and "unknown name 'nosuch'" not in out
     # the module's own frame, not the import machinery's
     assert 'broken.py", line 1, in <module>' in out and "<frozen" not in out
+    # a name the module lacks, a def whose decorator refused it: one error each, where they are defined
+    out = errors_of(flowdir, "from tk import a, zz\nfrom cmflow import task\n@task(parse='nope')\n"
+                             "def d():\n    return 'true'\n\nzz | a | d\nqq\n")
+    heads = [line.split(": error: ")[0] for line in out.splitlines() if ": error: " in line]
+    assert heads == ["f.flow:1:19", "f.flow:3:1", "f.flow:8:1"], out
 
 
 @pytest.mark.parametrize("odd", ["\f", "\u2028", "\x85", "\x1c", "\v"])

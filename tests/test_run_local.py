@@ -76,6 +76,18 @@ def test_seed_flow_runs_four_jobs_and_adds(tmp_path):
     assert sorted(int(x["Seq"]) for x in rows) == [1, 2, 3, 4]
 
 
+def test_joblog_and_counts_hold_only_jobs_the_flow_runs(flowdir):
+    """A sub-flow bound but only run placed elsewhere, or not at all, leaves no never-started line in the
+    joblog (GNU parallel's --retry-failed would run it) and no job the counts wait for."""
+    inv = local_inv(extra="  there: {local: true}\n")
+    run = run_flow(flowdir, "def t(n): return f'echo {n}'\n",
+                   "from tk import t\nunused = t(1)\nsetup = t(2) | t(3)\nsetup @ there ; t(4)\n", inv=inv)
+    assert run.result.ok and run.result.value == 4 and run.result.jobs_run == 3
+    rows = read_joblog(run.run_dir / "joblog")
+    assert sorted(r["Command"] for r in rows) == ["echo 2", "echo 3", "echo 4"]
+    assert json.loads((run.run_dir / "summary.json").read_text())["jobs"] == 3
+
+
 def test_par_runs_concurrently(flowdir):
     # each job can only finish if the other runs at the same time (they meet at two FIFOs)
     d = flowdir.path
