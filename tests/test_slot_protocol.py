@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -87,3 +88,38 @@ def test_a_host_s_python3_of_any_version_from_3_6_runs_the_server(python):
                               stderr=subprocess.PIPE)
     _, frames = _one_job(server, {"X": "y"}, "echo $X; echo e >&2; exit 4")
     assert sorted(frames[:-1]) == [(b"E", b"e\n"), (b"O", b"y\n")] and frames[-1] == (b"X", b"4")
+
+
+def test_a_slow_controller_gets_all_of_an_ended_jobs_output(tmp_path):
+    """A job that ended with output still in its pipes: the server sends all of it, however slowly the
+    controller (ssh over a slow link) takes it. The server stopped draining 2 s after the job's end (a
+    bound meant for a detached job's leftovers, where writers may live on); with every writer dead it
+    now stops only at EOF (or after 2 s with nothing new). Here the controller reads ~96 KiB/s."""
+    size = 200 * 1000    # on each of stdout and stderr, written at once
+    server = subprocess.Popen(boot_argv(sys.executable), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+    assert server.stdin and server.stdout
+    out = server.stdout.fileno()
+    try:
+        server.stdin.write(SERVER_INPUT + message(b"C", {"grace": 1}))
+        server.stdin.write(message(b"J", {"s": 1, "c": f"head -c {size} /dev/zero & head -c {size} /dev/zero >&2; wait"}))
+        server.stdin.flush()
+        buf, got, status = b"", {b"O": 0, b"E": 0}, None
+        while status is None:
+            data = os.read(out, 48 * 1024)     # a slow reader: the pacing is the scenario, not a wait
+            assert data, "the server ended before the job's end frame"
+            buf += data
+            while len(buf) >= HDR.size:
+                kind, n = HDR.unpack(buf[:HDR.size])
+                if len(buf) < HDR.size + n:
+                    break
+                if kind in got:
+                    got[kind] += n
+                elif kind == b"X":
+                    status = buf[HDR.size:HDR.size + n]
+                buf = buf[HDR.size + n:]
+            time.sleep(0.5)
+    finally:
+        server.stdin.close()
+        server.wait(30)
+    assert (status, got) == (b"0", {b"O": size, b"E": size})

@@ -413,7 +413,7 @@ class Server:
                     killed = True
                     self.kill_tree(self.grace)
                 # every writer is dead (without a subreaper one may live outside our tree: a short bound)
-                self.drain(pipes, 0 if self.subreaper else 1.0)
+                self.drain(pipes, 0 if self.subreaper else 1.0, bounded=False)
                 break
             line = self.next_message()    # a kill that came in the same read as the job
             if line is not None:
@@ -493,15 +493,18 @@ class Server:
                 raise ControllerGone()
             n -= moved
 
-    def drain(self, pipes, timeout):
-        """Send what is left in the job's pipes: to EOF, or what arrives within `timeout` (+2 s at most)."""
+    def drain(self, pipes, timeout, bounded=True):
+        """Send what is left in the job's pipes: to EOF, or what arrives within `timeout` (+2 s at
+        most) when `bounded` (a detached job's leftovers may write for ever). Not bounded (every
+        writer is dead, the data is finite), a slow controller only slows it down: it stops short of
+        EOF only when nothing arrives for `timeout` + 2 s (a pipe held open outside the job's tree)."""
         deadline = time.monotonic() + timeout
         while pipes:
             left = deadline - time.monotonic()
-            if left < -2:
+            if bounded and left < -2:
                 break
             try:
-                ready, _, _ = select.select(list(pipes), [], [], max(left, 0))
+                ready, _, _ = select.select(list(pipes), [], [], max(left, 0) if bounded else timeout + 2)
             except InterruptedError:
                 continue
             if not ready:
