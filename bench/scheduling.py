@@ -97,6 +97,7 @@ class _NullLog:
     """No run log: the scheduler and executor alone."""
 
     _NULL = (Path("/dev/null"), Path("/dev/null"))
+    dir = None      # no run directory: no file inputs to key by their place in it
 
     def paths(self, seq, attempt):
         return self._NULL
