@@ -299,32 +299,46 @@ def test_live_display_shows_staging_and_fetching(tmp_path):
         live.close()
 
 
-def test_status_while_the_run_goes(tmp_path):
-    """Two jobs hold (each blocks on a FIFO) while `cmflow status` reads the run from outside."""
+def _holding_run(tmp_path, hold_tail: str, expr: str, **popen):
+    """`cmflow run` of EXPR, started in the background, over two jobs hold(1), hold(2) that fetch an output,
+    touch tmp_path/readyN and then run HOLD_TAIL, and a quick one (4 local slots; run dir tmp_path/run)."""
     import subprocess
     import sys
-    import time
 
     from conftest import ROOT
 
-    fifo = tmp_path / "go"
-    os.mkfifo(fifo)
     flow = project(tmp_path, f'''
         from cmflow import command
-        def hold(i): return command(f"cat data/part{{i}}.csv > o.txt; touch {tmp_path}/ready{{i}}; cat {fifo}",
+        def hold(i): return command(f"cat data/part{{i}}.csv > o.txt; touch {tmp_path}/ready{{i}}; {hold_tail}",
                                     inputs=[f"data/part{{i}}.csv"], outputs=["o.txt"])
         def quick(): return command("echo q > q.txt", outputs=["q.txt"])
-        ''', "from tk import *\n(hold(1) | hold(2)); quick\n")
+        ''', f"from tk import *\n{expr}\n")
     (tmp_path / "inv.yaml").write_text("hosts:\n  here: {local: true, slots: 4}\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", str(flow), "--hosts", str(tmp_path / "inv.yaml"),
-                             "--run-dir", str(tmp_path / "run"), "-q"], env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-m", "cmflow", "run", str(flow), "--hosts", str(tmp_path / "inv.yaml"),
+                             "--run-dir", str(tmp_path / "run"), "-q"], env=env, cwd=tmp_path, **popen)
+
+
+def _await_both_holding(tmp_path, proc) -> None:
+    """Until both hold jobs have started (their ready files), while the run lives (60 s at most)."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while not ((tmp_path / "ready1").exists() and (tmp_path / "ready2").exists()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+
+
+def test_status_while_the_run_goes(tmp_path):
+    """Two jobs hold (each blocks on a FIFO) while `cmflow status` reads the run from outside."""
+    import subprocess
+
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    proc = _holding_run(tmp_path, f"cat {fifo}", "(hold(1) | hold(2)); quick",
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while not ((tmp_path / "ready1").exists() and (tmp_path / "ready2").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-            time.sleep(0.05)
+        _await_both_holding(tmp_path, proc)
         st = json.loads(cmflow("status", str(tmp_path / "run"), "--format", "json").stdout)
         assert not st["finished"] and st["hosts"]["here"]["running"] == 2
         assert st["done"] == 0 and st["waiting"] == 1 and st["total"] == 3
@@ -348,27 +362,11 @@ def test_status_of_a_killed_run(tmp_path):
     killed (not running, no ETA, the clock stopped) and `--watch` returns instead of waiting for ever."""
     import signal
     import subprocess
-    import sys
-    import time
 
-    from conftest import ROOT
-
-    flow = project(tmp_path, f'''
-        from cmflow import command
-        def hold(i): return command(f"cat data/part{{i}}.csv > o.txt; touch {tmp_path}/ready{{i}}; sleep 600",
-                                    inputs=[f"data/part{{i}}.csv"], outputs=["o.txt"])
-        def quick(): return command("echo q > q.txt", outputs=["q.txt"])
-        ''', "from tk import *\nquick; (hold(1) | hold(2))\n")
-    (tmp_path / "inv.yaml").write_text("hosts:\n  here: {local: true, slots: 4}\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "cmflow", "run", str(flow), "--hosts", str(tmp_path / "inv.yaml"),
-                             "--run-dir", str(tmp_path / "run"), "-q"], env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = _holding_run(tmp_path, "sleep 600", "quick; (hold(1) | hold(2))",
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 60
-        while not ((tmp_path / "ready1").exists() and (tmp_path / "ready2").exists()):
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
+        _await_both_holding(tmp_path, proc)
         st = json.loads(cmflow("status", str(tmp_path / "run"), "--format", "json").stdout)
         assert not st["finished"] and not st["killed"] and st["eta"] is not None
     finally:

@@ -94,6 +94,24 @@ def _reference_trace(run: Path) -> str:
     return "".join(_trace_lines(load_run(run, full=False)))
 
 
+def _cut_after_each_line(run: Path, lines: list[str], torn: str = ""):
+    """The run's journal cut after each of its lines (then `torn`): the run killed there. At each cut the
+    streamed trace.tsv is the reference reader's, byte for byte, and the page load_run makes (start lines
+    left undecoded unless no end follows) is the one every line decoded makes; yields (cut, that page)."""
+    from cmflow.report import report_doc, write_trace
+    from cmflow.report import data as report_data
+
+    for n in range(len(lines) + 1):
+        (run / "journal.jsonl").write_text("".join(lines[:n]) + torn)
+        write_trace(run)
+        assert (run / "trace.tsv").read_text() == _reference_trace(run), n
+        lazy = report_doc(report_data.load_run(run))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(report_data, "read_journal_lazily", read_journal)
+            assert report_doc(report_data.load_run(run)) == lazy, n
+        yield n, lazy
+
+
 def test_the_streamed_trace_is_the_reference_one_at_every_point_of_a_killed_run(tmp_path):
     # trace.tsv of a run over REPORT_MAX_JOBS is written in one pass over the journal (report/trace.py),
     # keeping no object per job; its rows must be load_run's, byte for byte, whatever the journal holds:
@@ -101,25 +119,13 @@ def test_the_streamed_trace_is_the_reference_one_at_every_point_of_a_killed_run(
     from cmflow.report import write_trace
     from cmflow.report.trace import trace_lines
 
-    from cmflow.journal import read_journal
-    from cmflow.report import report_doc
-    from cmflow.report import data as report_data
-
     run = _run_with_failures(tmp_path)
     lines = (run / "journal.jsonl").read_text().splitlines(keepends=True)
     assert {"start", "end"} <= {json.loads(line)["ev"] for line in lines}
     (run / "summary.json").unlink()
-    for n in range(len(lines) + 1):
-        (run / "journal.jsonl").write_text("".join(lines[:n]) + '{"ev": "end", "se')   # a torn last line too
+    for n, lazy in _cut_after_each_line(run, lines, torn='{"ev": "end", "se'):   # a torn last line too
         assert trace_lines(run) is not None
-        write_trace(run)
-        assert (run / "trace.tsv").read_text() == _reference_trace(run), n
-        # load_run leaves start lines undecoded unless no end follows: the page is the one every line
-        # decoded makes; a job that did not run has the plan's label
-        lazy = report_doc(report_data.load_run(run))
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(report_data, "read_journal_lazily", read_journal)
-            assert report_doc(report_data.load_run(run)) == lazy, n
+        # a job that did not run has the plan's label
         if n == 0:
             assert sorted(row[1] for row in lazy["jobs"]) == ["bad", "flaky"] + [f"ok({i})" for i in range(1, 7)]
     # a journal two runs appended to (a reused --run-dir): the reference reader takes over, same rows
@@ -178,8 +184,7 @@ def _run_with_run_time_calls(d: Path) -> Path:
 def test_run_time_calls_are_jobs_of_the_trace_and_the_report(tmp_path):
     """Run-time calls are not in plan.json's jobs: the journal gives their task, label and command. The
     streamed trace (cut after each journal line: killed there) is load_run's, byte for byte, with them."""
-    from cmflow.journal import read_journal
-    from cmflow.report import report_doc, write_trace
+    from cmflow.report import report_doc
     from cmflow.report import data as report_data
 
     run = _run_with_run_time_calls(tmp_path)
@@ -194,14 +199,7 @@ def test_run_time_calls_are_jobs_of_the_trace_and_the_report(tmp_path):
     assert sorted(j[1] for j in doc["jobs"]) == ["bad(25)", "sq(0)", "sq(1)", "sq(2)", "sq(5)", "twice(5)"]
     lines = (run / "journal.jsonl").read_text().splitlines(keepends=True)
     (run / "summary.json").unlink()
-    for n in range(len(lines) + 1):
-        (run / "journal.jsonl").write_text("".join(lines[:n]))
-        write_trace(run)
-        assert (run / "trace.tsv").read_text() == _reference_trace(run), n
-        lazy = report_doc(report_data.load_run(run))
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(report_data, "read_journal_lazily", read_journal)
-            assert report_doc(report_data.load_run(run)) == lazy, n
+    for n, lazy in _cut_after_each_line(run, lines):
         assert all(j[1] for j in lazy["jobs"]), n   # a label for every job, one in flight included
 
 
